@@ -1,0 +1,3 @@
+from hygieia.cli import main
+
+raise SystemExit(main())

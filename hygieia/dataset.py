@@ -1,0 +1,146 @@
+"""The competition's data formats: one place that defines, writes and reads them.
+
+A prepared dataset (``hygieia prepare`` output) is laid out as::
+
+    input_data/{train,valid,test}/images.npy     (N, H, W) uint8   crops, 100x100 by default
+    input_data/{train,valid,test}/features.npy   (N, 1280) float32 MobileNetV2 features
+    input_data/{train,valid,test}/meta.csv       id, age, sex, view_position
+    input_data/train/labels.csv                  id, label          (public)
+    input_data/train/boxes.csv                   id, x, y, width, height (public, crop pixels)
+    reference_data/{valid,test}/labels.csv       hidden from participants
+    reference_data/{valid,test}/boxes.csv        hidden from participants
+    reference_data/{valid,test}/meta.csv         copies, for the scoring program's bias report
+    reference_data/{valid,test}/images.npy       copies, for the scoring program's gallery
+
+Rows of ``images.npy``, ``features.npy`` and ``meta.csv`` are in the same order; ``labels.csv``
+follows that order too. Boxes are in pixel coordinates of the split's images (x to the right,
+y down, origin at the top-left corner of the top-left pixel), as floats.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hygieia.errors import DataError
+
+SPLITS = ("train", "valid", "test")
+SCORED_SPLITS = ("valid", "test")
+INPUT_DIR = "input_data"
+REFERENCE_DIR = "reference_data"
+
+IMAGES = "images.npy"
+FEATURES = "features.npy"
+META = "meta.csv"
+LABELS = "labels.csv"
+BOXES = "boxes.csv"
+
+META_COLUMNS = ["id", "age", "sex", "view_position"]
+LABEL_COLUMNS = ["id", "label"]
+BOX_COLUMNS = ["id", "x", "y", "width", "height"]
+N_FEATURES = 1280
+
+
+def read_table(path: str | Path, columns: list[str]) -> pd.DataFrame:
+    """Read a CSV that must hold ``columns``; name the file and the missing columns otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        table = pd.read_csv(path, dtype={"id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a readable CSV file ({err})") from err
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; found {list(table.columns)}")
+    return table[columns]
+
+
+def read_array(path: str | Path, dtype, ndim: int) -> np.ndarray:
+    """Load a .npy file of the given dtype and number of dimensions, without pickles."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise DataError(f"{path}: not a readable .npy array ({err})") from err
+    if array.dtype != np.dtype(dtype) or array.ndim != ndim:
+        raise DataError(f"{path}: expected a {ndim}-d {np.dtype(dtype)} array, got {array.ndim}-d {array.dtype}")
+    return array
+
+
+def _check_rows(folder: Path, ids: pd.Series, **arrays: np.ndarray) -> None:
+    if ids.duplicated().any():
+        raise DataError(f"{folder / META}: duplicate id(s) {ids[ids.duplicated()].tolist()[:5]}")
+    for name, array in arrays.items():
+        if len(array) != len(ids):
+            raise DataError(f"{folder / name}: {len(array)} rows but {META} has {len(ids)}")
+
+
+def _check_labels(path: Path, labels: pd.DataFrame, ids: pd.Series) -> pd.Series:
+    if list(labels["id"]) != list(ids):
+        raise DataError(f"{path}: ids do not match {META} row for row")
+    values = pd.to_numeric(labels["label"], errors="coerce")
+    if values.isna().any() or not values.isin([0, 1]).all():
+        raise DataError(f"{path}: labels must be 0 or 1")
+    return values.astype(np.int64).reset_index(drop=True)
+
+
+def _check_boxes(path: Path, boxes: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
+    numbers = boxes[["x", "y", "width", "height"]].apply(pd.to_numeric, errors="coerce")
+    if numbers.isna().any().any():
+        raise DataError(f"{path}: non-numeric or missing box coordinates")
+    if (numbers[["width", "height"]] <= 0).any().any():
+        raise DataError(f"{path}: box width and height must be positive")
+    unknown = ~boxes["id"].isin(set(ids))
+    if unknown.any():
+        raise DataError(f"{path}: box ids not in {META}: {boxes['id'][unknown].tolist()[:5]}")
+    return pd.concat([boxes[["id"]], numbers.astype(np.float64)], axis=1).reset_index(drop=True)
+
+
+def load_input_split(input_dir: str | Path, split: str, *, features: bool = True) -> dict:
+    """Read one split of ``input_data`` as the mapping ``X`` that participants' models receive.
+
+    Keys: ``ids`` (list of str), ``images`` (N,H,W) uint8, ``features`` (N,1280) float32,
+    ``meta`` (DataFrame: age, sex, view_position, indexed by id); for train also ``boxes``
+    (DataFrame id,x,y,width,height) and ``labels`` ((N,) int64 array).
+    """
+    folder = Path(input_dir) / split
+    meta = read_table(folder / META, META_COLUMNS)
+    ids = meta["id"].reset_index(drop=True)
+    images = read_array(folder / IMAGES, np.uint8, 3)
+    X = {"ids": ids.tolist(), "images": images, "meta": meta.set_index("id")}
+    arrays = {IMAGES: images}
+    if features:
+        X["features"] = read_array(folder / FEATURES, np.float32, 2)
+        arrays[FEATURES] = X["features"]
+        if X["features"].shape[1] != N_FEATURES or not np.isfinite(X["features"]).all():
+            raise DataError(f"{folder / FEATURES}: expected finite (N, {N_FEATURES}) features")
+    _check_rows(folder, ids, **arrays)
+    if (folder / LABELS).exists():
+        X["labels"] = _check_labels(folder / LABELS, read_table(folder / LABELS, LABEL_COLUMNS), ids).to_numpy()
+    if (folder / BOXES).exists():
+        X["boxes"] = _check_boxes(folder / BOXES, read_table(folder / BOXES, BOX_COLUMNS), ids)
+    return X
+
+
+def load_reference_split(ref_dir: str | Path) -> dict:
+    """Read a ``reference_data/<split>`` folder: ids, labels, boxes, meta and images."""
+    folder = Path(ref_dir)
+    meta = read_table(folder / META, META_COLUMNS)
+    ids = meta["id"].reset_index(drop=True)
+    images = read_array(folder / IMAGES, np.uint8, 3)
+    _check_rows(folder, ids, **{IMAGES: images})
+    labels = _check_labels(folder / LABELS, read_table(folder / LABELS, LABEL_COLUMNS), ids)
+    boxes = _check_boxes(folder / BOXES, read_table(folder / BOXES, BOX_COLUMNS), ids)
+    return {"ids": ids.tolist(), "labels": labels.to_numpy(), "boxes": boxes,
+            "meta": meta.set_index("id"), "images": images}
+
+
+def boxes_by_id(boxes: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Group a boxes table into {id: (K, 4) array of x, y, width, height}."""
+    return {key: group[["x", "y", "width", "height"]].to_numpy(np.float64)
+            for key, group in boxes.groupby("id", sort=False)}
