@@ -27,3 +27,31 @@ def weights_path() -> Path:
     if env and Path(env).is_file():
         return Path(env)
     return shared_path("weights", "mobilenet_v2_imagenet.pth")
+
+
+# A small phantom, prepared once per test session: (70 / 30 / 30) samples at 3:2, 100x100 crops and
+# 128x128 whole images. Generation and preparation are deterministic for the seed.
+PHANTOM_PATIENTS = 260
+PHANTOM_SIZES = (70, 30, 30)
+
+
+@pytest.fixture(scope="session")
+def phantom_rsna(tmp_path_factory) -> Path:
+    """An RSNA-format phantom download (stage_2_train_images/, the two label CSVs)."""
+    from hygieia.rsna.phantom import generate_phantom
+
+    out = tmp_path_factory.mktemp("phantom_rsna")
+    generate_phantom(out, patients=PHANTOM_PATIENTS, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def phantom_prepared(tmp_path_factory, phantom_rsna, weights_path) -> Path:
+    """``hygieia prepare`` output for the small phantom (input_data/, reference_data/, full_128/...)."""
+    from hygieia.prepare.pipeline import prepare
+
+    out = tmp_path_factory.mktemp("phantom_prepared")
+    train, valid, test = PHANTOM_SIZES
+    prepare(phantom_rsna, out, train=train, valid=valid, test=test, full_size=128, seed=0,
+            weights=weights_path)
+    return out

@@ -1,0 +1,73 @@
+"""Window geometry and cropping. Boxes and windows are in pixels: boxes (x, y, width, height),
+windows (x0, y0, side) squares with integer corners, x to the right and y down."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from hygieia.errors import HygieiaError
+
+
+def window_side(box, *, context: float = 2.0, window: int | None = None, image_size: int = 1024) -> int:
+    """The window's side: ``window`` pixels if given, else ``context`` × the box's larger side;
+    never more than the image."""
+    side = window if window is not None else context * max(box[2], box[3])
+    return int(min(max(round(side), 1), image_size))
+
+
+def place_window(box, side: int, rng: np.random.Generator, image_size: int = 1024) -> tuple[int, int, int]:
+    """A square window of ``side`` around ``box`` at a random offset that keeps the box inside when it
+    fits (along an axis where the box is larger, the window stays inside the box), then shifted (not
+    shrunk) to lie inside the image."""
+    corner = []
+    for start, length in ((box[0], box[2]), (box[1], box[3])):
+        low, high = sorted((start + length - side, start))
+        low, high = int(np.ceil(low)), int(np.floor(high))
+        position = int(rng.integers(low, high + 1)) if high >= low else int(round(start + (length - side) / 2))
+        corner.append(min(max(position, 0), image_size - side))
+    return corner[0], corner[1], side
+
+
+def make_window(box, rng: np.random.Generator, *, context: float = 2.0, window: int | None = None,
+                image_size: int = 1024) -> tuple[int, int, int]:
+    """``place_window`` with ``window_side``."""
+    return place_window(box, window_side(box, context=context, window=window, image_size=image_size),
+                        rng, image_size)
+
+
+def boxes_in_window(boxes, window: tuple[int, int, int], size: int) -> np.ndarray:
+    """The boxes (K, 4) that overlap ``window``, clipped to it and mapped to the pixels of its
+    ``size``×``size`` resized crop. Returns (M, 4) float64, M <= K."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    x0, y0, side = window
+    left = np.clip(boxes[:, 0], x0, x0 + side)
+    top = np.clip(boxes[:, 1], y0, y0 + side)
+    right = np.clip(boxes[:, 0] + boxes[:, 2], x0, x0 + side)
+    bottom = np.clip(boxes[:, 1] + boxes[:, 3], y0, y0 + side)
+    keep = (right > left) & (bottom > top)
+    scale = size / side
+    return np.stack([(left - x0) * scale, (top - y0) * scale,
+                     (right - left) * scale, (bottom - top) * scale], axis=1)[keep]
+
+
+def scale_boxes(boxes, image_shape: tuple[int, int], size: int) -> np.ndarray:
+    """Boxes of an (H, W) image mapped to the same image resized to ``size``×``size``."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    height, width = image_shape
+    return boxes * np.array([size / width, size / height, size / width, size / height])
+
+
+def crop_image(pixels: np.ndarray, window: tuple[int, int, int], size: int) -> np.ndarray:
+    """The window of ``pixels`` (H, W) uint8, resized to ``size``×``size`` (antialiased)."""
+    x0, y0, side = window
+    height, width = pixels.shape
+    if x0 < 0 or y0 < 0 or x0 + side > width or y0 + side > height:
+        raise HygieiaError(f"window {window} is not inside the {width}x{height} image")
+    return resize_image(pixels[y0:y0 + side, x0:x0 + side], size)
+
+
+def resize_image(pixels: np.ndarray, size: int) -> np.ndarray:
+    """``pixels`` (H, W) uint8 resized to ``size``×``size`` with PIL's antialiasing Lanczos filter."""
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    return np.asarray(image.resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)

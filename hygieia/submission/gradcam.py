@@ -1,0 +1,63 @@
+"""Grad-CAM heatmaps for a model's ``gradcam_target()``, with Captum's ``LayerGradCam``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hygieia.submission.api import SubmissionError
+
+BATCH_SIZE = 64
+
+
+def _opacity_logit(module):
+    """A forward function giving (N, 1): class 1 of (N, 2) logits, or the single (N,) / (N, 1) logit."""
+    def forward(pixels):
+        logits = module(pixels)
+        if logits.ndim == 2 and logits.shape[1] == 2:
+            return logits[:, 1:2]
+        if logits.ndim == 1 or (logits.ndim == 2 and logits.shape[1] == 1):
+            return logits.reshape(-1, 1)
+        raise SubmissionError(f"the gradcam_target() module returned logits of shape {tuple(logits.shape)}; "
+                              f"expected ({len(pixels)}, 2), ({len(pixels)},) or ({len(pixels)}, 1)")
+    return forward
+
+
+def module_device(module):
+    """The device of the module's first parameter (CPU for a module without parameters)."""
+    import torch
+
+    parameter = next(module.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def gradcam_heatmaps(module, layer, images: np.ndarray, batch_size: int = BATCH_SIZE,
+                     progress: bool = False) -> np.ndarray:
+    """(N, H, W) float32 Grad-CAM heatmaps of ``images`` ((N, H, W) uint8) for the opacity logit.
+
+    ``module`` takes (N, 1, H, W) float32 pixels / 255; ``layer`` is one of its submodules. The
+    layer's ReLU'd Grad-CAM is upsampled bilinearly to (H, W) and not rescaled.
+    """
+    import torch
+    from captum.attr import LayerAttribution, LayerGradCam
+    from tqdm import tqdm
+
+    if not isinstance(module, torch.nn.Module) or not isinstance(layer, torch.nn.Module):
+        raise SubmissionError("Model.gradcam_target() must return (module, layer), two torch.nn.Module")
+    if not any(sub is layer for sub in module.modules()):
+        raise SubmissionError("Model.gradcam_target(): the layer is not a submodule of the module")
+    module.eval()
+    device = module_device(module)
+    cam = LayerGradCam(_opacity_logit(module), layer)
+    n, height, width = images.shape
+    maps = np.zeros((n, height, width), np.float32)
+    starts = range(0, n, batch_size)
+    for start in tqdm(starts, desc="Grad-CAM", unit="batch", disable=not progress):
+        batch = torch.from_numpy(images[start:start + batch_size]).to(device)
+        pixels = batch.unsqueeze(1).float().div_(255)
+        attributions = cam.attribute(pixels, target=0, relu_attributions=True)
+        if attributions.ndim != 4:
+            raise SubmissionError(f"Model.gradcam_target(): the layer's output has shape "
+                                  f"{tuple(attributions.shape)}; Grad-CAM needs a (N, C, h, w) feature map")
+        upsampled = LayerAttribution.interpolate(attributions.detach(), (height, width), "bilinear")
+        maps[start:start + len(batch)] = upsampled[:, 0].float().cpu().numpy()
+    return maps

@@ -1,0 +1,127 @@
+"""Opening a submission (zip or folder), importing its ``model.py``, and zipping one for upload."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import sys
+import traceback
+import zipfile
+from pathlib import Path
+
+from hygieia.errors import HygieiaError
+from hygieia.files import write_bytes
+from hygieia.submission.api import MODEL_CLASS, REQUIRED_METHODS, SubmissionError
+
+MODEL_FILE = "model.py"
+IGNORED_NAMES = ("__MACOSX", "__pycache__")
+ZIP_TIMESTAMP = (2020, 1, 1, 0, 0, 0)
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".") and path.name not in IGNORED_NAMES
+
+
+def find_model_file(folder: str | Path) -> Path:
+    """``model.py`` at the root of ``folder``, or inside its one wrapper folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SubmissionError(f"submission folder {folder} does not exist")
+    if (folder / MODEL_FILE).is_file():
+        return folder / MODEL_FILE
+    entries = sorted(p for p in folder.iterdir() if _visible(p))
+    subfolders = [p for p in entries if p.is_dir()]
+    if len(subfolders) == 1 and (subfolders[0] / MODEL_FILE).is_file():
+        return subfolders[0] / MODEL_FILE
+    found = sorted(str(p.relative_to(folder)) for p in folder.rglob(MODEL_FILE)
+                   if all(_visible(Path(part)) for part in p.relative_to(folder).parts))
+    listing = ", ".join(p.name for p in entries[:10]) or "nothing"
+    where = f"; found {', '.join(found)} (put model.py at the zip's root)" if found else ""
+    raise SubmissionError(f"no {MODEL_FILE} at the submission's root or inside one wrapper folder "
+                          f"(the submission holds {listing}){where}")
+
+
+def extract_zip(zip_path: str | Path, folder: str | Path) -> Path:
+    """Unzip ``zip_path`` into ``folder``, refusing entries that would land outside it."""
+    zip_path, folder = Path(zip_path), Path(folder)
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            root = folder.resolve()
+            for name in archive.namelist():
+                target = (root / name).resolve()
+                if target != root and root not in target.parents:
+                    raise SubmissionError(f"{zip_path}: entry {name!r} points outside the zip")
+            archive.extractall(folder)
+    except zipfile.BadZipFile as err:
+        raise SubmissionError(f"{zip_path}: not a readable zip file ({err})") from err
+    return folder
+
+
+def open_submission(path: str | Path, workdir: str | Path) -> Path:
+    """The folder holding ``model.py`` for a submission folder or zip (unzipped into ``workdir``)."""
+    path = Path(path)
+    if path.is_file():
+        path = extract_zip(path, workdir)
+    elif not path.is_dir():
+        raise SubmissionError(f"submission {path} does not exist")
+    return find_model_file(path).parent
+
+
+def _own_line(err: BaseException, folder: Path) -> str:
+    """"model.py line 12" for the deepest traceback frame in the submission's files, else ""."""
+    location = ""
+    if isinstance(err, SyntaxError) and err.filename and Path(err.filename).resolve().is_relative_to(folder):
+        return f"{Path(err.filename).resolve().relative_to(folder)} line {err.lineno}"
+    for frame in traceback.extract_tb(err.__traceback__):
+        file = Path(frame.filename).resolve()
+        if file.is_relative_to(folder):
+            location = f"{file.relative_to(folder)} line {frame.lineno}"
+    return location
+
+
+def describe_error(err: BaseException, folder: str | Path) -> str:
+    """``"model.py line 12: ValueError: message"``: the exception and where in the submission it arose."""
+    where = _own_line(err, Path(folder).resolve())
+    message = err.msg if isinstance(err, SyntaxError) else str(err)
+    text = f"{type(err).__name__}: {message}".rstrip(": ")
+    return f"{where}: {text}" if where else text
+
+
+def import_model_class(folder: str | Path) -> type:
+    """Import ``folder/model.py`` (with ``folder`` first on sys.path) and return its ``Model`` class."""
+    folder = Path(folder).resolve()
+    path = folder / MODEL_FILE
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location("model", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["model"] = module
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as err:  # participant code: any failure is reported, with its place
+        raise SubmissionError(f"importing {MODEL_FILE} failed: {describe_error(err, folder)}") from err
+    model_class = getattr(module, MODEL_CLASS, None)
+    if not isinstance(model_class, type):
+        raise SubmissionError(f"{MODEL_FILE} defines no class named {MODEL_CLASS}")
+    missing = [name for name in REQUIRED_METHODS if not callable(getattr(model_class, name, None))]
+    if missing:
+        raise SubmissionError(f"class {MODEL_CLASS} in {MODEL_FILE} has no method {', '.join(missing)}")
+    return model_class
+
+
+def zip_submission(folder: str | Path, zip_path: str | Path) -> Path:
+    """Zip a submission folder as a participant uploads it: model.py at the root, sorted entries,
+    fixed timestamps (the same folder always gives the same bytes); dotfiles and caches left out."""
+    folder, zip_path = Path(folder), Path(zip_path)
+    if not (folder / MODEL_FILE).is_file():
+        raise HygieiaError(f"{folder}: no {MODEL_FILE} to zip")
+    files = sorted(p for p in folder.rglob("*")
+                   if p.is_file() and all(_visible(Path(part)) for part in p.relative_to(folder).parts))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for file in files:
+            info = zipfile.ZipInfo(file.relative_to(folder).as_posix(), date_time=ZIP_TIMESTAMP)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, file.read_bytes())
+    return write_bytes(zip_path, buffer.getvalue())
