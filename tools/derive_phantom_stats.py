@@ -84,7 +84,7 @@ def box_stats(labels: pd.DataFrame) -> dict:
     }
 
 
-def module_text(stats: dict, rsna_dir: Path) -> str:
+def module_text(stats: dict) -> str:
     lines = [
         '"""Parameters of the RSNA phantom, derived from the real RSNA 2018 tables.',
         "",
@@ -98,7 +98,7 @@ def module_text(stats: dict, rsna_dir: Path) -> str:
         "",
     ]
     for name, value in stats.items():
-        lines.append(f"{name} = {pprint.pformat(value, width=110, sort_dicts=False, compact=True)}")
+        lines.append(f"{name} = {pprint.pformat(value, width=100, sort_dicts=False, compact=True)}")
         lines.append("")
     return "\n".join(lines)
 
@@ -107,7 +107,7 @@ def main() -> None:
     rsna_dir = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parents[1] / "../shared/data/rsna")
     labels, patients = load(rsna_dir)
     stats = {**header_stats(patients), **box_stats(labels)}
-    sys.stdout.write(module_text(stats, rsna_dir))
+    sys.stdout.write(module_text(stats))
 
 
 if __name__ == "__main__":
