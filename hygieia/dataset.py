@@ -142,5 +142,7 @@ def load_reference_split(ref_dir: str | Path) -> dict:
 
 def boxes_by_id(boxes: pd.DataFrame) -> dict[str, np.ndarray]:
     """Group a boxes table into {id: (K, 4) array of x, y, width, height}."""
-    return {key: group[["x", "y", "width", "height"]].to_numpy(np.float64)
-            for key, group in boxes.groupby("id", sort=False)}
+    codes, ids = pd.factorize(boxes["id"])  # ids in order of first appearance
+    order = np.argsort(codes, kind="stable")
+    coords = boxes[["x", "y", "width", "height"]].to_numpy(np.float64)[order]
+    return dict(zip(ids, np.split(coords, np.flatnonzero(np.diff(codes[order])) + 1)))

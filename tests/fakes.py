@@ -31,7 +31,7 @@ def fake_split(n: int, rng: np.random.Generator, prefix: str, size: int = 100):
     meta = pd.DataFrame({"id": ids, "age": rng.integers(18, 90, n),
                          "sex": rng.choice(["M", "F"], n), "view_position": rng.choice(["AP", "PA"], n)})
     return {"ids": ids, "labels": labels, "images": images.clip(0, 255).astype(np.uint8),
-            "features": rng.normal(0, 1, (n, ds.N_FEATURES)).astype(np.float32) + labels[:, None] * 0.5,
+            "features": (rng.normal(0, 1, (n, ds.N_FEATURES)) + labels[:, None] * 0.5).astype(np.float32),
             "meta": meta, "boxes": pd.DataFrame(boxes, columns=ds.BOX_COLUMNS)}
 
 
@@ -56,3 +56,45 @@ def write_fake_dataset(root: str | Path, sizes=(60, 20, 20), seed: int = 0, size
             write_csv(ref / ds.META, data["meta"])
             write_npy(ref / ds.IMAGES, data["images"])
     return root
+
+
+def write_fake_ingestion_output(res_dir: str | Path, dataset_root: str | Path, seed: int = 0,
+                                error_rate: float = 0.2, method: str | None = "gradcam") -> Path:
+    """Ingestion's output folder for a fake dataset, as a model would leave it (for scoring tests).
+
+    Labels are the truth with ``error_rate`` of them flipped; predicted positives get float16
+    heatmaps: a Gaussian blob at the centre of the image's first box (true positives, the blob's
+    width varying) or at a random place (false positives).
+    """
+    import json
+
+    from hygieia.files import write_npz, write_text
+
+    res_dir = Path(res_dir)
+    rng = np.random.default_rng(seed)
+    rows, ids, maps = [], [], []
+    for split in ds.SCORED_SPLITS:
+        ref = ds.load_reference_split(Path(dataset_root) / ds.REFERENCE_DIR / split)
+        boxes = ds.boxes_by_id(ref["boxes"])
+        size_y, size_x = ref["images"].shape[1:]
+        label = np.where(rng.random(len(ref["ids"])) < error_rate, 1 - ref["labels"], ref["labels"])
+        proba = np.clip(0.5 + (label - 0.5) * rng.uniform(0.1, 1, len(label)), 0, 1)
+        yy, xx = np.mgrid[0:size_y, 0:size_x] + 0.5
+        for image_id, truth, predicted, p in zip(ref["ids"], ref["labels"], label, proba):
+            rows.append((image_id, round(float(p), 6), int(predicted)))
+            if predicted == 1 and method is not None:
+                if truth == 1:
+                    x, y, w, h = boxes[image_id][0]
+                    cx, cy = x + w / 2, y + h / 2
+                else:
+                    cx, cy = rng.uniform(0, size_x), rng.uniform(0, size_y)
+                sigma = rng.uniform(3, 20)
+                maps.append(np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma ** 2)))
+                ids.append(image_id)
+    write_csv(res_dir / "predictions.csv", pd.DataFrame(rows, columns=["id", "proba", "label"]))
+    stacked = np.array(maps, dtype=np.float16).reshape(len(maps), size_y, size_x)
+    write_npz(res_dir / "heatmaps.npz", ids=np.array(ids, dtype=str), maps=stacked)
+    report = {"status": "ok", "stage": None, "error": None, "explanation": method, "durations": {},
+              "counts": {"heatmaps": len(ids)}}
+    write_text(res_dir / "ingestion.json", json.dumps(report, indent=2))
+    return res_dir

@@ -10,17 +10,21 @@ pixel indices, bottom and right exclusive, i.e. the box [left, right) x [top, bo
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy import ndimage
 
 FRACTION_95 = 0.95
 # Sums of many float16-derived values are rounded; "at least 95%" allows this much relative slack.
 MASS_TOLERANCE = 1e-9
+RECTANGLE_CHUNK = 64  # row pairs per numpy call in the 95% rectangle search
 CC_TAUS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 CC_MIN_AREA = 0.01       # components smaller than this share of the image are dropped
 CC_MAX_COMPONENTS = 4
 RSNA_IOU_THRESHOLDS = tuple(np.round(np.arange(0.40, 0.751, 0.05), 2))
-EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+PLANES_8_CONNECTED = np.zeros((3, 3, 3), dtype=bool)
+PLANES_8_CONNECTED[1] = True  # 8-connected within a plane of a stack, never across planes
 
 
 def box_mask(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -50,13 +54,37 @@ def pointing_game(heatmap: np.ndarray, mask: np.ndarray) -> float:
     return float(np.any(mask & (heatmap == peak)))
 
 
+def _narrowest_right(prefix: np.ndarray, target: float, lefts: int) -> np.ndarray:
+    """For each row of prefix sums (P, W+1) with values in [0, 1] and each left column < ``lefts``,
+    the smallest right column (exclusive) whose window holds ``target``; W+1 where none does.
+
+    Shifting row k by 2k makes the whole table one sorted array, so one searchsorted answers every
+    (row, left) query; a query that no window of its row satisfies lands in the next row (> W)."""
+    rows, columns = prefix.shape
+    shift = 2.0 * np.arange(rows)[:, None]
+    found = np.searchsorted((prefix + shift).ravel(), (prefix[:, :lefts] + (target + shift)).ravel())
+    return found.reshape(rows, lefts) - np.arange(rows)[:, None] * columns
+
+
+@functools.lru_cache(maxsize=8)
+def _row_pairs(height: int) -> tuple[np.ndarray, np.ndarray]:
+    """All (top, bottom) row pairs, bottom exclusive, by increasing height then top (read-only)."""
+    top, bottom = np.triu_indices(height + 1, k=1)
+    order = np.lexsort((top, bottom - top))
+    top, bottom = top[order], bottom[order]
+    top.flags.writeable = bottom.flags.writeable = False
+    return top, bottom
+
+
 def rectangle_95(heatmap: np.ndarray, fraction: float = FRACTION_95) -> tuple[int, int, int, int] | None:
     """The smallest-area axis-aligned pixel rectangle holding at least ``fraction`` of the map's mass.
 
-    Exact: for every pair of rows (top, bottom) the column sums are prefix-summed and, for every left
-    column, the nearest right column reaching the target is found by binary search, all pairs at once
-    (O(H^2 W log W) work in a few numpy calls). Only row pairs that hold the target mass are tried.
-    Ties in area go to the larger mass, then the smaller top, left and bottom. None for an all-zero map.
+    Exact: for every pair of rows (top, bottom) that holds the target mass, the column sums are
+    prefix-summed and, for every left column, the nearest right column reaching the target is found
+    by binary search, many pairs per numpy call (O(H^2 W log W) at worst). Pairs are taken by
+    increasing height and the search stops once height x (narrowest possible width) exceeds the best
+    area found. Ties in area go to the larger mass, then the smaller top, left and bottom.
+    None for an all-zero map.
     """
     a = np.asarray(heatmap, dtype=np.float64)
     total = a.sum()
@@ -66,24 +94,34 @@ def rectangle_95(heatmap: np.ndarray, fraction: float = FRACTION_95) -> tuple[in
     height, width = a.shape
     target = fraction - MASS_TOLERANCE
     row_prefix = np.concatenate([[0.0], np.cumsum(a.sum(axis=1))])
-    top, bottom = np.triu_indices(height + 1, k=1)
+    top, bottom = _row_pairs(height)
     keep = row_prefix[bottom] - row_prefix[top] >= target
     top, bottom = top[keep], bottom[keep]
     column_prefix = np.vstack([np.zeros(width), np.cumsum(a, axis=0)])
-    prefix = np.zeros((len(top), width + 1))
-    np.cumsum(column_prefix[bottom] - column_prefix[top], axis=1, out=prefix[:, 1:])
-    # Each pair's prefix row lies in [0, 1]; shifting row k by 2k makes the whole table one sorted
-    # array, so one searchsorted answers every (pair, left) query; a miss lands in the next row.
-    shift = 2.0 * np.arange(len(top))[:, None]
-    flat = (prefix + shift).ravel()
-    found = np.searchsorted(flat, (prefix[:, :width] + target + shift).ravel())
-    right = found.reshape(len(top), width) - np.arange(len(top))[:, None] * (width + 1)
-    pair, left = np.nonzero(right <= width)
-    right = right[pair, left]
-    area = (bottom[pair] - top[pair]) * (right - left)
-    mass = prefix[pair, right] - prefix[pair, left]
-    best = np.lexsort((bottom[pair], left, top[pair], -mass, area))[0]
-    return int(top[pair[best]]), int(left[best]), int(bottom[pair[best]]), int(right[best])
+    whole = np.concatenate([[0.0], np.cumsum(column_prefix[-1])])[None, :]
+    # Left columns past ``lefts`` cannot start a rectangle: what lies right of them is under target.
+    lefts = int(np.count_nonzero(1.0 - whole[0, :width] >= target))
+    narrowest = int((_narrowest_right(whole, target, lefts) - np.arange(lefts)).min())
+    best_area, found = height * width + 1, []
+    for start in range(0, len(top), RECTANGLE_CHUNK):
+        if (bottom[start] - top[start]) * narrowest > best_area:
+            break  # every remaining pair is at least this tall
+        chunk = slice(start, start + RECTANGLE_CHUNK)
+        prefix = np.zeros((len(top[chunk]), width + 1))
+        np.cumsum(column_prefix[bottom[chunk]] - column_prefix[top[chunk]], axis=1, out=prefix[:, 1:])
+        right = _narrowest_right(prefix, target, lefts)
+        area = np.where(right <= width, (bottom[chunk] - top[chunk])[:, None] * (right - np.arange(lefts)),
+                        height * width + 1)
+        if area.min() < best_area:
+            best_area, found = area.min(), []
+        if area.min() == best_area:
+            pair, left = np.nonzero(area == best_area)
+            right = right[pair, left]
+            mass = np.round(prefix[pair, right] - prefix[pair, left], 9)
+            found.append(np.stack([top[chunk][pair], left, bottom[chunk][pair], right, -mass]))
+    candidates = np.concatenate(found, axis=1)
+    best = np.lexsort((candidates[2], candidates[1], candidates[0], candidates[4]))[0]
+    return tuple(int(v) for v in candidates[:4, best])
 
 
 def rectangle_to_box(rectangle: tuple[int, int, int, int]) -> np.ndarray:
@@ -115,57 +153,99 @@ def iou_95(heatmap: np.ndarray, boxes: np.ndarray,
     return float(box_iou(rectangle_to_box(rectangle), boxes).max())
 
 
-def component_boxes(heatmap: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes of the 8-connected regions where the map reaches ``tau`` x its maximum, and their masses.
+def component_boxes_by_tau(heatmap: np.ndarray, taus=CC_TAUS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes of the 8-connected regions where the map reaches tau x its maximum, for each tau.
 
     Regions under 1% of the image are dropped and at most the 4 heaviest are kept, heaviest first.
-    Returns ((K, 4) boxes x, y, width, height; (K,) masses).
+    All thresholds are labelled in one call, as planes of a stack that never connect to each other.
+    Returns boxes (T, 4, 4) as x, y, width, height, masses (T, 4) and valid (T, 4): which slots hold
+    a region.
     """
+    taus = np.asarray(taus, dtype=np.float64)
+    boxes = np.zeros((len(taus), CC_MAX_COMPONENTS, 4))
+    masses = np.zeros((len(taus), CC_MAX_COMPONENTS))
+    valid = np.zeros((len(taus), CC_MAX_COMPONENTS), dtype=bool)
     peak = heatmap.max()
     if peak <= 0:
-        return np.zeros((0, 4)), np.zeros(0)
-    labels, count = ndimage.label(heatmap >= tau * peak, structure=EIGHT_CONNECTED)
+        return boxes, masses, valid
+    # Every region lies inside the lowest threshold's mask: label only that mask's bounding box.
+    rows = np.flatnonzero((heatmap >= taus.min() * peak).any(axis=1))
+    cols = np.flatnonzero((heatmap >= taus.min() * peak).any(axis=0))
+    crop = heatmap[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    stack = crop[None] >= taus[:, None, None] * peak
+    labels, count = ndimage.label(stack, structure=PLANES_8_CONNECTED)
     if count == 0:
-        return np.zeros((0, 4)), np.zeros(0)
-    index = np.arange(1, count + 1)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    masses = np.bincount(labels.ravel(), weights=heatmap.ravel(), minlength=count + 1)[1:]
-    kept = index[sizes >= CC_MIN_AREA * heatmap.size]
-    kept = kept[np.lexsort((kept, -masses[kept - 1]))][:CC_MAX_COMPONENTS]
-    slices = ndimage.find_objects(labels)
-    boxes = np.array([[s[1].start, s[0].start, s[1].stop - s[1].start, s[0].stop - s[0].start]
-                      for s in (slices[k - 1] for k in kept)], dtype=np.float64).reshape(-1, 4)
-    return boxes, masses[kept - 1]
+        return boxes, masses, valid
+    where = np.nonzero(stack)
+    region = labels[where] - 1
+    sizes = np.bincount(region, minlength=count)
+    mass = np.bincount(region, weights=crop[where[1], where[2]], minlength=count)
+    # plane, top, bottom, left, right of each region, in the whole map's pixels
+    extent = np.array([[s[0].start, s[1].start, s[1].stop, s[2].start, s[2].stop]
+                       for s in ndimage.find_objects(labels)]) + [0, rows[0], rows[0], cols[0], cols[0]]
+    big = np.flatnonzero(sizes >= CC_MIN_AREA * heatmap.size)
+    order = big[np.lexsort((big, -mass[big], extent[big, 0]))]  # by plane, then heaviest first
+    plane = extent[order, 0]
+    rank = np.arange(len(order)) - np.searchsorted(plane, plane)  # position within its plane
+    keep = rank < CC_MAX_COMPONENTS
+    order, plane, rank = order[keep], plane[keep], rank[keep]
+    top, bottom, left, right = extent[order, 1:].T
+    boxes[plane, rank] = np.stack([left, top, right - left, bottom - top], axis=1)
+    masses[plane, rank] = mass[order]
+    valid[plane, rank] = True
+    return boxes, masses, valid
 
 
-def rsna_image_score(predicted: np.ndarray, confidences: np.ndarray, truth: np.ndarray,
-                     thresholds=RSNA_IOU_THRESHOLDS) -> float:
-    """The RSNA Pneumonia Detection Challenge's per-image score: the mean over IoU thresholds of
-    TP / (TP + FP + FN), predictions taken in decreasing confidence, each matched to the unmatched
-    ground-truth box of highest IoU when that IoU exceeds the threshold."""
+def component_boxes(heatmap: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
+    """The component boxes (K, 4) and masses (K,) of one threshold tau (see component_boxes_by_tau)."""
+    boxes, masses, valid = component_boxes_by_tau(heatmap, [tau])
+    return boxes[0][valid[0]], masses[0][valid[0]]
+
+
+def rsna_scores(predicted: np.ndarray, confidences: np.ndarray, valid: np.ndarray, truth: np.ndarray,
+                thresholds=RSNA_IOU_THRESHOLDS) -> np.ndarray:
+    """The RSNA Pneumonia Detection Challenge's per-image score of P sets of predicted boxes against
+    one image's ground truth: for each set, the mean over IoU thresholds of TP / (TP + FP + FN),
+    predictions taken in decreasing confidence, each matched to the unmatched ground-truth box of
+    highest IoU when that IoU exceeds the threshold.
+
+    predicted (P, K, 4), confidences (P, K), valid (P, K) (which slots hold a box), truth (G, 4).
+    """
     if len(truth) == 0:
         raise ValueError("the RSNA image score needs at least one ground-truth box")
-    order = np.argsort(-np.asarray(confidences), kind="stable")
-    ious = box_iou(np.asarray(predicted).reshape(-1, 4)[order], truth)
-    scores = []
-    for threshold in thresholds:
-        matched = np.zeros(len(truth), dtype=bool)
-        tp = 0
-        for row in ious:
-            candidates = np.where(matched, -1.0, row)
-            best = int(np.argmax(candidates))
-            if candidates[best] > threshold:
-                matched[best] = True
-                tp += 1
-        fp = len(ious) - tp
-        fn = len(truth) - tp
-        scores.append(tp / (tp + fp + fn))
-    return float(np.mean(scores))
+    sets, slots = valid.shape
+    order = np.argsort(np.where(valid, -np.asarray(confidences, dtype=np.float64), np.inf), axis=1,
+                       kind="stable")
+    valid = np.take_along_axis(valid, order, axis=1)
+    predicted = np.take_along_axis(np.asarray(predicted, dtype=np.float64), order[..., None], axis=1)
+    ious = box_iou(predicted.reshape(-1, 4), truth).reshape(sets, slots, len(truth))
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    matched = np.zeros((sets, len(thresholds), len(truth)), dtype=bool)  # a greedy matching per threshold
+    tp = np.zeros((sets, len(thresholds)))
+    for slot in range(slots):
+        candidates = np.where(matched, -1.0, ious[:, None, slot, :])
+        best = candidates.argmax(axis=2)
+        best_iou = np.take_along_axis(candidates, best[..., None], axis=2)[..., 0]
+        hit = (best_iou > thresholds) & valid[:, slot, None]
+        where_set, where_threshold = np.nonzero(hit)
+        matched[where_set, where_threshold, best[hit]] = True
+        tp += hit
+    fp = valid.sum(axis=1)[:, None] - tp
+    fn = len(truth) - tp
+    return (tp / (tp + fp + fn)).mean(axis=1)
+
+
+def rsna_image_score(predicted: np.ndarray, confidences, truth: np.ndarray,
+                     thresholds=RSNA_IOU_THRESHOLDS) -> float:
+    """The RSNA per-image score of one set of predicted (K, 4) boxes (see rsna_scores)."""
+    predicted = np.asarray(predicted, dtype=np.float64).reshape(1, -1, 4)
+    valid = np.ones(predicted.shape[:2], dtype=bool)
+    return float(rsna_scores(predicted, np.reshape(confidences, valid.shape), valid, truth, thresholds)[0])
 
 
 def cc_map_by_tau(heatmap: np.ndarray, boxes: np.ndarray, taus=CC_TAUS) -> np.ndarray:
     """RSNA per-image score of the connected-component boxes, for each threshold tau: (len(taus),)."""
-    return np.array([rsna_image_score(*component_boxes(heatmap, tau), boxes) for tau in taus])
+    return rsna_scores(*component_boxes_by_tau(heatmap, taus), boxes)
 
 
 def explain_image(heatmap: np.ndarray, boxes: np.ndarray) -> dict:

@@ -1,0 +1,101 @@
+"""Benchmark of the scoring program: 2,000 predictions, ~800 heatmaps at 100x100 (target: < 10 s).
+
+Prints the whole run's time (``hygieia.scoring.score.score``: reading, metrics, bootstrap, HTML
+report), the time of each part, and maps/s for each explanation metric.
+
+    python benchmarks/bench_scoring.py [--n 2000] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from fakes import write_fake_dataset, write_fake_ingestion_output  # noqa: E402
+
+from hygieia import dataset as ds  # noqa: E402
+from hygieia.scoring import classification as cls  # noqa: E402
+from hygieia.scoring import explanation as xp  # noqa: E402
+from hygieia.scoring import score as sc  # noqa: E402
+from hygieia.scoring.report import render_report  # noqa: E402
+
+TARGET_S = 10.0
+
+
+def timed(label: str, func, *args, **kwargs):
+    """Run ``func``; print its wall time and its process CPU time (on a shared, loaded machine the
+    CPU time is close to what the wall time would be on an idle one)."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    value = func(*args, **kwargs)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    print(f"  {label:<36s} {elapsed:7.3f} s wall {cpu:7.3f} s CPU")
+    return value, elapsed
+
+
+def metric_rates(ref: dict, run: dict) -> None:
+    """maps/s of each explanation metric alone, on the true positives' maps."""
+    boxes = ds.boxes_by_id(ref["boxes"])
+    truth = dict(zip(ref["ids"], ref["labels"]))
+    items = [(run["heatmaps"][i].astype(np.float64), boxes[i]) for i in run["heatmaps"] if truth[i] == 1]
+    masks = [xp.box_mask(b, m.shape) for m, b in items]
+    metrics = {
+        "activation_in_box": lambda: [xp.activation_in_box(m, k) for (m, _), k in zip(items, masks)],
+        "iou_95 (exact 95% rectangle)": lambda: [xp.iou_95(m, b) for m, b in items],
+        "cc_map (7 thresholds)": lambda: [xp.cc_map_by_tau(m, b) for m, b in items],
+        "pointing_game": lambda: [xp.pointing_game(m, k) for (m, _), k in zip(items, masks)],
+        "explain_image (all of them)": lambda: [xp.explain_image(m, b) for m, b in items],
+    }
+    print(f"explanation metrics on {len(items)} true-positive maps:")
+    for name, run_metric in metrics.items():
+        start, start_cpu = time.perf_counter(), time.process_time()
+        run_metric()
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+        print(f"  {name:<36s} {len(items) / elapsed:7.0f} maps/s wall {len(items) / cpu:7.0f} maps/s CPU")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000, help="scored predictions (valid split size)")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_scoring_"))
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (1 min)")
+    dataset = write_fake_dataset(work / "data", sizes=(4, args.n, 4), seed=0)
+    res = write_fake_ingestion_output(work / "res", dataset, seed=0, error_rate=0.1)
+    ref_dir = dataset / ds.REFERENCE_DIR / "valid"
+
+    print("whole scoring run (score(): read, metrics, bootstrap, JSON, HTML):")
+    results, total = timed("total", sc.score, ref_dir, res, work / "out", progress=False)
+    counts = results["classification"]
+    print(f"  {counts['n']} predictions, {counts['n_predicted_positive']} predicted positives with heatmaps, "
+          f"{results['explanation']['n_true_positives']} true positives; "
+          f"target < {TARGET_S:.0f} s: {'met' if total < TARGET_S else 'MISSED'} "
+          f"({total / TARGET_S:.2f} of the budget)")
+
+    print("parts:")
+    (ref, run), _ = timed("read and check inputs", sc.load_inputs, ref_dir, res)
+    truth, proba = ref["labels"], run["predictions"]["proba"].to_numpy()
+    predicted = run["predictions"]["label"].to_numpy()
+    timed("classification metrics", cls.classification_metrics, truth, proba, predicted)
+    timed(f"bootstrap ({cls.N_RESAMPLES} resamples)", cls.bootstrap_classification, truth, proba, predicted)
+    explanation, _ = timed("explanation metrics", sc.explanation_results, ref, run, False)
+    timed("bias report", sc.bias_results, ref, run, explanation)
+    results, _ = timed("compute_results (all of the above)", sc.compute_results, ref, run, ref_dir, False)
+    timed("write scores + detailed_scores.json", sc.write_scores, work / "out2", results)
+    page, _ = timed("render detailed_results.html", render_report, results, ref, run)
+    print(f"  detailed_results.html: {len(page) / 1e6:.2f} MB")
+    metric_rates(ref, run)
+    print(f"machine load after: {os.getloadavg()[0]:.2f} (1 min)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""``hygieia score REF_DIR RES_DIR OUT_DIR``: score an ingestion output against a reference split."""
+
+from __future__ import annotations
+
+from hygieia.scoring.score import score
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "score", help="score ingestion's output against a reference split",
+        description="Write scores.json, scores.txt, detailed_scores.json and detailed_results.html to "
+                    "OUT_DIR. A broken run (failed ingestion, bad predictions or heatmaps) is refused "
+                    "with its cause.")
+    parser.add_argument("ref_dir", help="reference_data/<split> folder (labels, boxes, meta, images)")
+    parser.add_argument("res_dir", help="ingestion's output folder (predictions.csv, heatmaps.npz, ...)")
+    parser.add_argument("out_dir", help="folder for the scores and the detailed results")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    results = score(args.ref_dir, args.res_dir, args.out_dir)
+    print(", ".join(f"{key}={value:.4f}" for key, value in results["scores"].items()))
+    return 0

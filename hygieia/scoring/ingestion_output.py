@@ -1,0 +1,184 @@
+"""Reading ingestion's output folder for scoring, and refusing a broken run with its cause.
+
+The folder holds ``predictions.csv`` (id, proba, label for valid and test), ``heatmaps.npz`` (ids,
+maps (K, H, W) float16 for predicted positives), ``ingestion.json`` (status, error, explanation
+method) and, on Codabench, the worker's ``metadata`` (YAML: exitCode, ingestionExitCode, ...).
+Only the reference split's ids are scored; rows of the other split are expected and ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from hygieia import dataset as ds
+from hygieia.errors import DataError, HygieiaError
+
+PREDICTIONS = "predictions.csv"
+HEATMAPS = "heatmaps.npz"
+INGESTION_REPORT = "ingestion.json"
+WORKER_METADATA = "metadata"
+PREDICTION_COLUMNS = ["id", "proba", "label"]
+EXPLANATION_METHODS = ("explain", "gradcam")
+EXIT_CODE_FIELDS = ("ingestionExitCode", "exitCode")
+
+
+class IngestionFailed(HygieiaError):
+    """Ingestion reported a failure; ``traceback`` holds its own traceback when it wrote one."""
+
+    def __init__(self, message: str, traceback: str | None = None):
+        super().__init__(message)
+        self.traceback = traceback
+
+
+def _some(values, limit: int = 5) -> str:
+    values = list(values)
+    shown = ", ".join(str(v) for v in values[:limit])
+    return f"{shown} (and {len(values) - limit} more)" if len(values) > limit else shown
+
+
+def read_ingestion_report(res_dir: Path) -> dict:
+    path = res_dir / INGESTION_REPORT
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (did ingestion run?)")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(report, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    return report
+
+
+def read_worker_metadata(res_dir: Path) -> dict:
+    """Codabench's ``metadata`` file of the prediction step; {} when absent."""
+    path = res_dir / WORKER_METADATA
+    if not path.is_file():
+        return {}
+    try:
+        metadata = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid YAML ({err})") from err
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise DataError(f"{path}: expected key: value lines")
+    return metadata
+
+
+def check_ingestion_succeeded(report: dict, metadata: dict, res_dir: Path) -> None:
+    """Raise IngestionFailed, quoting ingestion's own error, when ingestion did not end well."""
+    error = report.get("error") or {}
+    if not isinstance(error, dict):
+        error = {"message": str(error)}
+    own = error.get("message")
+    status = report.get("status")
+    if status == "failed":
+        stage = error.get("stage") or report.get("stage") or "unknown"
+        raise IngestionFailed(f"ingestion failed at stage '{stage}': {own or 'no message'}",
+                              error.get("traceback"))
+    failed_codes = {field: metadata[field] for field in EXIT_CODE_FIELDS
+                    if metadata.get(field) not in (None, 0, "0")}
+    if failed_codes:
+        codes = ", ".join(f"{k}={v}" for k, v in failed_codes.items())
+        raise IngestionFailed(f"ingestion exited with a failure ({codes} in {res_dir / WORKER_METADATA})"
+                              + (f": {own}" if own else ""), error.get("traceback"))
+    if status != "ok":
+        raise IngestionFailed(f"{res_dir / INGESTION_REPORT}: ingestion did not finish (status {status!r}, "
+                              f"stage {report.get('stage')!r})")
+
+
+def read_predictions(res_dir: Path, ids: list[str]) -> pd.DataFrame:
+    """The predictions of the reference ids, in their order, checked: (proba float, label int)."""
+    path = res_dir / PREDICTIONS
+    table = ds.read_table(path, PREDICTION_COLUMNS)
+    duplicated = table["id"][table["id"].duplicated()].unique()
+    if len(duplicated):
+        raise DataError(f"{path}: duplicate id(s) {_some(duplicated)}")
+    table = table.set_index("id")
+    missing = [i for i in ids if i not in table.index]
+    if missing:
+        raise DataError(f"{path}: {len(missing)} of the {len(ids)} scored ids have no prediction: "
+                        f"{_some(missing)}")
+    table = table.loc[ids]
+    proba = pd.to_numeric(table["proba"], errors="coerce")
+    if proba.isna().any():
+        raise DataError(f"{path}: proba is missing, NaN or not a number for id(s) "
+                        f"{_some(proba.index[proba.isna()])}")
+    outside = ~proba.between(0, 1)
+    if outside.any():
+        raise DataError(f"{path}: proba outside [0, 1] for id(s) {_some(proba.index[outside])}")
+    label = pd.to_numeric(table["label"], errors="coerce")
+    wrong = ~label.isin([0, 1])
+    if wrong.any():
+        raise DataError(f"{path}: label must be 0 or 1; not so for id(s) {_some(label.index[wrong])}")
+    return pd.DataFrame({"proba": proba.astype(np.float64), "label": label.astype(np.int64)})
+
+
+def read_heatmaps(res_dir: Path, wanted: list[str], shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Heatmaps {id: (H, W) float32} of the ``wanted`` ids (the scored predicted positives), checked."""
+    path = res_dir / HEATMAPS
+    if not path.is_file():
+        raise DataError(f"{path}: file not found, but ingestion reports an explanation method")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = sorted(archive.files)
+            ids = archive["ids"].astype(str) if "ids" in names else None
+            maps = archive["maps"] if "maps" in names else None
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: not a readable .npz archive ({err})") from err
+    if ids is None or maps is None:
+        raise DataError(f"{path}: expected arrays 'ids' and 'maps', found {names}")
+    if not np.issubdtype(maps.dtype, np.number):
+        raise DataError(f"{path}: maps must be numbers, got dtype {maps.dtype}")
+    if maps.ndim != 3 or maps.shape[1:] != tuple(shape):
+        raise DataError(f"{path}: maps must have shape (K, {shape[0]}, {shape[1]}) like the images; "
+                        f"got {maps.shape}")
+    if ids.ndim != 1 or len(ids) != len(maps):
+        raise DataError(f"{path}: {ids.size} ids for {len(maps)} maps")
+    position = pd.Index(ids)
+    if position.has_duplicates:
+        raise DataError(f"{path}: duplicate id(s) {_some(position[position.duplicated()].unique())}")
+    missing = [i for i in wanted if i not in position]
+    if missing:
+        raise DataError(f"{path}: no heatmap for {len(missing)} predicted positive(s): {_some(missing)}")
+    selected = maps[position.get_indexer(wanted)].astype(np.float32)
+    bad = ~np.isfinite(selected).all(axis=(1, 2))
+    if bad.any():
+        raise DataError(f"{path}: NaN or infinite values in the heatmap(s) of "
+                        f"{_some(np.asarray(wanted)[bad])}")
+    negative = (selected < 0).any(axis=(1, 2))
+    if negative.any():
+        raise DataError(f"{path}: negative values in the heatmap(s) of {_some(np.asarray(wanted)[negative])}")
+    return dict(zip(wanted, selected))
+
+
+def read_ingestion_output(res_dir: str | Path, ids: list[str], shape: tuple[int, int]) -> dict:
+    """Everything scoring needs from ingestion's output, or a HygieiaError naming what is broken.
+
+    Returns ``report`` (ingestion.json), ``worker`` (metadata), ``predictions`` (DataFrame indexed by
+    the reference ids: proba, label), ``method`` (explanation method or None) and ``heatmaps``
+    ({id: map} for the scored predicted positives; {} when the method is None).
+    """
+    res_dir = Path(res_dir)
+    if not res_dir.is_dir():
+        raise DataError(f"{res_dir}: ingestion's output folder not found")
+    metadata = read_worker_metadata(res_dir)
+    report = read_ingestion_report(res_dir)
+    check_ingestion_succeeded(report, metadata, res_dir)
+    predictions = read_predictions(res_dir, ids)
+    method = report.get("explanation")
+    if method is not None and method not in EXPLANATION_METHODS:
+        raise DataError(f"{res_dir / INGESTION_REPORT}: explanation must be one of "
+                        f"{list(EXPLANATION_METHODS)} or null, got {method!r}")
+    heatmaps = {}
+    if method is not None:
+        positives = predictions.index[predictions["label"] == 1].tolist()
+        heatmaps = read_heatmaps(res_dir, positives, shape)
+    return {"report": report, "worker": metadata, "predictions": predictions,
+            "method": method, "heatmaps": heatmaps}

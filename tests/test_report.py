@@ -1,0 +1,63 @@
+"""detailed_results.html: self-contained, complete, escaped, with readable figures."""
+
+import base64
+import io
+import re
+
+import pytest
+from fakes import write_fake_dataset, write_fake_ingestion_output
+from PIL import Image
+
+from hygieia.scoring import score as sc
+from hygieia.scoring.report import render_error, render_report
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    dataset = write_fake_dataset(root / "data", sizes=(6, 40, 20), seed=3)
+    ref_dir = dataset / "reference_data" / "valid"
+    res = write_fake_ingestion_output(root / "res", dataset, seed=4)
+    ref, run = sc.load_inputs(ref_dir, res)
+    return sc.compute_results(ref, run, ref_dir, progress=False), ref, run
+
+
+def pngs(page):
+    return [Image.open(io.BytesIO(base64.b64decode(data)))
+            for data in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+
+
+def test_report_is_self_contained_and_complete(scored):
+    results, ref, run = scored
+    page = render_report(results, ref, run)
+    assert not re.search(r"(src|href)=[\"'](?!data:)", page)  # nothing fetched
+    assert "http" not in page
+    images = pngs(page)
+    assert len(images) == 4  # ROC, distributions, best and worst galleries
+    assert all(40 < image.width < 1200 and 40 < image.height < 800 for image in images)
+    for text in ("95% bootstrap interval", "true opacity (1)", "By sex", "By view position",
+                 "Best explanations", "Worst explanations", "mean over all positives"):
+        assert text in page
+    tp = results["classification"]["confusion_matrix"][1][1]
+    assert f"{tp} true positives of" in page
+    for tau in results["explanation"]["cc_map_by_tau"]:
+        assert f"<th>{tau}</th>" in page
+    for row in results["bias"]["view_position"]:
+        assert f"<td>{row['group']}</td><td>{row['n']}</td>" in page
+
+
+def test_report_without_explanations_says_why(scored):
+    results, ref, run = scored
+    run = {**run, "method": None, "heatmaps": {}}
+    results = sc.compute_results(ref, run, progress=False)
+    page = render_report(results, ref, run)
+    assert "offers no explanation" in page
+    assert len(pngs(page)) == 1  # the ROC curve only
+    assert "Best explanations" not in page
+
+
+def test_error_page_escapes_the_participants_text():
+    page = render_error("ingestion failed: <script>alert(1)</script>", "Traceback\n  <b>x</b>")
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "&lt;b&gt;x&lt;/b&gt;" in page
+    assert "No score was recorded" in page
