@@ -1,0 +1,75 @@
+"""Subcommands: ``hygieia bundle build|check``, ``hygieia run``, ``hygieia demo``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    bundle = subparsers.add_parser("bundle", help="build or check the Codabench competition bundle")
+    actions = bundle.add_subparsers(dest="bundle_command", metavar="ACTION", required=True)
+
+    build = actions.add_parser("build", help="build the bundle zip from prepared data",
+                               description="Build the Codabench bundle zip from `hygieia prepare` output. "
+                               "Deterministic: the same inputs give the same bytes.")
+    build.add_argument("data_dir", metavar="DATA_DIR", help="prepare's output folder")
+    build.add_argument("-o", "--output", required=True, metavar="BUNDLE.zip", help="the zip to write")
+    build.add_argument("--docker-image", metavar="NAME",
+                       help="the competition image to name in competition.yaml (see docker/README.md)")
+    build.set_defaults(func=_build)
+
+    check = actions.add_parser("check", help="validate a bundle offline, as Codabench would",
+                               description="Validate a bundle zip or folder offline with Codabench's "
+                               "rules; exits 1 on any error.")
+    check.add_argument("bundle", metavar="BUNDLE", help="bundle zip or folder")
+    check.set_defaults(func=_check)
+
+    run = subparsers.add_parser("run", help="run a submission through a local Codabench worker",
+                                description="Run a submission (zip or folder) against a bundle as "
+                                "Codabench's compute worker does: ingestion, then scoring.")
+    run.add_argument("submission", metavar="SUBMISSION", help="submission zip or folder (model.py)")
+    run.add_argument("--bundle", required=True, metavar="BUNDLE", help="bundle zip or folder")
+    run.add_argument("--phase", default="development", help="phase name: development or final")
+    run.add_argument("--out", metavar="DIR", help="working folder (default runs/<submission>-<phase>)")
+    run.set_defaults(func=_run)
+
+    demo = subparsers.add_parser("demo", help="phantom -> prepare -> bundle -> check -> run, end to end",
+                                 description="The whole competition on a small phantom in one command.")
+    demo.add_argument("--patients", type=int, default=400, help="phantom patients (default 400)")
+    demo.add_argument("--out", default="demo", metavar="DIR", help="output folder (default demo/)")
+    demo.add_argument("--weights", metavar="PATH", help="MobileNetV2 state_dict (offline machines)")
+    demo.add_argument("--full", action="store_true", help="train the sample submission fully "
+                      "(default: HYGIEIA_FAST=1)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_demo)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from hygieia.bundle.build import build_bundle
+
+    summary = build_bundle(args.data_dir, args.output, docker_image=args.docker_image)
+    print(summary.report())
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from hygieia.bundle.check import check_bundle, report
+
+    findings = check_bundle(args.bundle)
+    print(report(findings, args.bundle))
+    return 1 if any(f.level == "error" for f in findings) else 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from hygieia.bundle.worker import run_submission
+
+    result = run_submission(args.submission, args.bundle, phase=args.phase, out_dir=args.out)
+    print(result.report())
+    return 0 if result.status == "Finished" else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from hygieia.bundle.demo import run_demo
+
+    return run_demo(patients=args.patients, out=args.out, weights=args.weights, full=args.full, seed=args.seed)
+

@@ -1,0 +1,183 @@
+"""``hygieia run``, the local Codabench worker: layout, substitutions, isolation, failures, time limit."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bundle_helpers import build_fake_bundle, edit_yaml, extract
+from hygieia.bundle.archive import codabench_parent_dir, unpack_like_codabench
+from hygieia.bundle.build import build_bundle
+from hygieia.bundle.worker import fresh_out_dir, program_env, run_submission, substitute
+from hygieia.errors import HygieiaError
+from hygieia.scoring.keys import SCORE_KEYS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("worker")
+    return extract(build_fake_bundle(tmp, with_card=False), tmp / "bundle")
+
+
+def write_model(folder: Path, body: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "model.py").write_text(textwrap.dedent(body))
+    return folder
+
+
+def test_substitutions_follow_the_worker():
+    pred = {n: Path(f"/w/{n}") for n in ("program", "ingested_program", "input_data", "output")}
+    argv = substitute("python3 $ingestion_program/ingestion.py $input $output $ingestion_program "
+                      "$submission_program", kind="ingestion", folders=pred)
+    assert argv == [sys.executable, "-S", "/w/program/ingestion.py", "/w/input_data", "/w/output",
+                    "/w/program", "/w/ingested_program"]
+    score = {"program": Path("/s/program"), "input": Path("/s/input"), "output": Path("/s/output"),
+             "ref": Path("/s/input/ref"), "res": Path("/s/input/res")}
+    argv = substitute("python3 $program/score.py $input $output", kind="scoring", folders=score)
+    assert argv == [sys.executable, "-S", "/s/program/score.py", "/s/input", "/s/output"]
+
+
+def test_parent_folder_rule():
+    assert codabench_parent_dir(["score.py", "metadata.yaml", "hygieia/x.py"], is_program=True) is None
+    assert codabench_parent_dir(["scoring_program/metadata.yaml", "scoring_program/s.py"], True) == "scoring_program"
+    assert codabench_parent_dir(["model.py", "helpers/a.py"], is_program=False) == "helpers"
+    assert codabench_parent_dir(["labels.csv", "boxes.csv"], is_program=False) is None
+
+
+def test_wrapped_submission_is_unwrapped(tmp_path):
+    write_model(tmp_path / "sub" / "inner", "class Model: pass\n")
+    with zipfile.ZipFile(tmp_path / "s.zip", "w") as archive:
+        archive.write(tmp_path / "sub" / "inner" / "model.py", "inner/model.py")
+    assert unpack_like_codabench(tmp_path / "s.zip", tmp_path / "out", is_program=False) is None
+    assert (tmp_path / "out" / "model.py").is_file()
+
+
+def test_out_dir_is_replaced_only_when_it_is_a_previous_run(tmp_path):
+    (tmp_path / "run" / "logs").mkdir(parents=True)
+    assert list(fresh_out_dir(tmp_path / "run").iterdir()) == []
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(HygieiaError, match="is not a run folder"):
+        fresh_out_dir(tmp_path)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_program_environment_hides_the_project(tmp_path, bundle_dir):
+    """Under the worker's environment only a program folder's own copy of hygieia is importable."""
+    code = "import hygieia; print(hygieia.__file__)"
+    bare = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=program_env(tmp_path),
+                          capture_output=True, text=True)
+    assert bare.returncode != 0 and "No module named 'hygieia'" in bare.stderr
+    program = bundle_dir / "scoring_program"
+    vendored = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=program_env(program),
+                              capture_output=True, text=True)
+    assert vendored.returncode == 0, vendored.stderr
+    assert Path(vendored.stdout.strip()).resolve().is_relative_to(program.resolve())
+    assert "numpy" in subprocess.run([sys.executable, "-S", "-c", "import numpy; print('numpy')"], cwd=tmp_path,
+                                     env=program_env(tmp_path), capture_output=True, text=True).stdout
+
+
+@pytest.mark.slow
+def test_tabular_sample_finishes_with_every_leaderboard_key(bundle_dir, tmp_path):
+    result = run_submission(ROOT / "sample_submission_tabular", bundle_dir, out_dir=tmp_path / "run", echo=False)
+    assert result.status == "Finished", result.report()
+    assert sorted(result.scores) == sorted(SCORE_KEYS)
+    assert [title for title, _ in result.row][0] == "Accuracy"
+    assert result.detailed_results == tmp_path / "run" / "scoring" / "output" / "detailed_results.html"
+    metadata = yaml.safe_load((tmp_path / "run" / "scoring" / "input" / "res" / "metadata").read_text())
+    assert set(metadata) == {"exitCode", "elapsedTime", "ingestionExitCode", "ingestionElapsedTime"}
+    assert metadata["ingestionExitCode"] == 0 and metadata["ingestionElapsedTime"] > 0
+    for folder in ("prediction/program/ingestion.py", "prediction/ingested_program/model.py",
+                   "prediction/input_data/train/images.npy", "scoring/input/ref/labels.csv",
+                   "scoring/input/res/predictions.csv", "scoring/program/score.py"):
+        assert (tmp_path / "run" / folder).is_file(), folder
+    assert "Finished" in result.report() and "detailed results:" in result.report()
+
+
+@pytest.mark.slow
+def test_failing_submission_shows_failed_with_its_error(bundle_dir, tmp_path, capsys):
+    sub = write_model(tmp_path / "broken", """
+        class Model:
+            def fit(self, X, y):
+                raise ValueError("the lungs are on strike")
+            def predict_proba(self, X):
+                return [0.5] * len(X["ids"])
+    """)
+    result = run_submission(sub, bundle_dir, out_dir=tmp_path / "run", echo=False)
+    assert result.status == "Failed"
+    assert "the lungs are on strike" in result.error
+    assert "status: Failed" in result.report()
+
+
+@pytest.mark.slow
+def test_submission_past_the_time_limit_is_stopped(pristine_copy, tmp_path):
+    """A model that sleeps, with a child process of its own: both are gone when the limit strikes."""
+    limit = 20
+    edit_yaml(pristine_copy, lambda c: c["phases"][0].update(execution_time_limit=limit))
+    pid_file = tmp_path / "child.pid"
+    sub = write_model(tmp_path / "sleepy", f"""
+        import subprocess, time
+        class Model:
+            def fit(self, X, y):
+                child = subprocess.Popen(["sleep", "300"])
+                open({str(pid_file)!r}, "w").write(str(child.pid))
+                time.sleep(300)
+            def predict_proba(self, X):
+                return [0.5] * len(X["ids"])
+    """)
+    result = run_submission(sub, pristine_copy, out_dir=tmp_path / "run", echo=False)
+    assert result.status == "Failed"
+    assert f"Execution Time Limit exceeded. Limit was {limit} seconds" in result.error
+    assert result.steps[0].timed_out and result.steps[0].elapsed < limit + 10
+    assert len(result.steps) == 1  # no scoring after a prediction step that ran out of time
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while running(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running(child)
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def pristine_copy(bundle_dir, tmp_path) -> Path:
+    return Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+
+
+@pytest.mark.slow
+def test_phantom_end_to_end_both_samples(phantom_prepared, tmp_path, monkeypatch):
+    """The real programs on the phantom: the CNN baseline (Grad-CAM) and the tabular example."""
+    monkeypatch.setenv("HYGIEIA_FAST", "1")
+    bundle = build_bundle(phantom_prepared, tmp_path / "bundle.zip").path
+    with zipfile.ZipFile(bundle) as archive:
+        board = yaml.safe_load(archive.read("competition.yaml"))["leaderboards"][0]
+        for name in ("sample_submission", "sample_submission_tabular"):
+            (tmp_path / f"{name}.zip").write_bytes(archive.read(f"starting_kit/{name}.zip"))
+    keys = [column["key"] for column in board["columns"]]
+    cnn = run_submission(tmp_path / "sample_submission.zip", bundle, out_dir=tmp_path / "cnn", echo=False)
+    assert cnn.status == "Finished", cnn.report()
+    assert sorted(cnn.scores) == sorted(keys)
+    ingestion = (tmp_path / "cnn" / "scoring" / "input" / "res" / "ingestion.json").read_text()
+    assert "gradcam" in ingestion
+    final = run_submission(tmp_path / "sample_submission_tabular.zip", bundle, phase="final",
+                           out_dir=tmp_path / "tab", echo=False)
+    assert final.status == "Finished", final.report()
+    assert sorted(final.scores) == sorted(keys) and final.phase == "Final"
+    ref = (tmp_path / "tab" / "scoring" / "input" / "ref" / "labels.csv").read_text()
+    assert ref == (phantom_prepared / "reference_data" / "test" / "labels.csv").read_text()
