@@ -1,0 +1,192 @@
+"""The starting kit's notebook: generated from tools/make_starting_kit.py, committed without outputs,
+and run headless, as a participant runs it, in the starting kit of a real bundle."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from hygieia import dataset as ds
+from hygieia.scoring.keys import SCORE_KEYS
+from fakes import fake_split, write_fake_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+KIT = ROOT / "starting_kit"
+NOTEBOOK = KIT / "README.ipynb"
+ORGANIZER_ONLY = {"pydicom"}  # reading RSNA's DICOM files is the organizers' business
+
+
+def load_generator():
+    spec = importlib.util.spec_from_file_location("make_starting_kit", ROOT / "tools" / "make_starting_kit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def requirement_lines(path: Path) -> list[str]:
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def test_committed_notebook_is_the_generated_one_without_outputs():
+    text = NOTEBOOK.read_text(encoding="utf-8")
+    assert text == load_generator().notebook_text(), "run `python tools/make_starting_kit.py`"
+    notebook = nbformat.reads(text, as_version=4)
+    nbformat.validate(notebook)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code and all(cell.outputs == [] and cell.execution_count is None for cell in code)
+
+
+def test_kit_requirements_hold_every_runtime_requirement_participants_need():
+    kit = requirement_lines(KIT / "requirements.txt")
+    needed = [line for line in requirement_lines(ROOT / "requirements.txt")
+              if not any(line.startswith(name) for name in ORGANIZER_ONLY)]
+    assert [line for line in needed if line not in kit] == []
+    assert any(line.startswith("notebook") for line in kit)
+
+
+def load_local_eval():
+    spec = importlib.util.spec_from_file_location("local_eval", KIT / "local_eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_local_dataset_holds_out_part_of_train_with_its_labels_and_boxes_on_the_reference_side(tmp_path):
+    local_eval = load_local_eval()
+    write_fake_dataset(tmp_path / "data", sizes=(60, 20, 20))
+    train = ds.load_input_split(tmp_path / "data" / ds.INPUT_DIR, "train")
+    rows = local_eval.split_rows(train["labels"], holdout=0.3)
+    local = local_eval.write_local_dataset(train, rows, tmp_path / "local")
+
+    ids = {split: ds.load_input_split(local / ds.INPUT_DIR, split)["ids"] for split in ds.SPLITS}
+    assert sorted(sum(ids.values(), [])) == sorted(train["ids"])
+    assert (len(ids["train"]), len(ids["valid"]), len(ids["test"])) == (42, 9, 9)
+    labels = pd.Series(train["labels"], index=train["ids"])
+    for split in ds.SCORED_SPLITS:
+        public = local / ds.INPUT_DIR / split
+        assert not (public / ds.LABELS).exists() and not (public / ds.BOXES).exists()
+        reference = ds.load_reference_split(local / ds.REFERENCE_DIR / split)
+        assert reference["ids"] == ids[split]
+        assert np.array_equal(reference["labels"], labels.loc[ids[split]].to_numpy())
+        assert 0 < reference["labels"].sum() < len(reference["ids"])  # stratified: both classes
+        expected = train["boxes"][train["boxes"]["id"].isin(ids[split])].reset_index(drop=True)
+        pd.testing.assert_frame_equal(reference["boxes"], expected)
+        index = [train["ids"].index(i) for i in ids[split]]
+        assert np.array_equal(reference["images"], train["images"][index])
+
+    quick = local_eval.split_rows(train["labels"], holdout=0.3, limit=30)
+    assert sum(len(part) for part in quick.values()) == 30
+
+
+def load_figures():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    spec = importlib.util.spec_from_file_location("figures", KIT / "figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rectangles(ax, color: str) -> list[tuple[float, float, float, float]]:
+    from matplotlib.colors import to_rgba
+
+    return [(*patch.get_xy(), patch.get_width(), patch.get_height()) for patch in ax.patches
+            if patch.get_edgecolor() == to_rgba(color)]
+
+
+def test_figures_draw_the_boxes_and_the_95_rectangle_where_the_metrics_put_them():
+    from hygieia.scoring.explanation import box_mask, explain_image
+
+    figures = load_figures()
+    X = fake_split(10, np.random.default_rng(1), "x")
+    X["boxes"] = pd.concat([X["boxes"], X["boxes"].iloc[:1]])  # a crop with two boxes
+    boxes = ds.boxes_by_id(X["boxes"])
+
+    crops = figures.show_crops(X, per_class=4)  # all 4 opacity crops, 4 of the 6 normal ones
+    shown = {ax.get_title().split("\n")[1]: len(rectangles(ax, figures.BOX_COLOR)) for ax in crops.axes[:4]}
+    assert shown == {key: len(value) for key, value in boxes.items()}
+    assert all(rectangles(ax, figures.BOX_COLOR) == [] for ax in crops.axes[4:])
+
+    ids = [X["ids"][i] for i in np.flatnonzero(X["labels"] == 1)]
+    images = X["images"][np.flatnonzero(X["labels"] == 1)]
+    heatmaps = [box_mask(boxes[key], (100, 100)).astype(float) for key in ids]  # a perfect explanation
+    results = [explain_image(heatmap, boxes[key]) for heatmap, key in zip(heatmaps, ids)]
+    figure = figures.show_explanations(images, heatmaps, [boxes[key] for key in ids], results, ids)
+    ax = figure.axes[0]
+    x, y, width, height = boxes[ids[0]][0]
+    assert rectangles(ax, figures.BOX_COLOR)[0] == pytest.approx((x - 0.5, y - 0.5, width, height))
+    top, left, bottom, right = results[0]["rectangle_95"]
+    assert rectangles(ax, figures.RECTANGLE_COLOR) == [(left - 0.5, top - 0.5, right - left, bottom - top)]
+    assert "in box 1.00" in ax.get_title()
+
+    table = pd.DataFrame(results)
+    histograms = figures.show_metric_histograms(table, ["activation_in_box", "iou_95"])
+    assert [sum(p.get_height() for p in ax.patches) for ax in histograms.axes] == [len(ids), len(ids)]
+
+
+def unpack_starting_kit(bundle: Path, dest: Path) -> Path:
+    with zipfile.ZipFile(bundle) as archive:
+        archive.extractall(dest, [name for name in archive.namelist() if name.startswith("starting_kit/")])
+    return dest / "starting_kit"
+
+
+def execute(notebook_path: Path, kit: Path) -> nbformat.NotebookNode:
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(notebook_path, as_version=4)
+    client = NotebookClient(notebook, timeout=400, kernel_name="python3",
+                            resources={"metadata": {"path": str(kit)}})
+    client.execute()  # raises CellExecutionError, naming the cell, on any error
+    return notebook
+
+
+def outputs(notebook, output_type: str | None = None, mime: str | None = None) -> list:
+    found = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output_type and output.output_type == output_type:
+                found.append(output.text)
+            if mime and mime in output.get("data", {}):
+                found.append(output["data"][mime])
+    return found
+
+
+@pytest.mark.slow
+def test_notebook_runs_in_the_bundles_starting_kit_and_its_zip_is_accepted(
+        tmp_path, phantom_prepared, weights_path, monkeypatch):
+    from hygieia.bundle.build import build_bundle
+    from hygieia.bundle.worker import run_submission
+
+    bundle = build_bundle(phantom_prepared, tmp_path / "bundle.zip").path
+    kit = unpack_starting_kit(bundle, tmp_path)
+    # The kernel spec runs `python`: make it this interpreter, as a participant's active environment.
+    monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    monkeypatch.setenv("HYGIEIA_FAST", "1")
+    monkeypatch.setenv("HYGIEIA_MOBILENET_WEIGHTS", str(weights_path))
+    monkeypatch.delenv("HYGIEIA_DATA", raising=False)
+
+    notebook = execute(kit / "README.ipynb", kit)
+
+    printed = "".join(outputs(notebook, output_type="stream"))
+    assert f"({sys.executable})" in printed, "the kernel did not run this environment's python"
+    # crops, metadata, two confusion matrices (+ heatmaps and histograms when the quick baseline finds
+    # a true positive, which it may not on so few images: the explanation figures are tested below)
+    assert len(outputs(notebook, mime="image/png")) >= 4
+    assert "status: Finished" in printed
+
+    submission = kit / "local_run" / "submission.zip"
+    with zipfile.ZipFile(submission) as archive:
+        assert "model.py" in archive.namelist()
+    result = run_submission(submission, bundle, phase="development", out_dir=tmp_path / "run", echo=False)
+    assert result.status == "Finished", result.report()
+    assert sorted(result.scores) == sorted(SCORE_KEYS)
