@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 from hygieia.errors import HygieiaError
@@ -44,6 +45,6 @@ def load_mobilenet_v2(weights: str | Path | None = None):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except (RuntimeError, OSError, KeyError) as err:
+    except (RuntimeError, OSError, KeyError, pickle.UnpicklingError) as err:
         raise HygieiaError(f"{path}: not a torchvision mobilenet_v2 state_dict ({err})") from err
     return model.eval()

@@ -1,0 +1,116 @@
+"""The dataset card: counts, ratio, age/sex/view statistics, skipped files, and two figures
+(box sizes, example crops with their boxes). Written byte-stably (no dates, no software tags)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from hygieia.dataset import SPLITS
+from hygieia.files import write_bytes, write_text
+from hygieia.prepare.select import CLASS_NAMES
+
+CARD_FILE = "dataset_card.md"
+BOX_SIZES_PNG = "box_sizes.png"
+EXAMPLES_PNG = "example_crops.png"
+EXAMPLES_PER_CLASS = 8
+
+
+def write_card(folder: Path, samples: pd.DataFrame, decoded: dict, tables, summary: dict) -> None:
+    """Write the card and its figures into ``folder``. ``samples`` has id, patientId, split, label."""
+    folder = Path(folder)
+    meta = pd.DataFrame([decoded[pid].header for pid in samples["patientId"]], index=samples.index)
+    table = pd.concat([samples, meta], axis=1)
+    positives = tables.boxes[tables.boxes["patientId"].isin(samples.loc[samples["label"] == 1, "patientId"])]
+    write_png(folder / BOX_SIZES_PNG, box_size_figure(positives))
+    write_png(folder / EXAMPLES_PNG, examples_figure(table[table["split"] == "train"], decoded))
+    write_text(folder / CARD_FILE, card_text(table, summary, n_boxes=len(positives)))
+
+
+def write_png(path: Path, figure: Figure) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    write_bytes(path, buffer.getvalue())
+
+
+def card_text(table: pd.DataFrame, summary: dict, n_boxes: int) -> str:
+    ratio = summary["ratio"]
+    lines = ["# Hygieia prepared dataset", "",
+             "Source: RSNA Pneumonia Detection Challenge (2018), stage 2 training set (Radiological Society "
+             "of North America; annotations by RSNA and the Society of Thoracic Radiology; images from the "
+             "NIH Clinical Center ChestX-ray14 collection). Classes: Normal → 0, Lung Opacity → 1; "
+             "\"No Lung Opacity / Not Normal\" is left out. One image per patient; splits are "
+             "patient-disjoint.", "",
+             f"Requested ratio normal:opacity = {ratio[0]}:{ratio[1]}.", "",
+             "## Samples", "", "| split | normal (0) | opacity (1) | total |", "|---|---|---|---|"]
+    for split in SPLITS:
+        rows = table[table["split"] == split]
+        n_pos = int(rows["label"].sum())
+        lines.append(f"| {split} | {len(rows) - n_pos} | {n_pos} | {len(rows)} |")
+    lines += ["", f"Boxes of the selected opacity patients (original pixels): {n_boxes}.", ""]
+    lines += ["## Age (years)", "", "| split | class | n | mean | median | min | max | missing |",
+              "|---|---|---|---|---|---|---|---|"]
+    for (split, label), rows in _groups(table):
+        age = pd.to_numeric(rows["age"], errors="coerce")
+        known = age.dropna()
+        stats = (f"{known.mean():.1f} | {known.median():.0f} | {known.min():.0f} | {known.max():.0f}"
+                 if len(known) else "– | – | – | –")
+        lines.append(f"| {split} | {CLASS_NAMES[label]} | {len(rows)} | {stats} | {int(age.isna().sum())} |")
+    for column, title in (("sex", "Sex"), ("view_position", "View position")):
+        values = sorted(table[column].fillna("missing").astype(str).unique())
+        lines += ["", f"## {title}", "", "| split | class | " + " | ".join(values) + " |",
+                  "|---|---|" + "---|" * len(values)]
+        for (split, label), rows in _groups(table):
+            counts = rows[column].fillna("missing").astype(str).value_counts()
+            lines.append(f"| {split} | {CLASS_NAMES[label]} | "
+                         + " | ".join(str(int(counts.get(v, 0))) for v in values) + " |")
+    lines += ["", "## Skipped files", ""]
+    skipped = summary["skipped"]
+    lines += [f"- {item['patientId']}: {item['error']}" for item in skipped] or ["None."]
+    lines += ["", "## Figures", "", f"![Box width and height]({BOX_SIZES_PNG})", "",
+              f"![Example training crops with their boxes]({EXAMPLES_PNG})", ""]
+    return "\n".join(lines)
+
+
+def _groups(table: pd.DataFrame):
+    for split in SPLITS:
+        for label in (0, 1):
+            yield (split, label), table[(table["split"] == split) & (table["label"] == label)]
+
+
+def box_size_figure(boxes: pd.DataFrame) -> Figure:
+    """Histograms of box width and height in original pixels (the original design's Figure 2)."""
+    figure = Figure(figsize=(8, 3.2))
+    for axis, column in zip(figure.subplots(1, 2), ("width", "height")):
+        axis.hist(boxes[column].to_numpy(), bins=30, color="#4c72b0")
+        axis.set_xlabel(f"box {column} (pixels of the 1024×1024 radiograph)")
+        axis.set_ylabel("boxes")
+    figure.suptitle(f"Opacity boxes of the selected patients (n = {len(boxes)})")
+    figure.tight_layout()
+    return figure
+
+
+def examples_figure(train: pd.DataFrame, decoded: dict) -> Figure:
+    """The first training crops of each class (rows: opacity, normal) with their boxes drawn."""
+    figure = Figure(figsize=(EXAMPLES_PER_CLASS * 1.3, 3.4))
+    axes = np.asarray(figure.subplots(2, EXAMPLES_PER_CLASS, squeeze=False))
+    for row, label in enumerate((1, 0)):
+        chosen = train[train["label"] == label].head(EXAMPLES_PER_CLASS)
+        for column, axis in enumerate(axes[row]):
+            axis.set_axis_off()
+            if column >= len(chosen):
+                continue
+            sample = chosen.iloc[column]
+            item = decoded[sample["patientId"]]
+            axis.imshow(item.crop, cmap="gray", vmin=0, vmax=255)
+            for x, y, w, h in item.crop_boxes:
+                axis.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="red", linewidth=1))
+            axis.set_title(f"{sample['id']} ({label})", fontsize=7)
+    figure.suptitle("Training crops: opacity (top, boxes in red) and normal (bottom)", fontsize=9)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,77 @@
+"""``hygieia prepare``: an RSNA download (or the phantom) → the competition's prepared dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from hygieia.errors import HygieiaError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "prepare", help="select, crop and featurise RSNA radiographs into input_data/ and reference_data/",
+        description="Prepare the competition's dataset from RSNA_DIR (stage_2_train_images/ and the two "
+                    "label CSV files of the RSNA Pneumonia Detection Challenge, or the phantom).")
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("rsna_dir", metavar="RSNA_DIR", help="RSNA download or phantom folder")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="output folder (new, empty, or an earlier prepare output)")
+    parser.add_argument("--train", type=int, default=10000, help="training samples (default 10000)")
+    parser.add_argument("--valid", type=int, default=2000, help="validation samples (default 2000)")
+    parser.add_argument("--test", type=int, default=2000, help="test samples (default 2000)")
+    parser.add_argument("--ratio", type=parse_ratio, default=(3, 2), metavar="N:P",
+                        help="normal:opacity ratio in every split (default 3:2)")
+    parser.add_argument("--crop", type=int, default=100, help="crop side in pixels (default 100)")
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--context", type=float, default=2.0,
+                       help="window side = CONTEXT × the box's larger side (default 2.0; 1 = crop to the box)")
+    scale.add_argument("--window", type=int, default=None, metavar="PX",
+                       help="fixed window side in original pixels instead of --context")
+    parser.add_argument("--full-size", type=int, default=None, metavar="N",
+                        help="also write the whole radiographs resized to N×N as OUT_DIR/full_N/")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="selection, ids and windows (keep it private for a real competition)")
+    parser.add_argument("--weights", default=None, metavar="PATH",
+                        help="MobileNetV2 ImageNet state_dict (default: $HYGIEIA_MOBILENET_WEIGHTS or download)")
+    parser.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: in-process)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="replace samples whose DICOM is missing or corrupt (listed in the card)")
+
+
+def parse_ratio(text: str) -> tuple[int, int]:
+    parts = text.split(":")
+    try:
+        ratio = tuple(int(p) for p in parts)
+    except ValueError:
+        ratio = ()
+    if len(ratio) != 2 or min(ratio) < 0 or sum(ratio) == 0:
+        raise argparse.ArgumentTypeError(f"expected N:P with two non-negative integers, got {text!r}")
+    return ratio
+
+
+def run(args) -> int:
+    from hygieia.prepare.pipeline import prepare
+
+    summary = prepare(args.rsna_dir, args.out_dir, train=args.train, valid=args.valid, test=args.test,
+                      ratio=args.ratio, crop=args.crop, context=args.context, window=args.window,
+                      full_size=args.full_size, seed=args.seed, weights=args.weights, workers=args.workers,
+                      skip_bad=args.skip_bad)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry point (``data_prep/prepare.py``): the same arguments as ``hygieia prepare``."""
+    parser = argparse.ArgumentParser(prog="prepare", description="Prepare the Hygieia dataset from RSNA files.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except HygieiaError as err:
+        print(f"prepare: error: {err}", file=sys.stderr)
+        return 2

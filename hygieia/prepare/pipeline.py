@@ -1,0 +1,244 @@
+"""``prepare``: from an RSNA download (or the phantom) to the competition's prepared dataset.
+
+The dataset is built in a staging folder beside OUT_DIR and moved into place only when complete,
+so a failure never leaves a half-written dataset nor harms a previous one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from hygieia import dataset as ds
+from hygieia.errors import DataError, HygieiaError
+from hygieia.files import write_csv, write_json, write_npy
+from hygieia.prepare.card import write_card
+from hygieia.prepare.crops import make_window
+from hygieia.prepare.decode import DecodeJobs, Decoded, Job, collate
+from hygieia.prepare.features import FeatureExtractor
+from hygieia.prepare.select import assign_ids, select
+from hygieia.rsna.tables import BOX_FIELDS, IMAGES_DIR, read_tables
+from hygieia.weights import resolve_weights_path
+
+PRIVATE_DIR = "private"
+SAMPLES_FILE = "samples.csv"
+SAMPLE_COLUMNS = ["id", "patientId", "split", "label", "window_x", "window_y", "window_side"]
+MANIFEST = "manifest.json"
+BATCH_SIZE = 32
+
+
+def prepare(rsna_dir, out_dir, *, train=10000, valid=2000, test=2000, ratio=(3, 2), crop=100, context=2.0,
+            window=None, full_size=None, seed=0, weights=None, workers=0, skip_bad=False,
+            progress=True) -> dict:
+    """Select, crop, decode and featurise RSNA radiographs into OUT_DIR (see docs/architecture.md).
+
+    Returns a summary: counts per split and label, skipped files, output folder, seconds taken.
+    """
+    started = time.perf_counter()
+    rsna_dir, out_dir = Path(rsna_dir), Path(out_dir)
+    arguments = _check_arguments(rsna_dir, out_dir, train=train, valid=valid, test=test, ratio=ratio, crop=crop,
+                                 context=context, window=window, full_size=full_size, seed=seed,
+                                 weights=weights, workers=workers, skip_bad=skip_bad)
+    tables = read_tables(rsna_dir)
+    samples, pools = select(tables.patients, {"train": train, "valid": valid, "test": test},
+                            tuple(ratio), seed)
+    boxes_of = {pid: group[BOX_FIELDS].to_numpy(np.float64)
+                for pid, group in tables.boxes.groupby("patientId", sort=False)}
+    train_positives = samples.loc[(samples["split"] == "train") & (samples["label"] == 1), "patientId"]
+    box_pool = np.concatenate([boxes_of[pid] for pid in train_positives]) if len(train_positives) else None
+    geometry = dict(seed=seed, context=context, window=window, boxes_of=boxes_of, box_pool=box_pool)
+    extractor = FeatureExtractor(weights)  # before the long work: missing weights fail fast
+
+    decoded, skipped, todo = {}, [], samples
+    while len(todo):
+        jobs = [_job(rsna_dir / IMAGES_DIR, row.patientId, row.label, **geometry) for row in todo.itertuples()]
+        bad = _decode(jobs, decoded, extractor, crop=crop, full_size=full_size, workers=workers,
+                      skip_bad=skip_bad, progress=progress)
+        samples, todo = _replace(samples, bad, pools, decoded)
+        skipped += [{"patientId": item.patient_id, "error": item.error} for item in bad]
+
+    samples = assign_ids(samples, seed)
+    staging = _staging_dir(out_dir)
+    try:
+        _write_all(staging, samples, decoded, full_size=full_size)
+        summary = _summary(samples, skipped, arguments)
+        write_card(staging / "card", samples, decoded, tables, summary)
+        _write_manifest(staging, arguments, summary)
+        _move_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {**summary, "out_dir": str(out_dir), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _check_arguments(rsna_dir: Path, out_dir: Path, **args) -> dict:
+    for name in ("train", "valid", "test"):
+        if int(args[name]) < 1:
+            raise HygieiaError(f"--{name} must be at least 1, got {args[name]}")
+    if int(args["crop"]) < 8:
+        raise HygieiaError(f"--crop must be at least 8 pixels, got {args['crop']}")
+    if args["window"] is not None and int(args["window"]) < 1:
+        raise HygieiaError(f"--window must be a positive number of pixels, got {args['window']}")
+    if args["window"] is None and not float(args["context"]) > 0:
+        raise HygieiaError(f"--context must be positive, got {args['context']}")
+    if args["full_size"] is not None and int(args["full_size"]) < 8:
+        raise HygieiaError(f"--full-size must be at least 8 pixels, got {args['full_size']}")
+    if int(args["workers"]) < 0:
+        raise HygieiaError(f"--workers must be 0 or more, got {args['workers']}")
+    if not (rsna_dir / IMAGES_DIR).is_dir():
+        raise DataError(f"{rsna_dir / IMAGES_DIR}: folder not found (RSNA_DIR must hold {IMAGES_DIR}/ "
+                        "and the two label CSV files)")
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+        raise HygieiaError(f"{out_dir}: exists, is not empty and is not a prepared dataset; "
+                           "choose a new or empty folder")
+    weights = resolve_weights_path(args["weights"])
+    args = {key: value for key, value in args.items() if key != "workers"}  # no effect on the bytes
+    return {**args, "rsna_dir": str(rsna_dir.resolve()), "ratio": [int(v) for v in args["ratio"]],
+            "weights": str(weights.resolve()) if weights else None,
+            "weights_sha256": _sha256(weights) if weights else None}
+
+
+def _job(images_dir: Path, patient_id: str, label: int, *, seed, context, window, boxes_of, box_pool) -> Job:
+    """The window of one patient: around one of its boxes, or for a normal around a training
+    positive's box; random choices are seeded by (seed, patient) only."""
+    rng = np.random.default_rng([seed, int(hashlib.sha256(patient_id.encode()).hexdigest()[:15], 16)])
+    boxes = boxes_of.get(patient_id, np.zeros((0, 4)))
+    if label == 1:
+        anchor = boxes[rng.integers(len(boxes))]
+    elif box_pool is not None:
+        anchor = box_pool[rng.integers(len(box_pool))]
+    else:
+        raise HygieiaError("the training split holds no Lung Opacity patient, so normals' windows have "
+                           "no box distribution to draw from; ask for a larger --train or another --ratio")
+    return Job(patient_id, images_dir / f"{patient_id}.dcm",
+               make_window(anchor, rng, context=context, window=window), boxes)
+
+
+def _decode(jobs: list[Job], decoded: dict, extractor: FeatureExtractor, *, crop, full_size, workers,
+            skip_bad, progress) -> list[Decoded]:
+    """Decode the jobs (``workers`` processes) and featurise them in batches; good results go into
+    ``decoded``; bad ones stop the run, or with ``skip_bad`` are returned."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(DecodeJobs(jobs, crop, full_size), batch_size=BATCH_SIZE, num_workers=workers,
+                        collate_fn=collate)
+    bad = []
+    with tqdm(total=len(jobs), desc="prepare", unit="img", disable=not progress, file=sys.stderr) as bar:
+        for batch in loader:
+            good = [item for item in batch if item.error is None]
+            bad += [item for item in batch if item.error is not None]
+            if bad and not skip_bad:
+                raise DataError(f"{bad[0].error} (--skip-bad replaces bad files with other patients "
+                                "and lists them in the dataset card)")
+            if good:
+                features = extractor(np.stack([item.net_input for item in good]))
+                for item, vector in zip(good, features):
+                    item.net_input, item.features = None, vector
+                    decoded[item.patient_id] = item
+            bar.update(len(batch))
+    return bad
+
+
+def _replace(samples: pd.DataFrame, bad: list[Decoded], pools: dict, decoded: dict):
+    """Swap each bad sample for the next unused patient of its label, in the same split."""
+    if not bad:
+        return samples, samples.iloc[:0]
+    samples = samples.copy()
+    for item in bad:
+        row = samples.index[samples["patientId"] == item.patient_id][0]
+        label = int(samples.at[row, "label"])
+        if not pools[label]:
+            raise HygieiaError(f"--skip-bad: no unused patient of label {label} is left to replace "
+                               f"{item.patient_id} ({item.error})")
+        samples.at[row, "patientId"] = pools[label].pop(0)
+    return samples, samples[~samples["patientId"].isin(decoded)]
+
+
+def _staging_dir(out_dir: Path) -> Path:
+    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    """Replace OUT_DIR (empty or a previous prepared dataset) by the finished staging folder."""
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        os.replace(out_dir, old)
+        os.replace(staging, out_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, out_dir)
+
+
+def _write_all(root: Path, samples: pd.DataFrame, decoded: dict, *, full_size) -> None:
+    _write_dataset(root, samples, decoded, "crop", "crop_boxes")
+    if full_size:
+        _write_dataset(root / f"full_{full_size}", samples, decoded, "full", "full_boxes")
+    windows = np.array([decoded[p].window for p in samples["patientId"]], dtype=np.int64).reshape(-1, 3)
+    private = samples.assign(window_x=windows[:, 0], window_y=windows[:, 1], window_side=windows[:, 2])
+    write_csv(root / PRIVATE_DIR / SAMPLES_FILE, private[SAMPLE_COLUMNS])
+
+
+def _write_dataset(root: Path, samples: pd.DataFrame, decoded: dict, image_key: str, boxes_key: str) -> None:
+    for split in ds.SPLITS:
+        rows = samples[samples["split"] == split]
+        items = [decoded[pid] for pid in rows["patientId"]]
+        ids = rows["id"].tolist()
+        images = np.stack([getattr(item, image_key) for item in items])
+        features = np.stack([item.features for item in items]).astype(np.float32)
+        meta = pd.DataFrame([{"id": i, **item.header} for i, item in zip(ids, items)], columns=ds.META_COLUMNS)
+        labels = pd.DataFrame({"id": ids, "label": rows["label"].astype(np.int64).tolist()})
+        boxes = pd.DataFrame([(i, *box) for i, item in zip(ids, items) for box in getattr(item, boxes_key)],
+                             columns=ds.BOX_COLUMNS)
+        public = root / ds.INPUT_DIR / split
+        write_npy(public / ds.IMAGES, images)
+        write_npy(public / ds.FEATURES, features)
+        write_csv(public / ds.META, meta)
+        if split == "train":
+            write_csv(public / ds.LABELS, labels)
+            write_csv(public / ds.BOXES, boxes)
+        else:
+            reference = root / ds.REFERENCE_DIR / split
+            write_csv(reference / ds.LABELS, labels)
+            write_csv(reference / ds.BOXES, boxes)
+            write_csv(reference / ds.META, meta)
+            write_npy(reference / ds.IMAGES, images)
+
+
+def _summary(samples: pd.DataFrame, skipped: list[dict], arguments: dict) -> dict:
+    counts = {split: {"normal": int(((samples["split"] == split) & (samples["label"] == 0)).sum()),
+                      "opacity": int(((samples["split"] == split) & (samples["label"] == 1)).sum())}
+              for split in ds.SPLITS}
+    return {"counts": counts, "ratio": arguments["ratio"], "skipped": skipped}
+
+
+def _write_manifest(root: Path, arguments: dict, summary: dict) -> None:
+    import PIL
+    import pydicom
+    import torch
+    import torchvision
+
+    files = {path.relative_to(root).as_posix(): _sha256(path)
+             for path in sorted(root.rglob("*")) if path.is_file()}
+    versions = {"numpy": np.__version__, "pandas": pd.__version__, "torch": torch.__version__,
+                "torchvision": torchvision.__version__, "pillow": PIL.__version__, "pydicom": pydicom.__version__}
+    write_json(root / MANIFEST, {"arguments": arguments, "summary": summary, "versions": versions,
+                                 "files": files})
+
+
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,211 @@
+"""``prepare`` end to end on real RSNA radiographs (rsna_real_mini), bad input, reruns, the phantom."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import shared_path
+from hygieia import dataset as ds
+from hygieia.errors import DataError, HygieiaError
+from hygieia.prepare.commands import main as prepare_main
+from hygieia.prepare.crops import boxes_in_window, crop_image, resize_image, scale_boxes
+from hygieia.prepare.pipeline import MANIFEST, prepare
+from hygieia.rsna.dicom import read_dicom
+from hygieia.rsna.tables import CLASS_FILE, IMAGES_DIR, LABELS_FILE
+
+SMALL = dict(train=10, valid=5, test=5)
+
+
+def _mini_copy(root: Path, normals: int, opacities: int) -> Path:
+    """A small RSNA folder: the first patients of each class of rsna_real_mini, files and rows copied."""
+    source = shared_path("data", "rsna_real_mini")
+    labels = pd.read_csv(source / LABELS_FILE)
+    classes = pd.read_csv(source / CLASS_FILE)
+    first = classes.drop_duplicates("patientId")
+    keep = pd.concat([first[first["class"] == "Normal"].head(normals),
+                      first[first["class"] == "Lung Opacity"].head(opacities)])["patientId"]
+    (root / IMAGES_DIR).mkdir(parents=True)
+    for pid in keep:
+        shutil.copy(source / IMAGES_DIR / f"{pid}.dcm", root / IMAGES_DIR / f"{pid}.dcm")
+    labels[labels["patientId"].isin(keep)].to_csv(root / LABELS_FILE, index=False)
+    classes[classes["patientId"].isin(keep)].to_csv(root / CLASS_FILE, index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def mini_rsna(tmp_path_factory):
+    return _mini_copy(tmp_path_factory.mktemp("mini_rsna"), normals=16, opacities=12)
+
+
+@pytest.fixture(scope="module")
+def small_prepared(tmp_path_factory, mini_rsna, weights_path):
+    out = tmp_path_factory.mktemp("small_prepared") / "out"
+    summary = prepare(mini_rsna, out, **SMALL, full_size=64, seed=3, weights=weights_path, progress=False)
+    return out, summary
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def check_prepared(out: Path, rsna_dir: Path, sizes: dict, crop: int = 100, full_size: int | None = None,
+                   check_pixels: int = 3) -> None:
+    """The layout, the contracts of docs/architecture.md and agreement with the source radiographs."""
+    private = pd.read_csv(out / "private" / "samples.csv", dtype={"id": str})
+    assert private["id"].is_unique and private["patientId"].is_unique
+    by_id = private.set_index("id")
+    for split, n in sizes.items():
+        X = ds.load_input_split(out / ds.INPUT_DIR, split)
+        if split == "train":
+            labels, boxes = X["labels"], X["boxes"]
+        else:
+            ref = ds.load_reference_split(out / ds.REFERENCE_DIR / split)
+            assert ref["ids"] == X["ids"] and (ref["images"] == X["images"]).all()
+            assert not (out / ds.INPUT_DIR / split / ds.LABELS).exists()
+            labels, boxes = ref["labels"], ref["boxes"]
+        assert X["images"].shape == (n, crop, crop) and X["features"].shape == (n, ds.N_FEATURES)
+        assert int(labels.sum()) == round(n * 2 / 5)
+        assert list(by_id.loc[X["ids"], "split"]) == [split] * n
+        assert (by_id.loc[X["ids"], "label"].to_numpy() == labels).all()
+        boxed = set(boxes["id"])
+        for i, label in zip(X["ids"], labels):
+            assert (i in boxed) == bool(label)  # every opacity crop holds a box; normals hold none
+        assert (boxes[["x", "y"]] >= 0).all().all()
+        assert ((boxes["x"] + boxes["width"]) <= crop + 1e-3).all()  # CSV keeps 6 significant digits
+        assert ((boxes["y"] + boxes["height"]) <= crop + 1e-3).all()  # CSV keeps 6 significant digits
+        if full_size:
+            full = ds.load_input_split(out / f"full_{full_size}" / ds.INPUT_DIR, split)
+            assert full["images"].shape == (n, full_size, full_size) and full["ids"] == X["ids"]
+            assert np.array_equal(full["features"], X["features"])
+        for i in X["ids"][:check_pixels]:  # crops, whole images, boxes and meta re-derived from the DICOM
+            row = by_id.loc[i]
+            pixels, header = read_dicom(rsna_dir / IMAGES_DIR / f"{row['patientId']}.dcm")
+            window = (row["window_x"], row["window_y"], row["window_side"])
+            k = X["ids"].index(i)
+            assert np.array_equal(X["images"][k], crop_image(pixels, window, crop))
+            assert X["meta"].loc[i, "sex"] == header["sex"] and X["meta"].loc[i, "age"] == header["age"]
+            assert X["meta"].loc[i, "view_position"] == header["view_position"]
+            original = _original_boxes(rsna_dir, row["patientId"])
+            np.testing.assert_allclose(boxes[boxes["id"] == i][["x", "y", "width", "height"]].to_numpy(),
+                                       boxes_in_window(original, window, crop), rtol=1e-5, atol=1e-3)
+            if full_size:
+                assert np.array_equal(full["images"][k], resize_image(pixels, full_size))
+                full_boxes = full["boxes"] if split == "train" else ds.load_reference_split(
+                    out / f"full_{full_size}" / ds.REFERENCE_DIR / split)["boxes"]
+                np.testing.assert_allclose(full_boxes[full_boxes["id"] == i][["x", "y", "width", "height"]],
+                                           scale_boxes(original, (1024, 1024), full_size), rtol=1e-5, atol=1e-3)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert set(manifest["files"]) == set(_files(out)) - {MANIFEST}
+    text = "".join((out / ds.INPUT_DIR / s / ds.META).read_text() for s in sizes)
+    assert not any(pid in text for pid in private["patientId"])  # no RSNA patient id leaks to participants
+    assert (out / "card" / "dataset_card.md").is_file() and (out / "card" / "box_sizes.png").is_file()
+
+
+def _original_boxes(rsna_dir: Path, patient_id: str) -> np.ndarray:
+    labels = pd.read_csv(rsna_dir / LABELS_FILE)
+    rows = labels[(labels["patientId"] == patient_id) & (labels["Target"] == 1)]
+    return rows[["x", "y", "width", "height"]].to_numpy(np.float64)
+
+
+@pytest.mark.slow
+def test_small_prepare_end_to_end(small_prepared, mini_rsna):
+    out, summary = small_prepared
+    assert summary["counts"] == {"train": {"normal": 6, "opacity": 4}, "valid": {"normal": 3, "opacity": 2},
+                                 "test": {"normal": 3, "opacity": 2}}
+    check_prepared(out, mini_rsna, SMALL, full_size=64, check_pixels=5)
+
+
+@pytest.mark.slow
+def test_rerun_gives_identical_bytes(small_prepared, mini_rsna, weights_path, tmp_path):
+    out, _ = small_prepared
+    before = _files(out)
+    again = tmp_path / "again"
+    prepare(mini_rsna, again, **SMALL, full_size=64, seed=3, weights=weights_path, workers=1, progress=False)
+    assert _files(again) == before  # PNGs, CSVs, arrays and the manifest, byte for byte
+    prepare(mini_rsna, out, **SMALL, full_size=64, seed=3, weights=weights_path, progress=False)
+    assert _files(out) == before  # rerun in place replaces the earlier output with the same bytes
+
+
+@pytest.mark.slow
+def test_negative_windows_follow_positive_boxes(small_prepared, mini_rsna):
+    out, _ = small_prepared
+    private = pd.read_csv(out / "private" / "samples.csv")
+    labels = pd.read_csv(mini_rsna / LABELS_FILE)
+    train_positive = private[(private["split"] == "train") & (private["label"] == 1)]["patientId"]
+    boxes = labels[labels["patientId"].isin(train_positive)]
+    sides = set(np.minimum(np.round(2.0 * np.maximum(boxes["width"], boxes["height"])), 1024).astype(int))
+    negatives = private[private["label"] == 0]
+    assert set(negatives["window_side"]) <= sides  # drawn from the training positives' boxes
+    assert negatives["window_side"].nunique() > 1
+
+
+def _corrupt(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:3000])
+
+
+@pytest.mark.slow
+def test_corrupt_dicom_names_the_file_and_skip_bad_replaces_it(tmp_path, weights_path):
+    rsna = _mini_copy(tmp_path / "rsna", normals=12, opacities=8)
+    sizes = dict(train=5, valid=5, test=5)
+    names = sorted((rsna / IMAGES_DIR).glob("*.dcm"))
+    _corrupt(names[0])
+    names[1].unlink()
+    with pytest.raises(DataError, match=r"\.dcm: (truncated|not a readable|cannot decode|file not found)"):
+        prepare(rsna, tmp_path / "out", **sizes, weights=weights_path, progress=False)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))  # nothing half-written
+
+    summary = prepare(rsna, tmp_path / "out", **sizes, weights=weights_path, skip_bad=True, progress=False)
+    skipped = {item["patientId"] for item in summary["skipped"]}
+    assert skipped == {names[0].stem, names[1].stem}
+    private = pd.read_csv(tmp_path / "out" / "private" / "samples.csv")
+    assert not skipped & set(private["patientId"]) and len(private) == 15
+    card = (tmp_path / "out" / "card" / "dataset_card.md").read_text()
+    assert all(pid in card for pid in skipped)
+    check_prepared(tmp_path / "out", rsna, sizes, check_pixels=1)
+
+
+def test_missing_column_and_bad_out_dir(tmp_path, weights_path):
+    rsna = _mini_copy(tmp_path / "rsna", normals=2, opacities=2)
+    table = pd.read_csv(rsna / CLASS_FILE).rename(columns={"class": "klass"})
+    table.to_csv(rsna / CLASS_FILE, index=False)
+    with pytest.raises(DataError, match=rf"{CLASS_FILE}: missing column\(s\) \['class'\]"):
+        prepare(rsna, tmp_path / "out", train=2, valid=1, test=1, weights=weights_path, progress=False)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(HygieiaError, match="is not empty and is not a prepared dataset"):
+        prepare(rsna, busy, train=2, valid=1, test=1, weights=weights_path, progress=False)
+    assert (busy / "notes.txt").read_text() == "mine"
+
+
+def test_cli_reports_errors(tmp_path, capsys):
+    rsna = shared_path("data", "rsna_real_mini")
+    assert prepare_main([str(rsna), str(tmp_path / "out"), "--train", "5000"]) == 2
+    err = capsys.readouterr().err
+    assert "not enough patients" in err and "618 Normal and 522 Lung Opacity" in err
+    assert prepare_main([str(rsna), str(tmp_path / "out"), "--weights", str(tmp_path / "none.pth"),
+                         "--train", "5", "--valid", "2", "--test", "2"]) == 2
+    assert "none.pth (from --weights) does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_mini_630_200_200(tmp_path, weights_path):
+    rsna = shared_path("data", "rsna_real_mini")
+    sizes = dict(train=630, valid=200, test=200)
+    summary = prepare(rsna, tmp_path / "out", **sizes, weights=weights_path, workers=1, progress=False)
+    assert summary["skipped"] == []
+    check_prepared(tmp_path / "out", rsna, sizes, check_pixels=2)
+
+
+@pytest.mark.slow
+def test_phantom_prepared(request):
+    pytest.importorskip("hygieia.rsna.phantom")
+    out = request.getfixturevalue("phantom_prepared")
+    check_prepared(out, request.getfixturevalue("phantom_rsna"), dict(train=70, valid=30, test=30),
+                   full_size=128, check_pixels=2)
