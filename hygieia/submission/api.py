@@ -102,7 +102,7 @@ def check_labels(values, ids: list[str], split: str) -> np.ndarray:
     bad = ~np.isin(array, (0, 1))
     if bad.any():
         raise SubmissionError(f"{what} returned labels other than 0 and 1 for {bad.sum()} {split} images "
-                              f"(e.g. {array[bad][0]!r}; first ids: {_first_ids(ids, bad)})")
+                              f"(e.g. {array[bad][0].item()!r}; first ids: {_first_ids(ids, bad)})")
     return array.astype(np.int64)
 
 

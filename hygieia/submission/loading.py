@@ -16,6 +16,7 @@ from hygieia.submission.api import MODEL_CLASS, REQUIRED_METHODS, SubmissionErro
 MODEL_FILE = "model.py"
 IGNORED_NAMES = ("__MACOSX", "__pycache__")
 ZIP_TIMESTAMP = (2020, 1, 1, 0, 0, 0)
+MESSAGE_LIMIT = 400  # characters of an exception's message in the one-line summary
 
 
 def _visible(path: Path) -> bool:
@@ -83,6 +84,9 @@ def describe_error(err: BaseException, folder: str | Path) -> str:
     """``"model.py line 12: ValueError: message"``: the exception and where in the submission it arose."""
     where = _own_line(err, Path(folder).resolve())
     message = err.msg if isinstance(err, SyntaxError) else str(err)
+    message = " ".join(message.split())  # one line; the traceback keeps the original
+    if len(message) > MESSAGE_LIMIT:
+        message = message[:MESSAGE_LIMIT] + " [...]"
     text = f"{type(err).__name__}: {message}".rstrip(": ")
     return f"{where}: {text}" if where else text
 
@@ -107,6 +111,15 @@ def import_model_class(folder: str | Path) -> type:
     if missing:
         raise SubmissionError(f"class {MODEL_CLASS} in {MODEL_FILE} has no method {', '.join(missing)}")
     return model_class
+
+
+def forget_modules(folder: str | Path) -> None:
+    """Drop the modules imported from ``folder`` (``model`` and its helpers) from ``sys.modules``."""
+    folder = Path(folder).resolve()
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if file and Path(file).resolve().is_relative_to(folder):
+            del sys.modules[name]
 
 
 def zip_submission(folder: str | Path, zip_path: str | Path) -> Path:

@@ -1,0 +1,119 @@
+"""Ingestion of the baseline sample submission at full competition size, on this machine's CPU.
+
+Data: ``tests/fakes.py``'s generator (format-exact synthetic crops with bright blobs in the boxes),
+10,000 / 2,000 / 2,000 images by default. Prints the total ingestion time with the breakdown
+load / import / fit / predict / explain, and the Grad-CAM cost per image relative to one forward
+pass of the same module (targets: total < 300 s, Grad-CAM < 3x forward). Writes a bar chart
+``ingestion_benchmark.png`` and the run's outputs into ``--out``.
+
+    python benchmarks/bench_ingestion.py [--sizes 10000 2000 2000] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from fakes import write_fake_dataset  # noqa: E402
+from hygieia import dataset as ds  # noqa: E402
+from hygieia.submission.gradcam import gradcam_heatmaps  # noqa: E402
+from hygieia.submission.ingestion import run_ingestion  # noqa: E402
+from hygieia.submission.loading import import_model_class  # noqa: E402
+
+SAMPLE = ROOT / "sample_submission"
+TARGET_TOTAL_S, TARGET_RATIO = 300.0, 3.0
+
+
+def forward_and_gradcam_seconds(images: np.ndarray, batch_size: int = 64) -> dict:
+    """Wall and CPU seconds per image of one forward pass (no grad) and of Grad-CAM, sample's network."""
+    import torch
+
+    module, layer = import_model_class(SAMPLE)().gradcam_target()
+    module.eval()
+    costs = {}
+    wall, cpu = time.perf_counter(), time.process_time()
+    with torch.no_grad():
+        for begin in range(0, len(images), batch_size):
+            module(torch.from_numpy(images[begin:begin + batch_size]).unsqueeze(1).float() / 255)
+    costs["forward"] = ((time.perf_counter() - wall) / len(images), (time.process_time() - cpu) / len(images))
+    wall, cpu = time.perf_counter(), time.process_time()
+    gradcam_heatmaps(module, layer, images, batch_size)
+    costs["gradcam"] = ((time.perf_counter() - wall) / len(images), (time.process_time() - cpu) / len(images))
+    return costs
+
+
+def plot(durations: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [s for s in ("load", "import", "fit", "predict", "explain") if s in durations]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.barh(stages[::-1], [durations[s] for s in stages[::-1]], color="#4c72b0")
+    ax.axvline(TARGET_TOTAL_S, color="#c44e52", linestyle="--", label=f"target total {TARGET_TOTAL_S:.0f} s")
+    ax.set_xlabel("seconds")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs=3, default=(10_000, 2_000, 2_000), metavar=("TRAIN", "VALID", "TEST"))
+    parser.add_argument("--out", type=Path, default=None, help="folder for data and outputs (default: a temporary one)")
+    parser.add_argument("--ratio-images", type=int, default=256, help="images for the forward/Grad-CAM ratio")
+    args = parser.parse_args()
+    os.environ.pop("HYGIEIA_FAST", None)
+    out = args.out or Path(tempfile.mkdtemp(prefix="hygieia-bench-ingestion-"))
+    load_before = os.getloadavg()
+
+    start = time.perf_counter()
+    write_fake_dataset(out / "data", sizes=tuple(args.sizes))
+    print(f"fake data {args.sizes} written in {time.perf_counter() - start:.1f} s", flush=True)
+
+    cpu = time.process_time()
+    report = run_ingestion(out / "data" / ds.INPUT_DIR, out / "output", SAMPLE, time_budget_s=3600)
+    cpu = time.process_time() - cpu
+    if report["status"] != "ok":
+        sys.exit(f"ingestion failed: {report['error']['message']}")
+    durations, counts = report["durations"], report["counts"]
+    images = ds.load_input_split(out / "data" / ds.INPUT_DIR, "valid")["images"][:args.ratio_images]
+    costs = forward_and_gradcam_seconds(images)
+    load_after = os.getloadavg()
+
+    total = durations["total"]
+    print(f"device {report['device']}; load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
+          f"({os.cpu_count()} CPUs)")
+    print(f"total ingestion {total:.1f} s wall, {cpu:.1f} s CPU "
+          f"(target < {TARGET_TOTAL_S:.0f} s: {'ok' if total < TARGET_TOTAL_S else 'MISSED'})")
+    for stage in ("load", "import", "fit", "predict", "explain"):
+        print(f"  {stage:8s} {durations[stage]:7.1f} s")
+    n_predicted = counts["valid"] + counts["test"]
+    print(f"  fit {counts['train'] / durations['fit']:.0f} train images/s; predict "
+          f"{n_predicted / durations['predict']:.0f} images/s; explain {counts['heatmaps']} heatmaps, "
+          f"{counts['heatmaps'] / max(durations['explain'], 1e-9):.0f} images/s")
+    for kind, index in (("wall", 0), ("CPU", 1)):
+        forward, gradcam = costs["forward"][index], costs["gradcam"][index]
+        ratio = gradcam / forward
+        print(f"{kind}: forward {forward * 1e3:.2f} ms/image, Grad-CAM {gradcam * 1e3:.2f} ms/image: ratio "
+              f"{ratio:.2f}x (target < {TARGET_RATIO:.0f}x: {'ok' if ratio < TARGET_RATIO else 'MISSED'})")
+    title = (f"baseline ingestion {args.sizes}: {total:.0f} s on {report['device']}, "
+             f"load {load_before[0]:.1f}-{load_after[0]:.1f}")
+    plot(durations, out / "ingestion_benchmark.png", title)
+    print(f"chart and outputs in {out}")
+
+
+if __name__ == "__main__":
+    main()
