@@ -3,14 +3,18 @@
 The original Hygieia baseline. Images are resized to 128 x 128, repeated to 3 channels and
 normalised as for ImageNet; the convolutional part of MobileNetV2 stays frozen, so its pooled
 output is computed once per image and only the linear layer (1280 -> 2) is trained: SGD
-(lr 0.001, momentum 0.9), cross-entropy, 5 epochs, keeping the epoch with the best accuracy on a
+(lr 0.001, momentum 0.9, batches of 8), cross-entropy, 5 epochs, keeping the epoch with the best accuracy on a
 10% internal validation split of train. Explanations: Grad-CAM on the last convolutional block,
 computed by the ingestion program from ``gradcam_target()``.
 
 Weights: ``$HYGIEIA_MOBILENET_WEIGHTS`` (a torchvision mobilenet_v2 state_dict) if set, else
 ``mobilenet_v2_imagenet.pth`` beside this file if present, else torchvision's ``IMAGENET1K_V1``
-(downloaded, or found in torch's cache). ``HYGIEIA_FAST=1`` trains on at most 300 images for 2
-epochs (for tests and demos). Runs on CUDA when available.
+(downloaded, or found in torch's cache). ``HYGIEIA_FAST=1`` trains on at most 300 images (for tests and demos;
+the epochs stay, as training the head on cached features costs little). Runs on CUDA when available.
+
+The report does not give the batch size. Small batches matter on small training sets: with 32,
+the 120-image demo training set gets 20 optimizer steps in 5 epochs and the head stays near its
+initialisation; 8 gives the same accuracy at the competition's size and learns on small sets too.
 """
 
 import copy
@@ -28,8 +32,8 @@ from tqdm import tqdm
 IMAGE_SIZE = 128
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-EPOCHS, FAST_EPOCHS, FAST_IMAGES = 5, 2, 300
-BATCH_SIZE = 32
+EPOCHS, FAST_IMAGES = 5, 300
+BATCH_SIZE = 8
 EMBED_BATCH_SIZE = 64
 LEARNING_RATE, MOMENTUM, DROPOUT = 0.001, 0.9, 0.2
 VALIDATION_FRACTION = 0.1
@@ -126,10 +130,9 @@ class Model:
     def fit(self, X, y):
         images, y = X["images"], np.asarray(y)
         rng = np.random.default_rng(SEED)
-        epochs = EPOCHS
         if self.fast:
             keep = np.sort(rng.permutation(len(y))[:FAST_IMAGES])
-            images, y, epochs = images[keep], y[keep], FAST_EPOCHS
+            images, y = images[keep], y[keep]
         order = rng.permutation(len(y))
         n_valid = max(1, round(len(y) * VALIDATION_FRACTION))
         valid, train = torch.from_numpy(order[:n_valid]), torch.from_numpy(order[n_valid:])
@@ -140,7 +143,7 @@ class Model:
         optimizer = torch.optim.SGD(head.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
         generator = torch.Generator().manual_seed(SEED)
         best_accuracy, best_state = -1.0, None
-        for _ in range(epochs):
+        for _ in range(EPOCHS):
             for batch in train[torch.randperm(len(train), generator=generator)].split(BATCH_SIZE):
                 logits = head(F.dropout(features[batch], DROPOUT, training=True))
                 loss = F.cross_entropy(logits, labels[batch])

@@ -218,7 +218,7 @@ The kit ships the two sample submissions as the zips you would upload; we unpack
 can edit. `sample_submission/model.py` is the original design's baseline: an ImageNet MobileNetV2,
 frozen, with a linear layer trained on top (crops resized to 128×128), and Grad-CAM on its last
 convolutional block through `gradcam_target()`. With `HYGIEIA_FAST=1` it trains on at most 300
-images for 2 epochs.
+images.
 """),
     ("code", r"""
 for name in ["sample_submission", "sample_submission_tabular"]:
