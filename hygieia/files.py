@@ -6,6 +6,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +58,14 @@ def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
 
 def write_csv(path: str | Path, table: pd.DataFrame, float_format: str = "%.6g") -> Path:
     return write_text(path, table.to_csv(index=False, float_format=float_format, lineterminator="\n"))
+
+
+def entries_outside(archive: zipfile.ZipFile, dest: str | Path) -> list[str]:
+    """Names in ``archive`` that would be extracted outside ``dest`` (``../`` or absolute paths)."""
+    root = Path(dest).resolve()
+    outside = []
+    for name in archive.namelist():
+        target = (root / name).resolve()
+        if target != root and root not in target.parents:
+            outside.append(name)
+    return outside

@@ -228,6 +228,7 @@ def test_zips_with_a_wrapper_folder_or_extra_files_work(input_dir, tmp_path, cap
 @pytest.mark.parametrize("files, message", [
     ({"a/model.py": BASE, "b/model.py": BASE}, "found a/model.py, b/model.py"),
     ({"model_v2.py": BASE}, "no model.py at the submission's root or inside one wrapper folder"),
+    ({"model.py": BASE, "../escape.py": "x = 1\n"}, "entry '../escape.py' points outside the zip"),
 ])
 def test_zips_without_one_model_file_fail_clearly(input_dir, tmp_path, capsys, files, message):
     report = run_ingestion(input_dir, tmp_path / "output", zip_of(tmp_path, files))

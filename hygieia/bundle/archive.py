@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 from hygieia.errors import HygieiaError
+from hygieia.files import entries_outside
 
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 FILE_MODE = 0o644
@@ -77,11 +78,9 @@ def read_zip(path: str | Path) -> zipfile.ZipFile:
 
 def safe_extract(archive: zipfile.ZipFile, dest: Path, source: str | Path) -> None:
     """Extract every entry under ``dest``; refuse names that would land outside it."""
-    root = dest.resolve()
-    for name in archive.namelist():
-        target = (dest / name).resolve()
-        if target != root and root not in target.parents:
-            raise HygieiaError(f"{source}: entry {name!r} would be written outside the folder")
+    outside = entries_outside(archive, dest)
+    if outside:
+        raise HygieiaError(f"{source}: entry {outside[0]!r} would be written outside the folder")
     archive.extractall(dest)
 
 

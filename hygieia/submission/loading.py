@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 from hygieia.errors import HygieiaError
-from hygieia.files import write_bytes
+from hygieia.files import entries_outside, write_bytes
 from hygieia.submission.api import MODEL_CLASS, REQUIRED_METHODS, SubmissionError
 
 MODEL_FILE = "model.py"
@@ -47,11 +47,9 @@ def extract_zip(zip_path: str | Path, folder: str | Path) -> Path:
     zip_path, folder = Path(zip_path), Path(folder)
     try:
         with zipfile.ZipFile(zip_path) as archive:
-            root = folder.resolve()
-            for name in archive.namelist():
-                target = (root / name).resolve()
-                if target != root and root not in target.parents:
-                    raise SubmissionError(f"{zip_path}: entry {name!r} points outside the zip")
+            outside = entries_outside(archive, folder)
+            if outside:
+                raise SubmissionError(f"{zip_path}: entry {outside[0]!r} points outside the zip")
             archive.extractall(folder)
     except zipfile.BadZipFile as err:
         raise SubmissionError(f"{zip_path}: not a readable zip file ({err})") from err
