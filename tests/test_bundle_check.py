@@ -157,3 +157,18 @@ def test_phases_out_of_order_are_a_warning(folder):
     findings = check_bundle(folder)
     assert not [f for f in findings if f.level == "error"]
     assert any(f.level == "warning" and "not listed in index order" in f.message for f in findings)
+
+
+def test_phases_without_index_keep_their_declaration_order(folder):
+    edit_yaml(folder, lambda c: [phase.pop("index") for phase in c["phases"]])
+    assert errors(folder) == []
+    edit_yaml(folder, lambda c: c["phases"].reverse())
+    assert any(e.startswith("error: phases[1].start: phases overlap") for e in errors(folder))
+
+
+def test_placeholder_docker_image_is_a_warning(folder):
+    edit_yaml(folder, lambda c: c.update(docker_image="USER/hygieia:0.1.0-cpu"))
+    findings = check_bundle(folder)
+    assert not [f for f in findings if f.level == "error"]
+    assert any(f.level == "warning" and f.where == "docker_image" and "placeholder" in f.message
+               for f in findings)

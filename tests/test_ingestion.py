@@ -245,3 +245,6 @@ def test_sys_exit_in_a_model_is_a_failure_not_an_exit(input_dir, tmp_path, capsy
 def test_entry_point_usage(capsys):
     assert main(["only", "two"]) == 2
     assert "usage: ingestion.py [INPUT_DATA OUTPUT PROGRAM_DIR SUBMISSION_DIR]" in capsys.readouterr().err
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ingestion.py") and "/app/input_data" in out and "HYGIEIA_TIME_BUDGET" in out

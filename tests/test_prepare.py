@@ -166,7 +166,7 @@ def test_corrupt_dicom_names_the_file_and_skip_bad_replaces_it(tmp_path, weights
     private = pd.read_csv(tmp_path / "out" / "private" / "samples.csv")
     assert not skipped & set(private["patientId"]) and len(private) == 15
     card = (tmp_path / "out" / "card" / "dataset_card.md").read_text()
-    assert all(pid in card for pid in skipped)
+    assert "DICOM files): 2\n" in card and all(pid in card for pid in skipped)
     check_prepared(tmp_path / "out", rsna, sizes, check_pixels=1)
 
 

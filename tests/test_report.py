@@ -44,6 +44,9 @@ def test_report_is_self_contained_and_complete(scored):
         assert f"<th>{tau}</th>" in page
     for row in results["bias"]["view_position"]:
         assert f"<td>{row['group']}</td><td>{row['n']}</td>" in page
+    for row in results["explanation"]["images"]:
+        assert f"<td>{row['id']}</td><td>{row['activation_in_box']:.4f}</td>" in page
+        assert f"<td>{row['enrichment']:.2f}</td></tr>" in page
 
 
 def test_report_without_explanations_says_why(scored):

@@ -84,7 +84,7 @@ def test_scores_and_detailed_results(ref_dir, good_res, tmp_path):
     out = tmp_path / "out"
     assert sc.main([str(ref_dir), str(good_res), str(out)]) == 0
     scores = json.loads((out / "scores.json").read_text())
-    assert set(scores) == set(SCORE_KEYS)
+    assert set(scores) == set(SCORE_KEYS) and all(len(key) <= 36 for key in scores)
     assert all(isinstance(v, float) and math.isfinite(v) for v in scores.values())
     lines = (out / "scores.txt").read_text().splitlines()
     assert [line.split(": ")[0] for line in lines] == SCORE_KEYS

@@ -118,3 +118,29 @@ def test_unknown_class(rsna_copy):
     _write(rsna_copy / CLASS_FILE, lines)
     with pytest.raises(DataError, match=f"{CLASS_FILE}: line 4: unknown class 'Pneumonia'"):
         read_tables(rsna_copy)
+
+
+def test_skip_bad_leaves_out_the_bad_patients_and_names_their_lines(rsna_copy):
+    labels, classes = _lines(rsna_copy / LABELS_FILE), _lines(rsna_copy / CLASS_FILE)
+    index = _first_positive_line(labels)
+    outside, *fields = labels[index].split(",")
+    labels[index] = ",".join([outside, "900", fields[1], "200", *fields[3:]])
+    normals = [i for i, line in enumerate(classes) if line.endswith(",Normal")]
+    unknown, missing, duplicated = (classes[i].split(",")[0] for i in normals[:3])
+    classes[normals[0]] = f"{unknown},Pneumonia"
+    del classes[normals[1]]
+    labels.append(next(line for line in labels if line.startswith(duplicated)))
+    _write(rsna_copy / LABELS_FILE, labels)
+    _write(rsna_copy / CLASS_FILE, classes)
+    with pytest.raises(DataError):
+        read_tables(rsna_copy)
+
+    tables = read_tables(rsna_copy, skip_bad=True)
+    errors = {item["patientId"]: item["error"] for item in tables.skipped}
+    assert set(errors) == {outside, duplicated, unknown, missing}
+    assert f"{LABELS_FILE}: line {index + 1}: box" in errors[outside]
+    assert f"{LABELS_FILE}: line {len(labels)}: duplicate row" in errors[duplicated]
+    assert f"{CLASS_FILE}: line {normals[0] + 1}: unknown class 'Pneumonia'" in errors[unknown]
+    assert f"{CLASS_FILE}: patient {missing} (line" in errors[missing]
+    assert not set(errors) & (set(tables.patients["patientId"]) | set(tables.boxes["patientId"]))
+    assert len(tables.patients) == 1140 - 4 and tables.patients["patientId"].is_unique

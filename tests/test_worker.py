@@ -16,7 +16,8 @@ import yaml
 from bundle_helpers import build_fake_bundle, edit_yaml, extract
 from hygieia.bundle.archive import codabench_parent_dir, unpack_like_codabench
 from hygieia.bundle.build import build_bundle
-from hygieia.bundle.worker import fresh_out_dir, program_env, run_submission, substitute
+from hygieia.bundle.worker import (fresh_out_dir, program_env, read_scores, run_submission, substitute,
+                                   write_worker_metadata)
 from hygieia.errors import HygieiaError
 from hygieia.scoring.keys import SCORE_KEYS
 
@@ -69,6 +70,29 @@ def test_out_dir_is_replaced_only_when_it_is_a_previous_run(tmp_path):
     with pytest.raises(HygieiaError, match="is not a run folder"):
         fresh_out_dir(tmp_path)
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_a_program_may_not_write_the_workers_metadata(tmp_path):
+    fields = {"exitCode": 0, "elapsedTime": 1.5, "ingestionExitCode": None, "ingestionElapsedTime": None}
+    assert write_worker_metadata(tmp_path, "scoring", fields) is None
+    assert yaml.safe_load((tmp_path / "metadata").read_text()) == fields
+    error = write_worker_metadata(tmp_path, "scoring", fields)
+    assert error.startswith("scoring: the output directory already contains a metadata file")
+
+
+def test_scores_are_read_as_the_worker_reads_them(tmp_path):
+    (tmp_path / "scores.txt").write_text("accuracy: 0.75\nauroc: 0.8\n")
+    assert read_scores(tmp_path) == {"accuracy": 0.75, "auroc": 0.8}
+    (tmp_path / "scores.json").write_text('{"accuracy": 0.5}')
+    assert read_scores(tmp_path) == {"accuracy": 0.5}  # scores.json first
+    for text, message in (('{"accuracy": ', "Could not decode scores.json"), ("[0.5]", "must hold key: value")):
+        (tmp_path / "scores.json").write_text(text)
+        with pytest.raises(HygieiaError, match=message):
+            read_scores(tmp_path)
+    (tmp_path / "scores.json").unlink()
+    (tmp_path / "scores.txt").write_text("accuracy: [0.5\n")
+    with pytest.raises(HygieiaError, match="Could not decode scores.txt"):
+        read_scores(tmp_path)
 
 
 def test_program_environment_hides_the_project(tmp_path, bundle_dir):

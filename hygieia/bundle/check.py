@@ -125,8 +125,12 @@ class Checker:
                 if not str(page.get("title") or "").strip():
                     self.error(f"{where}.title", "missing or empty")
                 self.text_file(f"{where}.file ({page.get('title')})", page["file"])
-        if not c.get("docker_image"):
+        image = str(c.get("docker_image") or "")
+        if not image:
             self.warn("docker_image", "missing: Codabench's default image has no torch/captum")
+        elif image.startswith("USER/"):
+            self.warn("docker_image", f"{image!r} is the template's placeholder: build and push the image "
+                      "(docker/README.md), then `hygieia bundle build --docker-image NAME`")
 
     def tasks(self) -> dict:
         tasks = self.yaml.get("tasks")
@@ -202,8 +206,8 @@ class Checker:
     def phase(self, i: int, phase: dict, tasks: dict, seen: set) -> tuple:
         """Check one phase; return (index, name, start, end, position) for the order check."""
         where, name = f"phases[{i}]", phase.get("name") or f"#{i}"
-        index = phase.get("index", 0)
-        if not isinstance(index, int) or index in seen:
+        index = phase.get("index", 0)  # Codabench sorts by index, 0 when absent: then declaration order
+        if "index" in phase and (not isinstance(index, int) or index in seen):
             self.error(f"{where}.index", f"phase {name!r}: index {index!r} is not an integer or is a duplicate")
         seen.add(index)
         phase_tasks = phase.get("tasks")

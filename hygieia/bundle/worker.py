@@ -196,8 +196,7 @@ def bundle_folder(bundle: Path, out_dir: Path) -> Path:
         return bundle
     if not bundle.is_file():
         raise HygieiaError(f"{bundle}: no such bundle zip or folder")
-    folder = out_dir / "bundle"
-    shutil.rmtree(folder, ignore_errors=True)
+    folder = out_dir / "bundle"  # out_dir is fresh: see fresh_out_dir
     with read_zip(bundle) as archive:
         safe_extract(archive, folder, bundle)
     return folder
@@ -244,15 +243,12 @@ def run_submission(submission: str | Path, bundle: str | Path, *, phase: str = "
     if ingestion.timed_out:
         result.error = f"Execution Time Limit exceeded. Limit was {limit} seconds (ingestion)"
         return result
-    metadata = prediction_output / "metadata"
-    if metadata.exists():
-        result.error = ("the output directory already contains a metadata file; it is reserved for the "
-                        "worker's exitCode and elapsedTime")
-        return result
     # No submission program runs on its own (the submission has no command), hence exitCode null.
-    metadata.write_text(yaml.safe_dump({
+    result.error = write_worker_metadata(prediction_output, "ingestion", {
         "exitCode": None, "elapsedTime": ingestion.elapsed,
-        "ingestionExitCode": ingestion.exit_code, "ingestionElapsedTime": ingestion.elapsed}))
+        "ingestionExitCode": ingestion.exit_code, "ingestionElapsedTime": ingestion.elapsed})
+    if result.error:
+        return result
 
     scoring_output, scoring = score(root, task, prediction_output, out_dir, limit, echo)
     result.steps.append(scoring)
@@ -298,13 +294,13 @@ def score(root: Path, task: dict, prediction_output: Path, out_dir: Path, limit,
 
 def finish(result: RunResult, competition: dict, ingestion: StepResult, scoring: StepResult,
            prediction_output: Path, scoring_output: Path, limit) -> RunResult:
-    (scoring_output / "metadata").write_text(yaml.safe_dump({
+    taken = write_worker_metadata(scoring_output, "scoring", {
         "exitCode": scoring.exit_code, "elapsedTime": scoring.elapsed,
-        "ingestionExitCode": None, "ingestionElapsedTime": None}))
+        "ingestionExitCode": None, "ingestionElapsedTime": None})
     if scoring.timed_out:
         result.error = f"Execution Time Limit exceeded. Limit was {limit} seconds (scoring)"
         return result
-    problems = []
+    problems = [taken] if taken else []
     if scoring.exit_code != 0:
         problems.append(f"the scoring program exited with code {scoring.exit_code}:\n{scoring.stderr_tail()}")
     try:
@@ -323,16 +319,32 @@ def finish(result: RunResult, competition: dict, ingestion: StepResult, scoring:
     return result
 
 
+def write_worker_metadata(output: Path, step: str, fields: dict) -> str | None:
+    """Write the worker's ``metadata`` into a step's output folder, or return the error Codabench gives
+    when the program already wrote a file of that name there."""
+    path = output / "metadata"
+    if path.exists():
+        return (f"{step}: the output directory already contains a metadata file; it is reserved for the "
+                "worker's exitCode and elapsedTime, do not write to it")
+    path.write_text(yaml.safe_dump(fields))
+    return None
+
+
 def read_scores(output: Path) -> dict:
-    """scores.json, else scores.txt, as the worker reads them."""
+    """scores.json, else scores.txt, as the worker reads them: a {key: value} mapping."""
     if (output / "scores.json").is_file():
-        try:
-            return json.loads((output / "scores.json").read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise HygieiaError(f"Could not decode scores json properly, it contains an error. {err}") from err
-    if (output / "scores.txt").is_file():
-        return yaml.safe_load((output / "scores.txt").read_text(encoding="utf-8")) or {}
-    raise HygieiaError("Could not find scores file, did the scoring program output it?")
+        path, parse, parse_error = output / "scores.json", json.loads, json.JSONDecodeError
+    elif (output / "scores.txt").is_file():
+        path, parse, parse_error = output / "scores.txt", yaml.safe_load, yaml.YAMLError
+    else:
+        raise HygieiaError("Could not find scores file, did the scoring program output it?")
+    try:
+        scores = parse(path.read_text(encoding="utf-8"))
+    except (parse_error, UnicodeDecodeError) as err:
+        raise HygieiaError(f"Could not decode {path.name} properly, it contains an error. {err}") from err
+    if not isinstance(scores, dict):
+        raise HygieiaError(f"{path.name} must hold key: value pairs, got {type(scores).__name__}")
+    return scores
 
 
 def leaderboard_row(competition: dict, scores: dict) -> list[tuple[str, str]]:
@@ -354,6 +366,8 @@ def _ingestion_error(path: Path) -> str | None:
         report = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return f"{path.name} is not valid JSON"
+    if not isinstance(report, dict):
+        return f"{path.name} is not a JSON object"
     if report.get("status") == "ok":
         return None
     error = report.get("error") or {}

@@ -1,4 +1,4 @@
-"""The dataset card: counts, ratio, age/sex/view statistics, skipped files, and two figures
+"""The dataset card: counts, ratio, age/sex/view statistics, skipped patients, and two figures
 (box sizes, example crops with their boxes). Written byte-stably (no dates, no software tags)."""
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ def card_text(table: pd.DataFrame, summary: dict, n_boxes: int) -> str:
             counts = rows[column].fillna("missing").astype(str).value_counts()
             lines.append(f"| {split} | {CLASS_NAMES[label]} | "
                          + " | ".join(str(int(counts.get(v, 0))) for v in values) + " |")
-    lines += ["", "## Skipped files", ""]
     skipped = summary["skipped"]
+    lines += ["", f"## Skipped patients (bad label rows or DICOM files): {len(skipped)}", ""]
     lines += [f"- {item['patientId']}: {item['error']}" for item in skipped] or ["None."]
     lines += ["", "## Figures", "", f"![Box width and height]({BOX_SIZES_PNG})", "",
               f"![Example training crops with their boxes]({EXAMPLES_PNG})", ""]

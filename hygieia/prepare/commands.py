@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MobileNetV2 ImageNet state_dict (default: $HYGIEIA_MOBILENET_WEIGHTS or download)")
     parser.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: in-process)")
     parser.add_argument("--skip-bad", action="store_true",
-                        help="replace samples whose DICOM is missing or corrupt (listed in the card)")
+                        help="leave out patients with bad label rows and replace samples whose DICOM is "
+                             "missing or corrupt (counted and listed in the dataset card)")
 
 
 def parse_ratio(text: str) -> tuple[int, int]:

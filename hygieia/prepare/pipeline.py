@@ -47,7 +47,7 @@ def prepare(rsna_dir, out_dir, *, train=10000, valid=2000, test=2000, ratio=(3, 
     arguments = _check_arguments(rsna_dir, out_dir, train=train, valid=valid, test=test, ratio=ratio, crop=crop,
                                  context=context, window=window, full_size=full_size, seed=seed,
                                  weights=weights, workers=workers, skip_bad=skip_bad)
-    tables = read_tables(rsna_dir)
+    tables = read_tables(rsna_dir, skip_bad=skip_bad)
     samples, pools = select(tables.patients, {"train": train, "valid": valid, "test": test},
                             tuple(ratio), seed)
     boxes_of = {pid: group[BOX_FIELDS].to_numpy(np.float64)
@@ -57,7 +57,7 @@ def prepare(rsna_dir, out_dir, *, train=10000, valid=2000, test=2000, ratio=(3, 
     geometry = dict(seed=seed, context=context, window=window, boxes_of=boxes_of, box_pool=box_pool)
     extractor = FeatureExtractor(weights)  # before the long work: missing weights fail fast
 
-    decoded, skipped, todo = {}, [], samples
+    decoded, skipped, todo = {}, list(tables.skipped), samples
     while len(todo):
         jobs = [_job(rsna_dir / IMAGES_DIR, row.patientId, row.label, **geometry) for row in todo.itertuples()]
         bad = _decode(jobs, decoded, extractor, crop=crop, full_size=full_size, workers=workers,

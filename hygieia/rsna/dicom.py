@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 import warnings
 from pathlib import Path
 
@@ -31,7 +32,7 @@ _AGE_WARNING = "Invalid value for VR AS"
 _TRUNCATED_WARNING = "End of file reached"
 # pydicom's pixel decoders report a corrupt or unsupported stream with any of these.
 _DECODE_ERRORS = (ValueError, RuntimeError, NotImplementedError, OSError, AttributeError, KeyError,
-                  TypeError, EOFError)
+                  TypeError, EOFError, struct.error)
 
 
 def read_dicom(path: str | Path) -> tuple[np.ndarray, dict]:
@@ -46,7 +47,7 @@ def read_dicom(path: str | Path) -> tuple[np.ndarray, dict]:
             ds = pydicom.dcmread(path)
         except UserWarning as err:
             raise DataError(f"{path}: truncated DICOM file ({err})") from err
-        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as err:
+        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, struct.error) as err:
             raise DataError(f"{path}: not a readable DICOM file ({err})") from err
         pixels = _pixels(path, ds)
         header = _header(path, ds)

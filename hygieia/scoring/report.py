@@ -187,7 +187,18 @@ def explanation_section(results: dict, ref: dict, run: dict) -> str:
     parts.append("<h3>Worst explanations</h3>" + gallery_figure(worst, images, run["heatmaps"], boxes))
     parts.append("<p class='note'>Red: ground-truth boxes. Orange dashed: the smallest rectangle holding "
                  "95% of the activation. Magenta: connected-component boxes at tau = 0.5.</p>")
+    parts.append(per_image_table(e["images"]))
     return "".join(parts)
+
+
+def per_image_table(images: list[dict]) -> str:
+    """Every true positive's explanation metrics and enrichment, folded away by default."""
+    rows = [[r["id"], _number(r["activation_in_box"]), _number(r["iou_95"]), _number(r["cc_map"]),
+             _number(r["pointing_game"], 0), _number(r["box_share"], 3), _number(r["enrichment"], 2)]
+            for r in sorted(images, key=lambda row: row["id"])]
+    return (f"<details><summary>Every true positive ({len(images)}), with its enrichment</summary>"
+            + _table(["id", "activation_in_box", "iou_95", "cc_map", "pointing_game", "box share",
+                      "enrichment"], rows) + "</details>")
 
 
 def bias_section(results: dict) -> str:

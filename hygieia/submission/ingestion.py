@@ -47,6 +47,11 @@ PREDICTION_COLUMNS = ["id", "proba", "label"]
 TIME_BUDGET_ENV = "HYGIEIA_TIME_BUDGET"
 DEFAULT_TIME_BUDGET = 540.0  # seconds; Codabench kills a prediction step after 600 s by default
 CODABENCH_PATHS = ("/app/input_data", "/app/output", "/app/program", "/app/ingested_program")
+USAGE = "usage: ingestion.py [INPUT_DATA OUTPUT PROGRAM_DIR SUBMISSION_DIR]"
+HELP = ("Fits the submission's Model on INPUT_DATA/train, predicts valid and test, explains the predicted\n"
+        "positives; writes predictions.csv, heatmaps.npz and ingestion.json to OUTPUT. Without arguments:\n"
+        f"{' '.join(CODABENCH_PATHS)}.\nTime budget: ${TIME_BUDGET_ENV} seconds "
+        f"(default {DEFAULT_TIME_BUDGET:g}).")
 VERSIONED = ("numpy", "pandas", "scikit-learn", "torch", "torchvision", "captum")
 
 
@@ -261,8 +266,11 @@ def budget_from_env() -> float:
 def main(argv: list[str] | None = None) -> int:
     """``ingestion.py [INPUT_DATA OUTPUT PROGRAM_DIR SUBMISSION_DIR]``; no arguments: Codabench's /app paths."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv in (["-h"], ["--help"]):
+        print(f"{USAGE}\n\n{HELP}")
+        return 0
     if len(argv) not in (0, 4):
-        print("usage: ingestion.py [INPUT_DATA OUTPUT PROGRAM_DIR SUBMISSION_DIR]", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     input_dir, output_dir, _program_dir, submission = argv or CODABENCH_PATHS
     try:
