@@ -217,8 +217,10 @@ def bias_section(results: dict) -> str:
 
 def render_report(results: dict, ref: dict, run: dict) -> str:
     """The whole detailed_results.html page of a scored run."""
-    split = html.escape(results["split"] or "scored split")
-    body = (f"<h1>Hygieia — detailed results ({split})</h1>" + scores_section(results)
+    # On Codabench the reference folder is always named "ref", which says nothing about the split.
+    split = results["split"] if results["split"] not in ("", "ref") else None
+    title = f"Hygieia — detailed results ({html.escape(split)})" if split else "Hygieia — detailed results"
+    body = (f"<h1>{title}</h1>" + scores_section(results)
             + classification_section(results) + explanation_section(results, ref, run)
             + bias_section(results))
     return _page("Hygieia detailed results", body)
