@@ -43,13 +43,16 @@ BOX_COLUMNS = ["id", "x", "y", "width", "height"]
 N_FEATURES = 1280
 
 
-def read_table(path: str | Path, columns: list[str]) -> pd.DataFrame:
-    """Read a CSV that must hold ``columns``; name the file and the missing columns otherwise."""
+def read_table(path: str | Path, columns: list[str], **read_options) -> pd.DataFrame:
+    """Read a CSV that must hold ``columns``; name the file and the missing columns otherwise.
+
+    ``read_options`` go to ``pandas.read_csv`` (default: ids read as strings).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        table = pd.read_csv(path, dtype={"id": str})
+        table = pd.read_csv(path, **(read_options or {"dtype": {"id": str}}))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not a readable CSV file ({err})") from err
     missing = [c for c in columns if c not in table.columns]

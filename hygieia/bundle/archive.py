@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 from hygieia.errors import HygieiaError
-from hygieia.files import entries_outside
+from hygieia.files import atomic_file, entries_outside
 
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 FILE_MODE = 0o644
@@ -42,18 +42,10 @@ def folder_entries(folder: str | Path, prefix: str = "") -> dict[str, Path]:
 
 def write_zip(path: str | Path, entries: dict[str, Path | bytes]) -> Path:
     """Write a deterministic zip of {arcname: path or bytes} atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle, zipfile.ZipFile(handle, "w", allowZip64=True) as archive:
-            for name in sorted(entries):
-                _add_entry(archive, name, entries[name])
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path) as handle, zipfile.ZipFile(handle, "w", allowZip64=True) as archive:
+        for name in sorted(entries):
+            _add_entry(archive, name, entries[name])
+    return Path(path)
 
 
 def _add_entry(archive: zipfile.ZipFile, name: str, source: Path | bytes) -> None:

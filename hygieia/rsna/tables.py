@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hygieia.dataset import read_table
 from hygieia.errors import DataError
 
 LABELS_FILE = "stage_2_train_labels.csv"
@@ -72,16 +73,8 @@ class Rejects:
 
 
 def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not a readable CSV file ({err})") from err
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; found {list(table.columns)}")
-    table = table[columns].apply(lambda column: column.str.strip())
+    table = read_table(path, columns, dtype=str, keep_default_na=False)
+    table = table.apply(lambda column: column.str.strip())
     empty_id = table["patientId"] == ""
     if empty_id.any():
         raise DataError(f"{path}: line {_line(table.index[empty_id][0])}: empty patientId")
