@@ -111,8 +111,9 @@ def test_program_environment_hides_the_project(tmp_path, bundle_dir):
 
 
 @pytest.mark.slow
-def test_tabular_sample_finishes_with_every_leaderboard_key(bundle_dir, tmp_path):
-    result = run_submission(ROOT / "sample_submission_tabular", bundle_dir, out_dir=tmp_path / "run", echo=False)
+def test_tabular_sample_finishes_with_every_leaderboard_key(bundle_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative --out, as `hygieia demo` and `hygieia run` get by default
+    result = run_submission(ROOT / "sample_submission_tabular", bundle_dir, out_dir=Path("run"), echo=False)
     assert result.status == "Finished", result.report()
     assert sorted(result.scores) == sorted(SCORE_KEYS)
     assert [title for title, _ in result.row][0] == "Accuracy"

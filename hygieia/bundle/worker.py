@@ -213,7 +213,9 @@ RUN_FOLDERS = {"bundle", "prediction", "scoring", "logs"}
 
 
 def fresh_out_dir(out_dir: Path) -> Path:
-    """An empty run folder; a previous run's folder is replaced, anything else is refused."""
+    """An empty run folder, as an absolute path (commands run in the program folders get its paths);
+    a previous run's folder is replaced, anything else is refused."""
+    out_dir = out_dir.absolute()
     if out_dir.exists():
         foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in RUN_FOLDERS)
         if foreign:
