@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+import stat
 import tempfile
 import zipfile
 from contextlib import contextmanager
@@ -77,3 +79,29 @@ def entries_outside(archive: zipfile.ZipFile, dest: str | Path) -> list[str]:
         if target != root and root not in target.parents:
             outside.append(name)
     return outside
+
+
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+ZIP_FILE_MODE = 0o644
+
+
+def write_zip(path: str | Path, entries: dict[str, Path | bytes]) -> Path:
+    """A deterministic zip of {arcname: path or bytes}, written atomically: sorted entries, fixed
+    timestamps and permissions, so the same entries always give the same bytes."""
+    with atomic_file(path) as handle, zipfile.ZipFile(handle, "w", allowZip64=True) as archive:
+        for name in sorted(entries):
+            _add_zip_entry(archive, name, entries[name])
+    return Path(path)
+
+
+def _add_zip_entry(archive: zipfile.ZipFile, name: str, source: Path | bytes) -> None:
+    info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+    info.create_system = 3  # unix, so that the permissions below are read back
+    info.external_attr = (stat.S_IFREG | ZIP_FILE_MODE) << 16
+    info.compress_type = zipfile.ZIP_STORED if name.endswith(".zip") else zipfile.ZIP_DEFLATED
+    if isinstance(source, bytes):
+        archive.writestr(info, source)
+        return
+    info.file_size = Path(source).stat().st_size
+    with open(source, "rb") as src, archive.open(info, "w", force_zip64=info.file_size > 2**31) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import tempfile
 import zipfile
 from pathlib import Path
 
 from hygieia.errors import HygieiaError
-from hygieia.files import atomic_file, entries_outside
+from hygieia.files import entries_outside, write_zip  # noqa: F401  (write_zip: part of this module's API)
 
-FIXED_DATE = (1980, 1, 1, 0, 0, 0)
-FILE_MODE = 0o644
 SKIPPED_NAMES = {"__pycache__", ".ipynb_checkpoints", ".DS_Store", ".pytest_cache"}
 # The compute worker looks for these names when it decides whether a program zip has a parent folder.
 META_DATA_FILES = ("metadata", "metadata.yaml")
@@ -38,27 +35,6 @@ def folder_entries(folder: str | Path, prefix: str = "") -> dict[str, Path]:
         if path.is_file():
             entries[f"{prefix}{relative.as_posix()}"] = path
     return entries
-
-
-def write_zip(path: str | Path, entries: dict[str, Path | bytes]) -> Path:
-    """Write a deterministic zip of {arcname: path or bytes} atomically (temporary file, then rename)."""
-    with atomic_file(path) as handle, zipfile.ZipFile(handle, "w", allowZip64=True) as archive:
-        for name in sorted(entries):
-            _add_entry(archive, name, entries[name])
-    return Path(path)
-
-
-def _add_entry(archive: zipfile.ZipFile, name: str, source: Path | bytes) -> None:
-    info = zipfile.ZipInfo(name, date_time=FIXED_DATE)
-    info.create_system = 3  # unix, so that the permissions below are read back
-    info.external_attr = (stat.S_IFREG | FILE_MODE) << 16
-    info.compress_type = zipfile.ZIP_STORED if name.endswith(".zip") else zipfile.ZIP_DEFLATED
-    if isinstance(source, bytes):
-        archive.writestr(info, source)
-        return
-    info.file_size = Path(source).stat().st_size
-    with open(source, "rb") as src, archive.open(info, "w", force_zip64=info.file_size > 2**31) as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def read_zip(path: str | Path) -> zipfile.ZipFile:

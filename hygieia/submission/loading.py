@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
-import io
 import sys
 import traceback
 import zipfile
 from pathlib import Path
 
 from hygieia.errors import HygieiaError
-from hygieia.files import entries_outside, write_bytes
+from hygieia.files import entries_outside, write_zip
 from hygieia.submission.api import MODEL_CLASS, REQUIRED_METHODS, SubmissionError
 
 MODEL_FILE = "model.py"
 IGNORED_NAMES = ("__MACOSX", "__pycache__")
-ZIP_TIMESTAMP = (2020, 1, 1, 0, 0, 0)
 MESSAGE_LIMIT = 400  # characters of an exception's message in the one-line summary
 
 
@@ -126,13 +124,5 @@ def zip_submission(folder: str | Path, zip_path: str | Path) -> Path:
     folder, zip_path = Path(folder), Path(zip_path)
     if not (folder / MODEL_FILE).is_file():
         raise HygieiaError(f"{folder}: no {MODEL_FILE} to zip")
-    files = sorted(p for p in folder.rglob("*")
-                   if p.is_file() and all(_visible(Path(part)) for part in p.relative_to(folder).parts))
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for file in files:
-            info = zipfile.ZipInfo(file.relative_to(folder).as_posix(), date_time=ZIP_TIMESTAMP)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, file.read_bytes())
-    return write_bytes(zip_path, buffer.getvalue())
+    return write_zip(zip_path, {p.relative_to(folder).as_posix(): p for p in folder.rglob("*")
+                                if p.is_file() and all(_visible(Path(part)) for part in p.relative_to(folder).parts)})
