@@ -4,13 +4,21 @@ A prepared dataset (``hygieia prepare`` output) is laid out as::
 
     input_data/{train,valid,test}/images.npy     (N, H, W) uint8   crops, 100x100 by default
     input_data/{train,valid,test}/features.npy   (N, 1280) float32 MobileNetV2 features
-    input_data/{train,valid,test}/meta.csv       id, age, sex, view_position
+    input_data/{train,valid,test}/meta.csv       id + INPUT_META_COLUMNS (no label-predicting field)
     input_data/train/labels.csv                  id, label          (public)
     input_data/train/boxes.csv                   id, x, y, width, height (public, crop pixels)
-    reference_data/{valid,test}/labels.csv       hidden from participants
+    reference_data/{valid,test}/labels.csv       id, label, probe   hidden from participants
     reference_data/{valid,test}/boxes.csv        hidden from participants
-    reference_data/{valid,test}/meta.csv         copies, for the scoring program's bias report
+    reference_data/{valid,test}/meta.csv         id, age, sex, view_position: for the bias report and groups
     reference_data/{valid,test}/images.npy       copies, for the scoring program's gallery
+    reference_data/{valid,test}/box_prior.npy    (H, W) float32: mean box mask of the training boxes,
+                                                 the best box-blind fixed map (prior-relative scores)
+    reference_data/{valid,test}/split.json       {"split": "valid"|"test", "final": bool}: Final-phase
+                                                 runs show aggregates only (no id, no per-image row)
+
+``probe`` is 1 for an off-box probe (a window cut from a Lung Opacity film away from every box; its
+``label`` is 1, it has no box) and 0 otherwise. Probes are ordinary items on the input side; scoring
+leaves them out of the classification metrics and uses them for the shortcut gap.
 
 Rows of ``images.npy``, ``features.npy`` and ``meta.csv`` are in the same order; ``labels.csv``
 follows that order too. Boxes are in pixel coordinates of the split's images (x to the right,
@@ -37,8 +45,13 @@ META = "meta.csv"
 LABELS = "labels.csv"
 BOXES = "boxes.csv"
 
-META_COLUMNS = ["id", "age", "sex", "view_position"]
+BOX_PRIOR = "box_prior.npy"
+SPLIT_INFO = "split.json"
+
+META_COLUMNS = ["id", "age", "sex", "view_position"]    # reference side (and RSNA headers)
+INPUT_META_COLUMNS = ["id", "age", "sex", "view_position"]  # what models see; see prepare's meta check
 LABEL_COLUMNS = ["id", "label"]
+REFERENCE_LABEL_COLUMNS = ["id", "label", "probe"]
 BOX_COLUMNS = ["id", "x", "y", "width", "height"]
 N_FEATURES = 1280
 
