@@ -1,7 +1,9 @@
-"""Atomic, deterministic file writes: a crash never leaves a half-written file behind."""
+"""Files: atomic, deterministic writes (a crash never leaves a half-written file behind), bounded zip
+extraction, .npz headers read without loading, and path arguments checked with one clear line."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -14,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from hygieia.errors import HygieiaError
 
 
 def _umask() -> int:
@@ -105,3 +109,139 @@ def _add_zip_entry(archive: zipfile.ZipFile, name: str, source: Path | bytes) ->
     info.file_size = Path(source).stat().st_size
     with open(source, "rb") as src, archive.open(info, "w", force_zip64=info.file_size > 2**31) as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def extract_zip(zip_path: str | Path, dest: str | Path, *, max_bytes: int, max_entries: int,
+                skip=lambda name: False) -> Path:
+    """Unzip ``zip_path`` into ``dest``, bounded: HygieiaError past ``max_entries`` entries or
+    ``max_bytes`` uncompressed bytes, checked from the zip's directory before extracting and counted
+    again while writing (a header that lies about sizes does not get through), and for an entry that
+    would land outside ``dest``. Entries for which ``skip(name)`` is true are not extracted."""
+    zip_path, dest = Path(zip_path), Path(dest)
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            infos = archive.infolist()
+            if len(infos) > max_entries:
+                raise HygieiaError(f"{zip_path}: {len(infos)} entries, more than the limit of {max_entries}")
+            declared = sum(info.file_size for info in infos)
+            if declared > max_bytes:
+                raise HygieiaError(f"{zip_path}: {declared / 1e6:.1f} MB uncompressed, more than the limit "
+                                   f"of {max_bytes / 1e6:.1f} MB")
+            outside = entries_outside(archive, dest)
+            if outside:
+                raise HygieiaError(f"{zip_path}: entry {outside[0]!r} points outside the zip")
+            written = 0
+            for info in infos:
+                if skip(info.filename):
+                    continue
+                target = dest / info.filename
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as src, open(target, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise HygieiaError(f"{zip_path}: extracting {info.filename!r} went past the "
+                                               f"limit of {max_bytes / 1e6:.1f} MB")
+                        dst.write(chunk)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as err:
+        raise HygieiaError(f"{zip_path}: not a readable zip file ({err})") from err
+    return dest
+
+
+def npz_headers(path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{array name: (shape, dtype)} of an .npz file, read from the .npy headers only (no array is loaded)."""
+    headers = {}
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if not name.endswith(".npy"):
+                continue
+            with archive.open(name) as handle:
+                version = np.lib.format.read_magic(handle)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+                else:
+                    raise ValueError(f"{name}: .npy format version {version} is not supported")
+            headers[name[:-len(".npy")]] = (tuple(shape), dtype)
+    return headers
+
+
+# Path arguments: one line naming the path and what is wrong with it, never a traceback.
+
+def require_dir(path: str | Path, what: str = "folder") -> Path:
+    """``path`` if it is a folder this process can read, else HygieiaError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise HygieiaError(f"{what} {path}: not found")
+    if not path.is_dir():
+        raise HygieiaError(f"{what} {path}: is a file, not a folder")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise HygieiaError(f"{what} {path}: permission denied (cannot read it)")
+    return path
+
+
+def require_file(path: str | Path, what: str = "file") -> Path:
+    """``path`` if it is a file this process can read, else HygieiaError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise HygieiaError(f"{what} {path}: not found")
+    if path.is_dir():
+        raise HygieiaError(f"{what} {path}: is a folder, not a file")
+    if not os.access(path, os.R_OK):
+        raise HygieiaError(f"{what} {path}: permission denied (cannot read it)")
+    return path
+
+
+def require_file_or_dir(path: str | Path, what: str) -> Path:
+    """``path`` if it is a readable file or folder (a zip or its unpacked folder), else HygieiaError."""
+    return require_dir(path, what) if Path(path).is_dir() else require_file(path, what)
+
+
+def _creatable(path: Path, what: str) -> None:
+    """``path`` does not exist: its nearest existing parent must be a folder this process can write."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise HygieiaError(f"{what} {path}: cannot be created, {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise HygieiaError(f"{what} {path}: cannot be created, permission denied in {parent}")
+
+
+def writable_dir(path: str | Path, what: str = "output folder") -> Path:
+    """``path`` if it is a folder this process can write into, or can be created; nothing is created."""
+    path = Path(path)
+    if not path.exists():
+        _creatable(path, what)
+    elif not path.is_dir():
+        raise HygieiaError(f"{what} {path}: exists and is a file, not a folder")
+    elif not os.access(path, os.W_OK | os.X_OK):
+        raise HygieiaError(f"{what} {path}: permission denied (cannot write into it)")
+    return path
+
+
+def writable_file(path: str | Path, what: str = "output file") -> Path:
+    """``path`` if a file can be written there (a new file, or a file this process may replace)."""
+    path = Path(path)
+    if path.is_dir():
+        raise HygieiaError(f"{what} {path}: is a folder, not a file")
+    if not path.exists():
+        _creatable(path, what)
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
+        raise HygieiaError(f"{what} {path}: permission denied in {path.parent}")
+    return path
+
+
+def argument(check, what: str):
+    """An argparse ``type=`` for one of the checks above: argparse then prints one line naming the path."""
+    def convert(value: str) -> Path:
+        try:
+            return check(value, what)
+        except HygieiaError as err:
+            raise argparse.ArgumentTypeError(str(err)) from err
+    convert.__name__ = what  # argparse names the type in some messages
+    return convert
