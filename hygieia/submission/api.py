@@ -28,7 +28,10 @@ Explanations are optional. A model may define either
   or one opacity logit per image, (N,) or (N, 1); ``layer`` is a submodule of it (usually the
   last convolutional block). Ingestion puts ``module`` in eval mode and computes Grad-CAM with
   Captum's ``LayerGradCam`` for the opacity logit, ReLU'd and upsampled bilinearly to (H, W),
-  without rescaling, on the device that holds ``module``'s parameters.
+  on the device that holds ``module``'s parameters.
+
+Ingestion stores every heatmap divided by its own maximum (float16; an all-zero map stays zero and
+is counted in ingestion.json).
 
 A model with neither gets no explanation (the explanation scores are then not computed).
 Ingestion explains only the valid and test images that the model predicts positive.
@@ -43,7 +46,6 @@ from hygieia.errors import HygieiaError
 MODEL_CLASS = "Model"
 REQUIRED_METHODS = ("fit", "predict_proba")
 THRESHOLD = 0.5
-FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 class SubmissionError(HygieiaError):
@@ -107,7 +109,9 @@ def check_labels(values, ids: list[str], split: str) -> np.ndarray:
 
 
 def check_heatmaps(values, ids: list[str], shape: tuple[int, int], split: str, what: str) -> np.ndarray:
-    """(N, H, W) float16 non-negative finite heatmaps, or SubmissionError."""
+    """(N, H, W) float16 heatmaps, each divided by its own maximum (an all-zero map stays zero), from
+    non-negative finite ones of any scale; or SubmissionError. Rescaling first keeps tiny (1e-9) and
+    huge (> 65504) maps whole in float16; every metric is scale-invariant."""
     array = as_array(values, what)
     expected = (len(ids), *shape)
     if array.shape != expected:
@@ -122,10 +126,8 @@ def check_heatmaps(values, ids: list[str], shape: tuple[int, int], split: str, w
     if negative.any():
         raise SubmissionError(f"{what} returned negative heatmap values for {negative.sum()} {split} images "
                               f"(min {array.min():.4g}; first ids: {_first_ids(ids, negative)})")
-    if array.size and array.max() > FLOAT16_MAX:
-        raise SubmissionError(f"{what} returned heatmap values up to {array.max():.4g}, beyond float16's "
-                              f"{FLOAT16_MAX:.0f}; scale them down (only their distribution matters)")
-    return array.astype(np.float16)
+    peak = array.max(axis=(1, 2), keepdims=True) if array.size else np.zeros((len(ids), 1, 1))
+    return np.divide(array, peak, out=np.zeros_like(array), where=peak > 0).astype(np.float16)
 
 
 def explanation_method(model) -> str | None:

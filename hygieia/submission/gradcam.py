@@ -9,10 +9,19 @@ from hygieia.submission.api import SubmissionError
 BATCH_SIZE = 64
 
 
-def _opacity_logit(module):
+def _opacity_logit(module, describe):
     """A forward function giving (N, 1): class 1 of (N, 2) logits, or the single (N,) / (N, 1) logit."""
     def forward(pixels):
-        logits = module(pixels)
+        try:
+            logits = module(pixels)
+        except Exception as err:  # the participant's module: say what it was given
+            raise SubmissionError(
+                f"the gradcam_target() module failed on its input, which is always a float32 tensor "
+                f"(N, 1, H, W) of pixels / 255 in [0, 1]; it got {pixels.dtype} {tuple(pixels.shape)} on "
+                f"{pixels.device}: {describe(err)}") from err
+        if not hasattr(logits, "ndim"):
+            raise SubmissionError(f"the gradcam_target() module returned {type(logits).__name__}; "
+                                  f"expected a tensor of logits")
         if logits.ndim == 2 and logits.shape[1] == 2:
             return logits[:, 1:2]
         if logits.ndim == 1 or (logits.ndim == 2 and logits.shape[1] == 1):
@@ -31,11 +40,12 @@ def module_device(module):
 
 
 def gradcam_heatmaps(module, layer, images: np.ndarray, batch_size: int = BATCH_SIZE,
-                     progress: bool = False) -> np.ndarray:
+                     progress: bool = False, describe=lambda err: f"{type(err).__name__}: {err}") -> np.ndarray:
     """(N, H, W) float32 Grad-CAM heatmaps of ``images`` ((N, H, W) uint8) for the opacity logit.
 
     ``module`` takes (N, 1, H, W) float32 pixels / 255; ``layer`` is one of its submodules. The
-    layer's ReLU'd Grad-CAM is upsampled bilinearly to (H, W) and not rescaled.
+    layer's ReLU'd Grad-CAM is upsampled bilinearly to (H, W) and not rescaled. ``describe`` turns
+    the module's own exception into the message's last part (ingestion names the submission's line).
     """
     import torch
     from captum.attr import LayerAttribution, LayerGradCam
@@ -47,7 +57,7 @@ def gradcam_heatmaps(module, layer, images: np.ndarray, batch_size: int = BATCH_
         raise SubmissionError("Model.gradcam_target(): the layer is not a submodule of the module")
     module.eval()
     device = module_device(module)
-    cam = LayerGradCam(_opacity_logit(module), layer)
+    cam = LayerGradCam(_opacity_logit(module, describe), layer)
     n, height, width = images.shape
     maps = np.zeros((n, height, width), np.float32)
     starts = range(0, n, batch_size)

@@ -1,24 +1,32 @@
-"""The ingestion run: fit a submission's Model on train, predict valid and test, explain positives.
+"""The ingestion program: fit a submission's Model on train, predict valid and test, explain positives.
 
-Writes to the output folder (each file atomically, as soon as it is ready):
+Two processes. This one is trusted: it reads the input data's ids, unzips the submission (bounded),
+starts the submission's own process (``hygieia.submission.child``: import, fit, predict, explain) in
+a session of its own, enforces the time budget, kills that process and every descendant at the end
+or at the budget, then checks what it left in a private folder and writes the output folder itself:
 
 - ``predictions.csv``: id, proba, label for every valid and test image (valid first);
 - ``heatmaps.npz``: ``ids`` and ``maps`` (K, H, W) float16 for the valid and test images predicted
-  positive (K = 0 and ``explanation`` null in ingestion.json when the model offers no explanation);
+  positive, each map divided by its own maximum (K = 0 and ``explanation`` null in ingestion.json
+  when the model offers no explanation);
 - ``ingestion.json``: status ("running", then "ok" or "failed"), the stage running or failed, the
   error {stage, message, traceback}, durations per stage, device, library versions, explanation
-  method ("explain", "gradcam" or null), counts. Rewritten as each stage completes.
+  method ("explain", "gradcam" or null), counts (``zero_heatmaps``: all-zero maps), the time budget
+  and where it came from. Rewritten as each stage starts; written last by this process.
 
-Any failure (the submission's or the data's) ends the run with a one-line message on stderr and in
-ingestion.json, keeps what was already written, and gives exit status 1. A time budget stops a
-run before Codabench would kill it, naming the stage that was running.
+Nothing the submission writes can make a run look finished: a budget overrun, an interrupt, a crash
+or an exit from inside the model (``os._exit``, an ``atexit`` handler) is reported as such, and
+output files this process did not write are removed. Any failure ends the run with a one-line message
+on stderr and in ingestion.json, keeps what was already produced, and gives a non-zero exit status.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -29,54 +37,51 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+import hygieia
 from hygieia import dataset as ds
 from hygieia.errors import HygieiaError
-from hygieia.files import write_csv, write_json, write_npz
-from hygieia.submission.api import (THRESHOLD, SubmissionError, check_heatmaps, check_labels,
-                                    check_probabilities, explanation_method)
-from hygieia.submission.gradcam import gradcam_heatmaps
-from hygieia.submission.loading import describe_error, forget_modules, import_model_class, open_submission
+from hygieia.files import npz_headers, require_dir, require_file_or_dir, write_csv, write_json, write_npz, writable_dir
+from hygieia.submission import child
+from hygieia.submission.api import SubmissionError, check_labels, check_probabilities
+from hygieia.submission.loading import open_submission, submission_limits, unwrap
+from hygieia.submission.processes import become_subreaper, children, kill_all
 
-PREDICTIONS = "predictions.csv"
-HEATMAPS = "heatmaps.npz"
+PREDICTIONS = child.PREDICTIONS
+HEATMAPS = child.HEATMAPS
 REPORT = "ingestion.json"
 PREDICTION_COLUMNS = ["id", "proba", "label"]
+WORKER_METADATA = "metadata"  # Codabench's worker writes it after ingestion; a submission must not
 
 TIME_BUDGET_ENV = "HYGIEIA_TIME_BUDGET"
+BUDGET_FILE = "budget.json"  # {"time_budget_s": S} in the ingestion program's folder, from the bundle builder
 DEFAULT_TIME_BUDGET = 540.0  # seconds; Codabench kills a prediction step after 600 s by default
 CODABENCH_PATHS = ("/app/input_data", "/app/output", "/app/program", "/app/ingested_program")
 USAGE = "usage: ingestion.py [INPUT_DATA OUTPUT PROGRAM_DIR SUBMISSION_DIR]"
 HELP = ("Fits the submission's Model on INPUT_DATA/train, predicts valid and test, explains the predicted\n"
         "positives; writes predictions.csv, heatmaps.npz and ingestion.json to OUTPUT. Without arguments:\n"
-        f"{' '.join(CODABENCH_PATHS)}.\nTime budget: ${TIME_BUDGET_ENV} seconds "
-        f"(default {DEFAULT_TIME_BUDGET:g}).")
+        f"{' '.join(CODABENCH_PATHS)}.\nTime budget: ${TIME_BUDGET_ENV} seconds, else PROGRAM_DIR/{BUDGET_FILE} "
+        f"({{\"time_budget_s\": S}}), else {DEFAULT_TIME_BUDGET:g}.")
 VERSIONED = ("numpy", "pandas", "scikit-learn", "torch", "torchvision", "captum")
+CHILD_STAGES = ("load", "import", "fit", "predict", "explain")
+MESSAGE_LIMIT = 1 << 20  # bytes of one progress line from the submission's process
+TRACEBACK_LIMIT = 20_000  # characters of the submission's traceback kept in ingestion.json
 
 
-class TimeBudgetExceeded(BaseException):
-    """Raised by the alarm; a BaseException so that ``except Exception`` in a model cannot swallow it."""
+class RunFailed(HygieiaError):
+    """The run failed; ``traceback`` is the failing process's own when there is one."""
+
+    def __init__(self, message: str, traceback: str | None = None):
+        super().__init__(message)
+        self.traceback = traceback
 
 
-@contextmanager
-def time_budget(seconds: float | None):
-    """Raise TimeBudgetExceeded after ``seconds`` (SIGALRM: main thread on POSIX only, else no limit)."""
-    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-    if not seconds or not usable:
-        yield
-        return
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM reached ingestion."""
 
-    def on_alarm(signum, frame):
-        raise TimeBudgetExceeded()
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def versions() -> dict:
@@ -89,178 +94,307 @@ def versions() -> dict:
     return found
 
 
-def device_name() -> str:
-    """"cuda (<GPU name>)" when torch sees a GPU, else "cpu"."""
-    import torch
+def locate_input_data(input_dir: Path) -> Path:
+    """``input_dir`` with train/ valid/ test/ at its root, as Codabench lays it, or its one wrapper folder."""
+    found = unwrap(input_dir, "train") if input_dir.is_dir() else None
+    if found is not None and found != input_dir:
+        print(f"ingestion: the input data is inside the wrapper folder {found.name}/ of {input_dir}; using it")
+    return found or input_dir
 
-    if torch.cuda.is_available():
-        return f"cuda ({torch.cuda.get_device_name(0)})"
-    return "cpu"
 
+@contextmanager
+def signals_interrupt():
+    """SIGINT and SIGTERM raise Interrupted in the main thread (elsewhere: nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
-def call_model(what: str, folder: Path, function, *args):
-    """Call the participant's ``function``; any exception becomes a SubmissionError naming ``what``."""
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return function(*args)
-    except SubmissionError:
-        raise
-    except (Exception, SystemExit) as err:  # untrusted code: report every failure with its place
-        raise SubmissionError(f"{what} failed: {describe_error(err, folder)}") from err
-
-
-def subset(X: dict, mask: np.ndarray) -> dict:
-    """The rows of a split mapping where ``mask`` is true (ids, images, features, meta)."""
-    ids = [i for i, keep in zip(X["ids"], mask) if keep]
-    return {"ids": ids, "images": X["images"][mask], "features": X["features"][mask],
-            "meta": X["meta"].loc[ids]}
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class Ingestion:
     """One run: the stages, their durations and the report, written to ``output`` as they go."""
 
-    def __init__(self, input_dir, output_dir, submission, budget: float | None):
+    def __init__(self, input_dir, output_dir, submission, budget: float | None, budget_source: str,
+                 limits: tuple[int, int] | None = None):
         self.input_dir, self.output = Path(input_dir), Path(output_dir)
-        self.submission = Path(submission)
-        self.report = {"status": "running", "stage": None, "error": None, "durations": {},
-                       "time_budget": budget, "device": None, "versions": versions(),
-                       "explanation": None, "counts": {}, "files": []}
+        self.submission, self.limits = Path(submission), limits
         self.budget = budget
-        self.folder = None  # the submission's folder, once opened
+        self.report = {"status": "running", "stage": None, "error": None, "durations": {},
+                       "time_budget": budget, "time_budget_source": budget_source, "device": None,
+                       "versions": versions(), "explanation": None, "counts": {}, "files": []}
+        self.lock = threading.Lock()
+        self.closed = False  # once set, progress messages no longer rewrite ingestion.json
+        self.started = {}
+        self.child = {"error": None, "finished": False, "unreadable": 0}
+        self.over_budget, self.exit_status = False, None
 
     def save(self) -> None:
         write_json(self.output / REPORT, self.report)
 
+    def begin(self, name: str) -> None:
+        self.report["stage"] = name
+        self.started[name] = time.perf_counter()
+        self.save()
+
+    def end(self, name: str) -> None:
+        if name in self.started:
+            elapsed = time.perf_counter() - self.started.pop(name)
+            self.report["durations"][name] = round(self.report["durations"].get(name, 0) + elapsed, 3)
+
     @contextmanager
     def stage(self, name: str):
-        self.report["stage"] = name
-        self.save()
-        start = time.perf_counter()
+        self.begin(name)
         yield
-        self.report["durations"][name] = round(time.perf_counter() - start, 3)
-
-    def wrote(self, name: str) -> None:
-        self.report["files"].append(name)
-        self.save()
+        self.end(name)
 
     def run(self, workdir: Path) -> None:
+        deadline = time.monotonic() + self.budget if self.budget else None
         with self.stage("load"):
-            data = {split: ds.load_input_split(self.input_dir, split) for split in ds.SPLITS}
-            y = data["train"].pop("labels", None)
-            if y is None:
-                raise HygieiaError(f"{self.input_dir / 'train' / ds.LABELS}: file not found")
-            self.report["counts"] = {split: len(data[split]["ids"]) for split in ds.SPLITS}
-            self.report["device"] = device_name()
+            self.input_dir = locate_input_data(self.input_dir)
+            scored = {split: ds.load_input_split(self.input_dir, split, features=False)
+                      for split in ds.SCORED_SPLITS}
+            self.ids = {split: scored[split]["ids"] for split in ds.SCORED_SPLITS}
+            self.shape = scored["valid"]["images"].shape[1:]
+            self.report["counts"] = {split: len(ids) for split, ids in self.ids.items()}
         with self.stage("import"):
-            folder = self.folder = open_submission(self.submission, workdir).resolve()
-            model_class = import_model_class(folder)
-            model = call_model("Model()", folder, model_class)
-            method = explanation_method(model)
-            self.report["explanation"] = method
-        with self.stage("fit"):
-            call_model("Model.fit", folder, model.fit, dict(data["train"]), y.copy())
-        with self.stage("predict"):
-            predictions = {split: self.predict(model, folder, data[split], split) for split in ds.SCORED_SPLITS}
-            table = pd.concat(predictions.values(), ignore_index=True)
-            write_csv(self.output / PREDICTIONS, table)
-            for split, frame in predictions.items():
-                self.report["counts"][f"{split}_positive"] = int(frame["label"].sum())
-            self.wrote(PREDICTIONS)
-        with self.stage("explain"):
-            ids, maps = self.explain(model, method, folder, data, predictions)
-            write_npz(self.output / HEATMAPS, ids=np.array(ids, dtype=str), maps=maps)
-            self.report["counts"]["heatmaps"] = len(ids)
-            self.wrote(HEATMAPS)
+            folder = open_submission(self.submission, workdir / "submission", self.limits).resolve()
+        results = workdir / "results"
+        results.mkdir()
+        unusable = None
+        try:
+            self.run_child(folder, results, deadline)
+        finally:
+            try:
+                self.publish(results)
+            except HygieiaError as err:  # reported after the child's own failure, which comes first
+                unusable = err
+        self.check_child_finished()
+        if unusable is not None:
+            raise unusable
 
-    def predict(self, model, folder: Path, X: dict, split: str) -> pd.DataFrame:
-        # Models get shallow copies of X: one that pops or replaces a key does not break later stages.
-        proba = check_probabilities(call_model("Model.predict_proba", folder, model.predict_proba, dict(X)),
-                                    X["ids"], split)
-        if callable(getattr(model, "predict", None)):
-            label = check_labels(call_model("Model.predict", folder, model.predict, dict(X)), X["ids"], split)
+    def run_child(self, folder: Path, results: Path, deadline: float | None) -> None:
+        """Run the submission's process to its end or to the deadline; kill all it started."""
+        read_fd, write_fd = os.pipe()
+        keep = set(children(os.getpid()))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(Path(hygieia.__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        command = [sys.executable, "-m", child.__name__, str(self.input_dir.resolve()), str(folder),
+                   str(results), str(write_fd)]
+        process = subprocess.Popen(command, pass_fds=(write_fd,), stdin=subprocess.DEVNULL, env=env,
+                                   start_new_session=True)
+        os.close(write_fd)
+        reader = threading.Thread(target=self.read_messages, args=(read_fd,), daemon=True)
+        reader.start()
+        try:
+            process.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.over_budget = True
+        finally:
+            others = kill_all(process, keep)
+            reader.join(timeout=5)
+        self.exit_status = process.returncode
+        if others:
+            print(f"ingestion: stopped {others} more process(es) the submission had started", file=sys.stderr)
+
+    def read_messages(self, fd: int) -> None:
+        """Progress lines from the submission's process (its claims; only the stage names are shown)."""
+        with os.fdopen(fd, "rb") as stream:
+            for line in iter(lambda: stream.readline(MESSAGE_LIMIT), b""):
+                with self.lock:
+                    if not self.closed:
+                        self.on_message(line)
+
+    def on_message(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+            kind, value = next(iter(message.items()))
+        except (ValueError, AttributeError, StopIteration):
+            self.child["unreadable"] += 1
+            return
+        if kind == "stage" and value in CHILD_STAGES:
+            self.begin(value)
+        elif kind == "done" and value in CHILD_STAGES:
+            self.end(value)
+        elif kind == "info" and isinstance(value, dict):
+            if isinstance(value.get("device"), str):
+                self.report["device"] = value["device"][:200]
+            if value.get("explanation") in ("explain", "gradcam", None) and "explanation" in value:
+                self.report["explanation"] = value["explanation"]
+            self.save()
+        elif kind == "error" and isinstance(value, dict) and isinstance(value.get("message"), str):
+            self.child["error"] = value
+        elif kind == "finished" and value is True:
+            self.child["finished"] = True
         else:
-            label = (proba >= THRESHOLD).astype(np.int64)
-        return pd.DataFrame({"id": X["ids"], "proba": proba, "label": label})
+            self.child["unreadable"] += 1
 
-    def explain(self, model, method, folder: Path, data: dict, predictions: dict):
-        """Heatmaps of the predicted positives of valid and test: (ids, (K, H, W) float16)."""
-        shape = data["valid"]["images"].shape[1:]
-        ids, maps = [], []
-        if method == "gradcam":
-            module, layer = self.gradcam_target(model, folder)
+    def check_child_finished(self) -> None:
+        """Raise RunFailed unless the submission's process ended by finishing every stage."""
+        stage = self.report["stage"]
+        error, status = self.child["error"], self.exit_status
+        if self.over_budget:
+            raise RunFailed(f"time budget of {self.budget:g} s ({self.report['time_budget_source']}) exceeded "
+                            f"during {stage}; the submission's processes were stopped")
+        if error is not None:
+            raise RunFailed(error["message"], str(error.get("traceback") or "")[-TRACEBACK_LIMIT:])
+        if status is not None and status < 0:
+            try:
+                name = signal.Signals(-status).name
+            except ValueError:
+                name = str(-status)
+            raise RunFailed(f"the submission's process was killed by signal {name} during {stage}"
+                            + (" (out of memory?)" if -status == signal.SIGKILL else ""))
+        if not self.child["finished"] or status != 0:
+            raise RunFailed(f"the submission's process exited with status {status} during {stage} without "
+                            f"finishing (os._exit() or exit() from the submission, or an atexit handler?)")
+        if self.child["unreadable"]:
+            raise RunFailed(f"the submission's process sent {self.child['unreadable']} unreadable progress "
+                            f"message(s) to ingestion")
+        if HEATMAPS not in self.report["files"]:
+            raise RunFailed("the submission's process finished without writing its heatmaps")
+
+    def publish(self, results: Path) -> None:
+        """Check what the submission's process left in ``results``; write it to the output folder."""
+        if not (results / PREDICTIONS).is_file():
+            return
+        predictions = self.checked_predictions(results / PREDICTIONS)
+        write_csv(self.output / PREDICTIONS, predictions)
+        self.report["files"].append(PREDICTIONS)
         for split in ds.SCORED_SPLITS:
-            positives = subset(data[split], predictions[split]["label"].to_numpy() == 1)
-            if not positives["ids"] or method is None:
-                continue
-            if method == "explain":
-                what = "Model.explain"
-                raw = call_model(what, folder, model.explain, positives)
-            else:
-                what = "Grad-CAM on Model.gradcam_target()"
-                raw = call_model(what, folder, lambda: gradcam_heatmaps(module, layer, positives["images"],
-                                                                        progress=True))
-            maps.append(check_heatmaps(raw, positives["ids"], shape, split, what))
-            ids.extend(positives["ids"])
-        stacked = np.concatenate(maps) if maps else np.zeros((0, *shape), np.float16)
-        return ids, stacked
+            self.report["counts"][f"{split}_positive"] = int(predictions["label"][predictions["split"] == split].sum())
+        if not (results / HEATMAPS).is_file():
+            return
+        ids, maps = self.checked_heatmaps(results / HEATMAPS, predictions)
+        write_npz(self.output / HEATMAPS, ids=ids, maps=maps)
+        self.report["files"].append(HEATMAPS)
+        self.report["counts"]["heatmaps"] = len(ids)
+        self.report["counts"]["zero_heatmaps"] = int((~maps.any(axis=(1, 2))).sum())
 
-    def gradcam_target(self, model, folder: Path):
-        target = call_model("Model.gradcam_target", folder, model.gradcam_target)
-        if not (isinstance(target, tuple) and len(target) == 2):
-            raise SubmissionError(f"Model.gradcam_target() returned {type(target).__name__}; "
-                                  f"expected a tuple (module, layer)")
-        return target
+    def checked_predictions(self, path: Path):
+        what = f"{PREDICTIONS} of the submission's process"
+        table = ds.read_table(path, PREDICTION_COLUMNS)
+        expected = [i for split in ds.SCORED_SPLITS for i in self.ids[split]]
+        if table["id"].tolist() != expected:
+            raise RunFailed(f"{what}: its ids are not the valid and test ids in order")
+        table["split"] = [split for split in ds.SCORED_SPLITS for _ in self.ids[split]]
+        for split in ds.SCORED_SPLITS:
+            rows = table["split"] == split
+            check_probabilities(table["proba"][rows].to_numpy(), self.ids[split], split)
+            check_labels(table["label"][rows].to_numpy(), self.ids[split], split)
+        return table
+
+    def checked_heatmaps(self, path: Path, predictions):
+        what = f"{HEATMAPS} of the submission's process"
+        positives = predictions["id"][predictions["label"] == 1].tolist() if self.report["explanation"] else []
+        expected = {"ids": (len(positives),), "maps": (len(positives), *self.shape)}
+        try:
+            shapes = {name: shape for name, (shape, _dtype) in npz_headers(path).items()}
+        except (OSError, ValueError) as err:
+            raise RunFailed(f"{what}: unreadable ({err})") from err
+        if shapes != expected:
+            raise RunFailed(f"{what}: arrays {shapes}; expected {expected}")
+        with np.load(path, allow_pickle=False) as archive:
+            ids, maps = archive["ids"], archive["maps"]
+        if ids.astype(str).tolist() != positives:
+            raise RunFailed(f"{what}: its ids are not the predicted positives in order")
+        if maps.dtype != np.float16 or not np.isfinite(maps).all() or (maps < 0).any() or (maps > 1).any():
+            raise RunFailed(f"{what}: maps must be float16 in [0, 1]")
+        return ids.astype(str), maps
+
+    def remove_foreign_outputs(self, present_before: set[str]) -> None:
+        """Output files that this run did not write (the submission's forgeries, or stale ones) go."""
+        for name in (PREDICTIONS, HEATMAPS):
+            if name not in self.report["files"] and (self.output / name).is_file():
+                (self.output / name).unlink()
+                print(f"ingestion: removed {self.output / name}: not written by this run", file=sys.stderr)
+        forged = self.output / WORKER_METADATA
+        if WORKER_METADATA not in present_before and forged.is_file():
+            forged.unlink()
+            raise RunFailed(f"the submission's process wrote {forged}, the worker's own file (removed)")
 
     def fail(self, err: BaseException) -> str:
         stage = self.report["stage"]
-        if isinstance(err, TimeBudgetExceeded):
-            message = (f"time budget of {self.budget:g} s exceeded during {stage} "
-                       f"(set by --time-budget or ${TIME_BUDGET_ENV})")
+        if isinstance(err, Interrupted):
+            message = f"ingestion was interrupted ({err}) during {stage}; the submission's processes were stopped"
         else:
             message = str(err) if isinstance(err, HygieiaError) else f"{type(err).__name__}: {err}"
-        trace = "".join(traceback.format_exception(err))
+        trace = getattr(err, "traceback", None) or "".join(traceback.format_exception(err))
         self.report.update(status="failed", error={"stage": stage, "message": message, "traceback": trace})
-        self.save()
         print(trace, file=sys.stderr)
         return f"ingestion failed during {stage}: {message}"
 
 
-def run_ingestion(input_dir, output_dir, submission, time_budget_s: float | None = DEFAULT_TIME_BUDGET) -> dict:
+def run_ingestion(input_dir, output_dir, submission, time_budget_s: float | None = DEFAULT_TIME_BUDGET,
+                  budget_source: str = "argument", limits: tuple[int, int] | None = None) -> dict:
     """Run a submission (folder or zip) on ``input_dir``; write to ``output_dir``; return the report.
 
     Raises nothing for a failing run: the report's status says "failed" and ``error`` holds
-    {stage, message, traceback}; the message is also printed to stderr.
+    {stage, message, traceback}; the message is also printed to stderr. ``limits`` bound a zip's
+    extraction (default ``submission_limits()``). An interrupt (SIGINT, SIGTERM) fails the run and
+    sets the report's ``interrupted`` to the signal's number.
     """
-    run = Ingestion(input_dir, output_dir, submission, time_budget_s)
-    path_before = list(sys.path)
+    run = Ingestion(input_dir, output_dir, submission, time_budget_s, budget_source, limits)
+    run.output.mkdir(parents=True, exist_ok=True)
+    present_before = set(os.listdir(run.output))
     start = time.perf_counter()
+    become_subreaper()
+    failure = None
     try:
-        with tempfile.TemporaryDirectory(prefix="hygieia-submission-") as workdir, time_budget(time_budget_s):
+        with signals_interrupt(), tempfile.TemporaryDirectory(prefix="hygieia-ingestion-") as workdir:
+            os.chmod(workdir, 0o700)
             run.run(Path(workdir))
-    except (Exception, TimeBudgetExceeded) as err:  # every failure goes to ingestion.json, named
-        print(run.fail(err), file=sys.stderr)
-    else:
-        run.report.update(status="ok", stage=None)
+    except (Exception, Interrupted) as err:  # every failure goes to ingestion.json, named
+        failure = err
+    with run.lock:
+        run.closed = True
+        try:
+            run.remove_foreign_outputs(present_before)
+        except RunFailed as err:
+            failure = failure or err
+        if failure is not None:
+            print(run.fail(failure), file=sys.stderr)
+            if isinstance(failure, Interrupted):
+                run.report["interrupted"] = failure.signum
+        else:
+            run.report.update(status="ok", stage=None)
+        run.report["durations"]["total"] = round(time.perf_counter() - start, 3)
         run.save()
-    finally:
-        sys.path[:] = path_before
-        if run.folder is not None:
-            forget_modules(run.folder)
-    run.report["durations"]["total"] = round(time.perf_counter() - start, 3)
-    run.save()
     return run.report
 
 
-def budget_from_env() -> float:
-    value = os.environ.get(TIME_BUDGET_ENV)
+def read_budget(program_dir: Path | None) -> tuple[float, str]:
+    """The time budget and where it comes from: ``$HYGIEIA_TIME_BUDGET``, else ``PROGRAM_DIR/budget.json``,
+    else the default."""
+    value, source = os.environ.get(TIME_BUDGET_ENV), f"${TIME_BUDGET_ENV}"
+    if not value and program_dir is not None and (program_dir / BUDGET_FILE).is_file():
+        source = str(program_dir / BUDGET_FILE)
+        try:
+            value = json.loads((program_dir / BUDGET_FILE).read_text(encoding="utf-8"))["time_budget_s"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+            raise HygieiaError(f"{source}: expected {{\"time_budget_s\": seconds}} ({type(err).__name__}: {err})")
     if not value:
-        return DEFAULT_TIME_BUDGET
+        return DEFAULT_TIME_BUDGET, "default"
     try:
         budget = float(value)
-    except ValueError:
+    except (TypeError, ValueError):
         budget = -1.0
     if not budget > 0:
-        raise HygieiaError(f"${TIME_BUDGET_ENV}={value!r}: expected a positive number of seconds")
-    return budget
+        raise HygieiaError(f"{source}: time budget {value!r}: expected a positive number of seconds")
+    return budget, source
+
+
+def budget_from_env() -> float:
+    """``$HYGIEIA_TIME_BUDGET`` or the default (no program folder)."""
+    return read_budget(None)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,17 +406,30 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) not in (0, 4):
         print(USAGE, file=sys.stderr)
         return 2
-    input_dir, output_dir, _program_dir, submission = argv or CODABENCH_PATHS
+    input_dir, output_dir, program_dir, submission = (Path(p) for p in argv or CODABENCH_PATHS)
     try:
-        budget = budget_from_env()
+        writable_dir(output_dir, "output folder")
     except HygieiaError as err:
         print(f"ingestion: error: {err}", file=sys.stderr)
         return 2
-    report = run_ingestion(input_dir, output_dir, submission, budget)
+    try:
+        require_dir(input_dir, "input data folder")
+        require_dir(program_dir, "ingestion program folder")
+        require_file_or_dir(submission, "submission")
+        budget, source = read_budget(program_dir)
+    except HygieiaError as err:  # the organizer's or the worker's setup: said on stderr and in ingestion.json
+        write_json(output_dir / REPORT, {"status": "failed", "stage": "setup", "error": {
+            "stage": "setup", "message": str(err), "traceback": None}, "durations": {}, "counts": {},
+            "explanation": None, "files": []})
+        print(f"ingestion: error: {err}", file=sys.stderr)
+        return 2
+    print(f"ingestion: time budget {budget:g} s ({source})")
+    report = run_ingestion(input_dir, output_dir, submission, budget, source)
     if report["status"] != "ok":
-        return 1
+        return 128 + report["interrupted"] if "interrupted" in report else 1
     counts = report["counts"]
     print(f"ingestion ok in {report['durations']['total']:.1f} s on {report['device']}: "
           f"{counts['valid'] + counts['test']} predictions, {counts['heatmaps']} heatmaps "
-          f"({report['explanation'] or 'no explanation'})")
+          f"({report['explanation'] or 'no explanation'}"
+          + (f", {counts['zero_heatmaps']} all zero" if counts.get("zero_heatmaps") else "") + ")")
     return 0

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import traceback
-import zipfile
 from pathlib import Path
 
 from hygieia.errors import HygieiaError
-from hygieia.files import entries_outside, write_zip
+from hygieia.files import extract_zip as extract_files
+from hygieia.files import write_zip
 from hygieia.submission.api import MODEL_CLASS, REQUIRED_METHODS, SubmissionError
 
 MODEL_FILE = "model.py"
@@ -26,12 +27,10 @@ def find_model_file(folder: str | Path) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise SubmissionError(f"submission folder {folder} does not exist")
-    if (folder / MODEL_FILE).is_file():
-        return folder / MODEL_FILE
+    found_in = unwrap(folder, MODEL_FILE)
+    if found_in is not None and (found_in / MODEL_FILE).is_file():
+        return found_in / MODEL_FILE
     entries = sorted(p for p in folder.iterdir() if _visible(p))
-    subfolders = [p for p in entries if p.is_dir()]
-    if len(subfolders) == 1 and (subfolders[0] / MODEL_FILE).is_file():
-        return subfolders[0] / MODEL_FILE
     found = sorted(str(p.relative_to(folder)) for p in folder.rglob(MODEL_FILE)
                    if all(_visible(Path(part)) for part in p.relative_to(folder).parts))
     listing = ", ".join(p.name for p in entries[:10]) or "nothing"
@@ -40,25 +39,66 @@ def find_model_file(folder: str | Path) -> Path:
                           f"(the submission holds {listing}){where}")
 
 
-def extract_zip(zip_path: str | Path, folder: str | Path) -> Path:
-    """Unzip ``zip_path`` into ``folder``, refusing entries that would land outside it."""
-    zip_path, folder = Path(zip_path), Path(folder)
+MAX_BYTES_ENV = "HYGIEIA_MAX_SUBMISSION_MB"
+MAX_ENTRIES_ENV = "HYGIEIA_MAX_SUBMISSION_FILES"
+DEFAULT_MAX_MB = 1000.0  # a submission with its weights; the competition's own MobileNetV2 is 14 MB
+DEFAULT_MAX_ENTRIES = 10_000
+
+
+def _limit(env: str, default: float) -> float:
+    value = os.environ.get(env)
+    if not value:
+        return default
     try:
-        with zipfile.ZipFile(zip_path) as archive:
-            outside = entries_outside(archive, folder)
-            if outside:
-                raise SubmissionError(f"{zip_path}: entry {outside[0]!r} points outside the zip")
-            archive.extractall(folder)
-    except zipfile.BadZipFile as err:
-        raise SubmissionError(f"{zip_path}: not a readable zip file ({err})") from err
-    return folder
+        limit = float(value)
+    except ValueError:
+        limit = -1.0
+    if not limit > 0:
+        raise HygieiaError(f"${env}={value!r}: expected a positive number")
+    return limit
 
 
-def open_submission(path: str | Path, workdir: str | Path) -> Path:
-    """The folder holding ``model.py`` for a submission folder or zip (unzipped into ``workdir``)."""
+def submission_limits() -> tuple[int, int]:
+    """(max uncompressed bytes, max entries) of a submission zip: ${MAX_BYTES_ENV} (MB) and
+    ${MAX_ENTRIES_ENV}, defaults 1000 MB and 10,000 entries."""
+    return int(_limit(MAX_BYTES_ENV, DEFAULT_MAX_MB) * 1e6), int(_limit(MAX_ENTRIES_ENV, DEFAULT_MAX_ENTRIES))
+
+
+def _archive_clutter(name: str) -> bool:
+    """Entries that macOS and Windows add to zips (``__MACOSX/``, ``._*``, ``.DS_Store``, ``Thumbs.db``)."""
+    parts = Path(name).parts
+    return bool(parts) and (parts[0] == "__MACOSX" or parts[-1].startswith("._")
+                            or parts[-1] in (".DS_Store", "Thumbs.db"))
+
+
+def extract_zip(zip_path: str | Path, folder: str | Path, limits: tuple[int, int] | None = None) -> Path:
+    """Unzip ``zip_path`` into ``folder``: bounded by ``limits`` (default ``submission_limits()``),
+    refusing entries that would land outside it, leaving out macOS/Windows clutter."""
+    max_bytes, max_entries = limits or submission_limits()
+    try:
+        return extract_files(zip_path, folder, max_bytes=max_bytes, max_entries=max_entries,
+                             skip=_archive_clutter, limit_hint=f" (set by ${MAX_BYTES_ENV} / ${MAX_ENTRIES_ENV})")
+    except HygieiaError as err:
+        raise SubmissionError(str(err)) from err
+
+
+def unwrap(folder: str | Path, wanted: str) -> Path | None:
+    """``folder`` if ``wanted`` is at its root, its one visible subfolder if ``wanted`` is there, else None."""
+    folder = Path(folder)
+    if (folder / wanted).exists():
+        return folder
+    subfolders = [p for p in folder.iterdir() if _visible(p) and p.is_dir()]
+    if len(subfolders) == 1 and (subfolders[0] / wanted).exists():
+        return subfolders[0]
+    return None
+
+
+def open_submission(path: str | Path, workdir: str | Path, limits: tuple[int, int] | None = None) -> Path:
+    """The folder holding ``model.py`` for a submission folder or zip (unzipped into ``workdir``,
+    bounded by ``limits``: see ``extract_zip``)."""
     path = Path(path)
     if path.is_file():
-        path = extract_zip(path, workdir)
+        path = extract_zip(path, workdir, limits)
     elif not path.is_dir():
         raise SubmissionError(f"submission {path} does not exist")
     return find_model_file(path).parent

@@ -1,0 +1,98 @@
+"""The submission's processes: started in a session of their own, every one of them stopped at the end.
+
+On Linux, ingestion makes itself a child subreaper (``prctl(PR_SET_CHILD_SUBREAPER)``) before it
+starts the submission, so a process that the submission detaches (a double fork, ``setsid``) is
+re-parented to ingestion instead of to init, and is found in ``/proc`` and killed with the rest.
+Elsewhere only the submission's process group is killed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from pathlib import Path
+
+PR_SET_CHILD_SUBREAPER = 36
+KILL_ROUNDS = 50  # a process forked between two scans is found in the next one
+
+
+def become_subreaper() -> bool:
+    """Adopt the orphans of our descendants (Linux); False where the system does not offer it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _parents() -> dict[int, tuple[int, str]]:
+    """{pid: (parent pid, state)} of every process in /proc ({} without /proc); state "Z" is a zombie."""
+    parents = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        state, parent = stat.rsplit(")", 1)[1].split()[:2]
+        parents[int(entry.name)] = (int(parent), state)
+    return parents
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    return [child for child, (parent, _state) in _parents().items() if parent == pid]
+
+
+def descendants(root: int, exclude: set[int] = frozenset()) -> list[int]:
+    """Every descendant of ``root`` (zombies included), leaving out the subtrees of the pids in ``exclude``."""
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _state) in _parents().items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = [], [pid for pid in children.get(root, []) if pid not in exclude]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(p for p in children.get(pid, []) if p not in exclude)
+    return found
+
+
+def _signal(pid: int, signum: int, group: bool = False) -> None:
+    try:
+        (os.killpg if group else os.kill)(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _reap(pids) -> None:
+    """Collect the exit status of adopted processes, so that none stays a zombie."""
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
+def kill_all(process, keep: set[int]) -> int:
+    """SIGKILL ``process`` (a Popen started with ``start_new_session``), its process group and every
+    descendant of ours that is not under a pid in ``keep``; return how many other processes were found."""
+    _signal(process.pid, signal.SIGKILL, group=True)
+    _signal(process.pid, signal.SIGKILL)
+    others = set()
+    for _ in range(KILL_ROUNDS):
+        found = [pid for pid in descendants(os.getpid(), keep) if pid != process.pid]
+        _reap(found)
+        states = _parents()
+        alive = [pid for pid in found if pid in states and states[pid][1] != "Z"]
+        if not alive:
+            break
+        others.update(alive)
+        for pid in alive:
+            _signal(pid, signal.SIGKILL)
+        time.sleep(0.01)
+    process.wait()
+    _reap(others)
+    return len(others)
