@@ -47,7 +47,7 @@ def test_labels_must_be_zero_or_one():
 def test_heatmaps_are_checked_and_converted_to_float16():
     maps = np.random.default_rng(0).uniform(0, 3, (5, 8, 6))
     result = check_heatmaps(maps, IDS, (8, 6), "valid", "Model.explain")
-    assert result.dtype == np.float16 and np.allclose(result, maps, rtol=1e-3)
+    assert result.dtype == np.float16 and np.allclose(result, maps / maps.max(axis=(1, 2), keepdims=True), rtol=1e-3)
     with pytest.raises(SubmissionError, match=r"shape \(5, 6, 8\) for 5 valid images; expected \(5, 8, 6\)"):
         check_heatmaps(maps.transpose(0, 2, 1), IDS, (8, 6), "valid", "Model.explain")
     negative = maps.copy()
@@ -58,8 +58,20 @@ def test_heatmaps_are_checked_and_converted_to_float16():
     nan[4, 3, 3] = np.nan
     with pytest.raises(SubmissionError, match="NaN or infinite heatmaps for 1 valid images"):
         check_heatmaps(nan, IDS, (8, 6), "valid", "Model.explain")
-    with pytest.raises(SubmissionError, match="beyond float16"):
-        check_heatmaps(maps * 1e6, IDS, (8, 6), "valid", "Model.explain")
+
+
+def test_tiny_huge_and_zero_heatmaps_are_kept_whole():
+    """float16 holds 6e-8 to 65504: each map is divided by its own maximum first, zero stays zero."""
+    maps = np.random.default_rng(1).uniform(0, 1, (5, 8, 6))
+    maps[0] *= 1e-9
+    maps[1] *= 1e9
+    maps[2] = 0
+    maps[3] *= 1e-30
+    result = check_heatmaps(maps, IDS, (8, 6), "valid", "Model.explain")
+    assert result.dtype == np.float16 and np.isfinite(result).all()
+    assert (result[2] == 0).all()
+    for i in (0, 1, 3, 4):
+        assert result[i].max() == 1 and np.allclose(result[i], maps[i] / maps[i].max(), atol=1e-3)
 
 
 def test_explanation_method_prefers_explain():
@@ -153,3 +165,51 @@ def test_zip_submission_is_deterministic_with_model_at_root(tmp_path):
     with zipfile.ZipFile(tmp_path / "a.zip") as archive:
         assert archive.namelist() == ["lib/util.py", "model.py"]
     assert import_model_class(open_submission(tmp_path / "a.zip", tmp_path / "work")).__name__ == "Model"
+
+
+def test_zip_limits_are_checked_before_extracting(tmp_path, monkeypatch):
+    """A 2 MB zip that unpacks to 200 MB, and a zip of many tiny entries, are refused before a byte is written."""
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("model.py", GOOD_MODEL)
+        archive.writestr("weights.bin", bytes(200_000_000))
+    assert bomb.stat().st_size < 1_000_000
+    monkeypatch.setenv("HYGIEIA_MAX_SUBMISSION_MB", "100")
+    with pytest.raises(SubmissionError, match=r"bomb.zip: 200.0 MB uncompressed, more than the limit of 100.0 MB "
+                                              r"\(set by \$HYGIEIA_MAX_SUBMISSION_MB"):
+        open_submission(bomb, tmp_path / "work")
+    assert not (tmp_path / "work").exists()
+    many = make_zip(tmp_path / "many.zip", {"model.py": GOOD_MODEL, **{f"f/{i}.txt": "" for i in range(50)}})
+    with pytest.raises(SubmissionError, match="many.zip: 51 entries, more than the limit of 20"):
+        open_submission(many, tmp_path / "work2", limits=(10**9, 20))
+    assert not (tmp_path / "work2").exists()
+
+
+def test_a_zip_that_lies_about_its_sizes_is_stopped_while_extracting(tmp_path):
+    """The directory says 10 bytes; the data inflates to 50 MB: the count while writing stops it."""
+    honest = tmp_path / "honest.zip"
+    with zipfile.ZipFile(honest, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("model.py", GOOD_MODEL)
+        archive.writestr("blob.bin", bytes(50_000_000))
+    data = bytearray(honest.read_bytes())
+    with zipfile.ZipFile(honest) as archive:
+        info = archive.getinfo("blob.bin")
+    central = data.rindex(b"PK\x01\x02")  # blob.bin's central directory entry is the last one
+    assert data[central + 46:central + 46 + len("blob.bin")] == b"blob.bin"
+    data[central + 24:central + 28] = (10).to_bytes(4, "little")  # uncompressed size
+    data[info.header_offset + 22:info.header_offset + 26] = (10).to_bytes(4, "little")
+    liar = tmp_path / "liar.zip"
+    liar.write_bytes(bytes(data))
+    with pytest.raises(SubmissionError) as err:
+        open_submission(liar, tmp_path / "work", limits=(1_000_000, 100))
+    assert "liar.zip" in str(err.value)
+    written = sum(p.stat().st_size for p in (tmp_path / "work").rglob("*") if p.is_file())
+    assert written <= 1_000_000
+
+
+def test_archive_clutter_is_not_extracted(tmp_path):
+    archive = make_zip(tmp_path / "mac.zip", {"mine/model.py": GOOD_MODEL, "__MACOSX/mine/._model.py": "x",
+                                               "mine/._notes": "x", "mine/.DS_Store": "x", "mine/notes.md": "hi"})
+    folder = open_submission(archive, tmp_path / "work")
+    assert sorted(p.name for p in (tmp_path / "work").rglob("*")) == ["mine", "model.py", "notes.md"]
+    assert folder == tmp_path / "work" / "mine"
