@@ -18,6 +18,7 @@ import yaml
 
 from hygieia import dataset as ds
 from hygieia.errors import DataError, HygieiaError
+from hygieia.files import npz_headers
 
 PREDICTIONS = "predictions.csv"
 HEATMAPS = "heatmaps.npz"
@@ -120,25 +121,43 @@ def read_predictions(res_dir: Path, ids: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"proba": proba.astype(np.float64), "label": label.astype(np.int64)})
 
 
-def read_heatmaps(res_dir: Path, wanted: list[str], shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Heatmaps {id: (H, W) float32} of the ``wanted`` ids (the scored predicted positives), checked."""
+def count_predicted_positives(res_dir: Path) -> int:
+    """Rows labelled 1 in predictions.csv, of every split (heatmaps.npz holds valid's and test's)."""
+    labels = ds.read_table(res_dir / PREDICTIONS, PREDICTION_COLUMNS)["label"]
+    return int((pd.to_numeric(labels, errors="coerce") == 1).sum())
+
+
+def read_heatmaps(res_dir: Path, wanted: list[str], shape: tuple[int, int],
+                  limit: int | None = None) -> dict[str, np.ndarray]:
+    """Heatmaps {id: (H, W) float32} of the ``wanted`` ids (the scored predicted positives), checked.
+
+    ``limit`` is the number of predicted positives in predictions.csv (valid and test): a file with
+    more maps is refused from its .npy headers, before any map is loaded.
+    """
     path = res_dir / HEATMAPS
     if not path.is_file():
         raise DataError(f"{path}: file not found, but ingestion reports an explanation method")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            names = sorted(archive.files)
-            ids = archive["ids"].astype(str) if "ids" in names else None
-            maps = archive["maps"] if "maps" in names else None
-    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        headers = npz_headers(path)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: not a readable .npz archive ({err})") from err
-    if ids is None or maps is None:
-        raise DataError(f"{path}: expected arrays 'ids' and 'maps', found {names}")
-    if not np.issubdtype(maps.dtype, np.number):
-        raise DataError(f"{path}: maps must be numbers, got dtype {maps.dtype}")
-    if maps.ndim != 3 or maps.shape[1:] != tuple(shape):
+    if "ids" not in headers or "maps" not in headers:
+        raise DataError(f"{path}: expected arrays 'ids' and 'maps', found {sorted(headers)}")
+    (ids_shape, _), (maps_shape, maps_dtype) = headers["ids"], headers["maps"]
+    count = max(ids_shape[:1] + maps_shape[:1], default=0)
+    if limit is not None and count > limit:
+        raise DataError(f"{path}: {count} heatmaps for {limit} predicted positive(s) in {PREDICTIONS}; "
+                        f"refused before loading them")
+    if not np.issubdtype(maps_dtype, np.number):
+        raise DataError(f"{path}: maps must be numbers, got dtype {maps_dtype}")
+    if len(maps_shape) != 3 or maps_shape[1:] != tuple(shape):
         raise DataError(f"{path}: maps must have shape (K, {shape[0]}, {shape[1]}) like the images; "
-                        f"got {maps.shape}")
+                        f"got {maps_shape}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            ids, maps = archive["ids"].astype(str), archive["maps"]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: not a readable .npz archive ({err})") from err
     if ids.ndim != 1 or len(ids) != len(maps):
         raise DataError(f"{path}: {ids.size} ids for {len(maps)} maps")
     position = pd.Index(ids)
@@ -179,6 +198,6 @@ def read_ingestion_output(res_dir: str | Path, ids: list[str], shape: tuple[int,
     heatmaps = {}
     if method is not None:
         positives = predictions.index[predictions["label"] == 1].tolist()
-        heatmaps = read_heatmaps(res_dir, positives, shape)
+        heatmaps = read_heatmaps(res_dir, positives, shape, count_predicted_positives(res_dir))
     return {"report": report, "worker": metadata, "predictions": predictions,
             "method": method, "heatmaps": heatmaps}
