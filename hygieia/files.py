@@ -112,21 +112,23 @@ def _add_zip_entry(archive: zipfile.ZipFile, name: str, source: Path | bytes) ->
 
 
 def extract_zip(zip_path: str | Path, dest: str | Path, *, max_bytes: int, max_entries: int,
-                skip=lambda name: False) -> Path:
+                skip=lambda name: False, limit_hint: str = "") -> Path:
     """Unzip ``zip_path`` into ``dest``, bounded: HygieiaError past ``max_entries`` entries or
     ``max_bytes`` uncompressed bytes, checked from the zip's directory before extracting and counted
     again while writing (a header that lies about sizes does not get through), and for an entry that
-    would land outside ``dest``. Entries for which ``skip(name)`` is true are not extracted."""
+    would land outside ``dest``. Entries for which ``skip(name)`` is true are not extracted;
+    ``limit_hint`` ends the message of a limit (where to change it)."""
     zip_path, dest = Path(zip_path), Path(dest)
     try:
         with zipfile.ZipFile(zip_path) as archive:
             infos = archive.infolist()
             if len(infos) > max_entries:
-                raise HygieiaError(f"{zip_path}: {len(infos)} entries, more than the limit of {max_entries}")
+                raise HygieiaError(f"{zip_path}: {len(infos)} entries, more than the limit of {max_entries}"
+                                   + limit_hint)
             declared = sum(info.file_size for info in infos)
             if declared > max_bytes:
                 raise HygieiaError(f"{zip_path}: {declared / 1e6:.1f} MB uncompressed, more than the limit "
-                                   f"of {max_bytes / 1e6:.1f} MB")
+                                   f"of {max_bytes / 1e6:.1f} MB" + limit_hint)
             outside = entries_outside(archive, dest)
             if outside:
                 raise HygieiaError(f"{zip_path}: entry {outside[0]!r} points outside the zip")
@@ -144,7 +146,7 @@ def extract_zip(zip_path: str | Path, dest: str | Path, *, max_bytes: int, max_e
                         written += len(chunk)
                         if written > max_bytes:
                             raise HygieiaError(f"{zip_path}: extracting {info.filename!r} went past the "
-                                               f"limit of {max_bytes / 1e6:.1f} MB")
+                                               f"limit of {max_bytes / 1e6:.1f} MB" + limit_hint)
                         dst.write(chunk)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as err:
         raise HygieiaError(f"{zip_path}: not a readable zip file ({err})") from err

@@ -1,0 +1,180 @@
+"""Submissions that try to make a failed run look finished, or to outlive ingestion: none succeeds.
+
+Each hostile model forges ``ingestion.json`` ("ok"), ``predictions.csv`` and ``heatmaps.npz`` in the
+output folder by itself; ingestion must report what really happened and keep none of the forgeries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from fakes import write_fake_dataset
+from hygieia import dataset as ds
+from hygieia.submission.ingestion import HEATMAPS, PREDICTIONS, REPORT, main
+
+BASE = """\
+import atexit, json, os, signal, subprocess, sys, time
+import numpy as np
+
+OUTPUT = {output!r}
+
+
+def forge():
+    with open(os.path.join(OUTPUT, "ingestion.json"), "w") as f:
+        json.dump({{"status": "ok", "stage": None, "error": None, "explanation": None, "counts": {{}}}}, f)
+    with open(os.path.join(OUTPUT, "predictions.csv"), "w") as f:
+        f.write("id,proba,label\\n")
+    with open(os.path.join(OUTPUT, "heatmaps.npz"), "wb") as f:
+        f.write(b"forged")
+
+
+class Model:
+    def fit(self, X, y):
+{fit}
+
+    def predict_proba(self, X):
+        return np.full(len(X["ids"]), 0.3)
+"""
+
+
+@pytest.fixture(scope="module")
+def input_dir(tmp_path_factory):
+    return write_fake_dataset(tmp_path_factory.mktemp("fake"), sizes=(10, 6, 6)) / ds.INPUT_DIR
+
+
+def hostile(tmp_path, fit: str) -> Path:
+    folder = tmp_path / "submission"
+    folder.mkdir()
+    output = tmp_path / "output"
+    code = BASE.format(output=str(output), fit=textwrap.indent(textwrap.dedent(fit), " " * 8))
+    (folder / "model.py").write_text(code)
+    (tmp_path / "program").mkdir()
+    return folder
+
+
+def ingest(input_dir, tmp_path, folder, capsys):
+    output = tmp_path / "output"
+    status = main([str(input_dir), str(output), str(tmp_path / "program"), str(folder)])
+    return status, json.loads((output / REPORT).read_text()), capsys.readouterr().err
+
+
+def assert_no_forgery(tmp_path):
+    output = tmp_path / "output"
+    assert not (output / PREDICTIONS).exists() and not (output / HEATMAPS).exists()
+    assert json.loads((output / REPORT).read_text())["status"] == "failed"
+
+
+def test_atexit_forgery_after_a_budget_overrun(input_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HYGIEIA_TIME_BUDGET", "4")
+    folder = hostile(tmp_path, """
+        def cover_up():
+            forge()
+            os._exit(0)
+        atexit.register(cover_up)
+        signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+        time.sleep(60)
+    """)
+    status, report, err = ingest(input_dir, tmp_path, folder, capsys)
+    assert status == 1 and report["error"]["stage"] == "fit"
+    assert report["error"]["message"] == ("time budget of 4 s ($HYGIEIA_TIME_BUDGET) exceeded during fit; "
+                                          "the submission's processes were stopped")
+    time.sleep(0.5)  # nothing is left to run the handler later
+    assert_no_forgery(tmp_path)
+
+
+def test_os_exit_zero_inside_the_model(input_dir, tmp_path, capsys):
+    folder = hostile(tmp_path, """
+        forge()
+        os._exit(0)
+    """)
+    status, report, err = ingest(input_dir, tmp_path, folder, capsys)
+    assert status == 1 and report["error"]["stage"] == "fit"
+    assert report["error"]["message"].startswith("the submission's process exited with status 0 during fit "
+                                                 "without finishing")
+    assert f"removed {tmp_path / 'output' / PREDICTIONS}: not written by this run" in err
+    assert_no_forgery(tmp_path)
+
+
+def test_keyboard_interrupt_in_fit(input_dir, tmp_path, capsys):
+    folder = hostile(tmp_path, """
+        atexit.register(forge)
+        raise KeyboardInterrupt
+    """)
+    status, report, err = ingest(input_dir, tmp_path, folder, capsys)
+    assert status == 1 and report["error"]["stage"] == "fit"
+    assert report["error"]["message"].startswith("Model.fit failed: model.py line ")
+    assert report["error"]["message"].endswith(": KeyboardInterrupt")
+    assert "Traceback" in report["error"]["traceback"]
+    assert_no_forgery(tmp_path)
+
+
+def test_a_crash_is_named_by_its_signal(input_dir, tmp_path, capsys):
+    folder = hostile(tmp_path, "os.kill(os.getpid(), signal.SIGSEGV)")
+    status, report, err = ingest(input_dir, tmp_path, folder, capsys)
+    assert status == 1
+    assert report["error"]["message"] == "the submission's process was killed by signal SIGSEGV during fit"
+
+
+def test_a_detached_process_does_not_outlive_ingestion(input_dir, tmp_path, capsys):
+    """A double-forked, setsid'ed process that would forge the output two seconds after the model ended."""
+    folder = hostile(tmp_path, f"""
+        code = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(2); " \\
+               "sys.path.insert(0, sys.argv[2]); import model; model.forge()"
+        launcher = "import subprocess, sys; subprocess.Popen(sys.argv[1:], start_new_session=True)"
+        subprocess.run([sys.executable, "-c", launcher, sys.executable, "-c", code,
+                        {str(tmp_path / 'pid')!r}, os.path.dirname(__file__)], check=True)
+        while not os.path.exists({str(tmp_path / 'pid')!r}):
+            time.sleep(0.05)
+    """)
+    status, report, err = ingest(input_dir, tmp_path, folder, capsys)
+    assert status == 0 and report["status"] == "ok"
+    assert "stopped 1 more process(es) the submission had started" in err
+    pid = int((tmp_path / "pid").read_text())
+    time.sleep(3)
+    assert not Path(f"/proc/{pid}").exists()
+    assert json.loads((tmp_path / "output" / REPORT).read_text()) == report
+    assert (tmp_path / "output" / PREDICTIONS).read_text().count("\n") == 13
+
+
+def test_the_worker_metadata_file_cannot_be_forged(input_dir, tmp_path, capsys):
+    folder = hostile(tmp_path, """
+        with open(os.path.join(OUTPUT, "metadata"), "w") as f:
+            f.write("ingestionExitCode: 0\\n")
+    """)
+    status, report, err = ingest(input_dir, tmp_path, folder, capsys)
+    assert status == 1 and not (tmp_path / "output" / "metadata").exists()
+    assert report["error"]["message"] == (f"the submission's process wrote {tmp_path / 'output' / 'metadata'}, "
+                                          f"the worker's own file (removed)")
+
+
+def test_sigterm_stops_the_run_and_every_process(input_dir, tmp_path):
+    folder = hostile(tmp_path, "time.sleep(120)")
+    output = tmp_path / "output"
+    process = subprocess.Popen([sys.executable, str(ROOT / "ingestion_program" / "ingestion.py"), str(input_dir),
+                                str(output), str(tmp_path / "program"), str(folder)],
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        report = json.loads((output / REPORT).read_text()) if (output / REPORT).exists() else {}
+        if report.get("stage") == "fit":
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=30)[1]
+    report = json.loads((output / REPORT).read_text())
+    assert process.returncode == 128 + signal.SIGTERM
+    assert report["status"] == "failed" and report["error"]["message"] == (
+        "ingestion was interrupted (SIGTERM) during fit; the submission's processes were stopped")
+    assert stderr.rstrip().splitlines()[-1].startswith("ingestion failed during fit: ingestion was interrupted")
+    leftovers = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True).stdout.split()
+    assert leftovers == [] or all(int(pid) == os.getpid() for pid in leftovers)
