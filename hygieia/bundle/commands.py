@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from hygieia.files import (argument, require_dir, require_file, require_file_or_dir, writable_dir,
+                           writable_file)
+
 
 def register(subparsers) -> None:
     bundle = subparsers.add_parser("bundle", help="build or check the Codabench competition bundle")
@@ -12,8 +15,12 @@ def register(subparsers) -> None:
     build = actions.add_parser("build", help="build the bundle zip from prepared data",
                                description="Build the Codabench bundle zip from `hygieia prepare` output. "
                                "Deterministic: the same inputs give the same bytes.")
-    build.add_argument("data_dir", metavar="DATA_DIR", help="prepare's output folder")
-    build.add_argument("-o", "--output", required=True, metavar="BUNDLE.zip", help="the zip to write")
+    build.add_argument("data_dir", metavar="DATA_DIR",
+                       type=argument(require_dir, "data folder"),
+                       help="prepare's output folder")
+    build.add_argument("-o", "--output", required=True, metavar="BUNDLE.zip",
+                       type=argument(writable_file, "bundle"),
+                       help="the zip to write")
     build.add_argument("--docker-image", metavar="NAME",
                        help="the competition image to name in competition.yaml (see docker/README.md)")
     build.set_defaults(func=_build)
@@ -21,23 +28,35 @@ def register(subparsers) -> None:
     check = actions.add_parser("check", help="validate a bundle offline, as Codabench would",
                                description="Validate a bundle zip or folder offline with Codabench's "
                                "rules; exits 1 on any error.")
-    check.add_argument("bundle", metavar="BUNDLE", help="bundle zip or folder")
+    check.add_argument("bundle", metavar="BUNDLE",
+                       type=argument(require_file_or_dir, "bundle"),
+                       help="bundle zip or folder")
     check.set_defaults(func=_check)
 
     run = subparsers.add_parser("run", help="run a submission through a local Codabench worker",
                                 description="Run a submission (zip or folder) against a bundle as "
                                 "Codabench's compute worker does: ingestion, then scoring.")
-    run.add_argument("submission", metavar="SUBMISSION", help="submission zip or folder (model.py)")
-    run.add_argument("--bundle", required=True, metavar="BUNDLE", help="bundle zip or folder")
+    run.add_argument("submission", metavar="SUBMISSION",
+                     type=argument(require_file_or_dir, "submission"),
+                     help="submission zip or folder (model.py)")
+    run.add_argument("--bundle", required=True, metavar="BUNDLE",
+                     type=argument(require_file_or_dir, "bundle"),
+                     help="bundle zip or folder")
     run.add_argument("--phase", default="development", help="phase name: development or final")
-    run.add_argument("--out", metavar="DIR", help="working folder (default runs/<submission>-<phase>)")
+    run.add_argument("--out", metavar="DIR",
+                     type=argument(writable_dir, "working folder"),
+                     help="working folder (default runs/<submission>-<phase>)")
     run.set_defaults(func=_run)
 
     demo = subparsers.add_parser("demo", help="phantom -> prepare -> bundle -> check -> run, end to end",
                                  description="The whole competition on a small phantom in one command.")
     demo.add_argument("--patients", type=int, default=400, help="phantom patients (default 400)")
-    demo.add_argument("--out", default="demo", metavar="DIR", help="output folder (default demo/)")
-    demo.add_argument("--weights", metavar="PATH", help="MobileNetV2 state_dict (offline machines)")
+    demo.add_argument("--out", default="demo", metavar="DIR",
+                      type=argument(writable_dir, "output folder"),
+                      help="output folder (default demo/)")
+    demo.add_argument("--weights", metavar="PATH",
+                      type=argument(require_file, "weights file"),
+                      help="MobileNetV2 state_dict (offline machines)")
     demo.add_argument("--full", action="store_true", help="train the sample submission fully "
                       "(default: HYGIEIA_FAST=1)")
     demo.add_argument("--seed", type=int, default=0)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from hygieia.errors import HygieiaError
+from hygieia.files import argument, require_file, writable_dir
 
 
 def strengths(text: str) -> tuple[float, ...]:
@@ -42,10 +43,11 @@ def register(subparsers) -> None:
     parser.add_argument("--stress-strength", type=stress, default=0.95,
                         help="strength of the stress case with the marker inside the lung region (default 0.95; "
                              "'none' skips it)")
-    parser.add_argument("--out", type=Path, default=Path("shortcut_experiment"),
+    parser.add_argument("--out",
+                        type=argument(writable_dir, "output folder"), default=Path("shortcut_experiment"),
                         help="output folder (default ./shortcut_experiment); the report is OUT/report/")
     parser.add_argument("--seed", type=int, default=0, help="phantom and split seed (default 0)")
-    parser.add_argument("--weights", type=Path, default=None,
+    parser.add_argument("--weights", type=argument(require_file, "weights file"), default=None,
                         help="ImageNet MobileNetV2 state_dict (default: $HYGIEIA_MOBILENET_WEIGHTS or download)")
     parser.add_argument("--fast", action="store_true", help="quick training (HYGIEIA_FAST=1), for tests")
     parser.add_argument("--workers", type=int, default=1, help="phantom generation processes (default 1)")

@@ -7,6 +7,7 @@ import json
 import sys
 
 from hygieia.errors import HygieiaError
+from hygieia.files import argument, require_dir, require_file, writable_dir
 
 
 def register(subparsers) -> None:
@@ -19,8 +20,12 @@ def register(subparsers) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("rsna_dir", metavar="RSNA_DIR", help="RSNA download or phantom folder")
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="output folder (new, empty, or an earlier prepare output)")
+    parser.add_argument("rsna_dir", metavar="RSNA_DIR",
+                        type=argument(require_dir, "RSNA folder"),
+                        help="RSNA download or phantom folder")
+    parser.add_argument("out_dir", metavar="OUT_DIR",
+                        type=argument(writable_dir, "output folder"),
+                        help="output folder (new, empty, or an earlier prepare output)")
     parser.add_argument("--train", type=int, default=10000, help="training samples (default 10000)")
     parser.add_argument("--valid", type=int, default=2000, help="validation samples (default 2000)")
     parser.add_argument("--test", type=int, default=2000, help="test samples (default 2000)")
@@ -37,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="selection, ids and windows (keep it private for a real competition)")
     parser.add_argument("--weights", default=None, metavar="PATH",
+                        type=argument(require_file, "weights file"),
                         help="MobileNetV2 ImageNet state_dict (default: $HYGIEIA_MOBILENET_WEIGHTS or download)")
     parser.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: in-process)")
     parser.add_argument("--skip-bad", action="store_true",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hygieia.errors import HygieiaError
+from hygieia.files import argument, writable_dir
 from hygieia.rsna.markers import MARKER_POSITIONS
 from hygieia.rsna.phantom import CONFOUNDERS, generate_phantom
 
@@ -14,7 +15,9 @@ def register(subparsers) -> None:
         "phantom", help="write synthetic chest radiographs in RSNA's download format",
         description="Write an RSNA-format phantom (stage_2_train_images/*.dcm and the two label CSVs) "
                     "of synthetic chest radiographs, deterministic for the seed.")
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (created if needed)")
+    parser.add_argument("out_dir", metavar="OUT_DIR",
+                        type=argument(writable_dir, "output folder"),
+                        help="folder to write (created if needed)")
     parser.add_argument("--patients", type=int, required=True, help="number of patients (images)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--confounder", choices=CONFOUNDERS, default="none",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hygieia.files import argument, require_dir, writable_dir
 from hygieia.scoring.score import score
 
 
@@ -11,9 +12,15 @@ def register(subparsers) -> None:
         description="Write scores.json, scores.txt, detailed_scores.json and detailed_results.html to "
                     "OUT_DIR. A broken run (failed ingestion, bad predictions or heatmaps) is refused "
                     "with its cause.")
-    parser.add_argument("ref_dir", help="reference_data/<split> folder (labels, boxes, meta, images)")
-    parser.add_argument("res_dir", help="ingestion's output folder (predictions.csv, heatmaps.npz, ...)")
-    parser.add_argument("out_dir", help="folder for the scores and the detailed results")
+    parser.add_argument("ref_dir",
+                        type=argument(require_dir, "reference data folder"),
+                        help="reference_data/<split> folder (labels, boxes, meta, images)")
+    parser.add_argument("res_dir",
+                        type=argument(require_dir, "ingestion output folder"),
+                        help="ingestion's output folder (predictions.csv, heatmaps.npz, ...)")
+    parser.add_argument("out_dir",
+                        type=argument(writable_dir, "output folder"),
+                        help="folder for the scores and the detailed results")
     parser.set_defaults(func=run)
 
 
