@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import textwrap
 import zipfile
 from pathlib import Path
@@ -15,7 +16,8 @@ import pytest
 from fakes import write_fake_dataset
 from hygieia import dataset as ds
 from hygieia.submission import commands
-from hygieia.submission.ingestion import HEATMAPS, PREDICTIONS, REPORT, main, run_ingestion
+from hygieia.errors import HygieiaError
+from hygieia.submission.ingestion import HEATMAPS, PREDICTIONS, REPORT, main, read_budget, run_ingestion
 
 # Predicts the even rows positive; optional parts are added by the tests.
 BASE = """\
@@ -257,3 +259,52 @@ def test_entry_point_usage(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: ingestion.py") and "/app/input_data" in out and "HYGIEIA_TIME_BUDGET" in out
+
+
+def test_tiny_huge_and_zero_heatmaps_are_stored_whole_and_zeros_counted(input_dir, tmp_path, capsys):
+    code = BASE + """
+    def explain(self, X):
+        maps = X["images"].astype(np.float64) / 255
+        maps[0::3] *= 1e-9
+        maps[1::3] *= 1e9
+        maps[2] = 0
+        return maps
+"""
+    status, report, _ = ingest(input_dir, tmp_path, submission(tmp_path, code), capsys)
+    assert status == 0 and report["counts"]["zero_heatmaps"] == 2  # the third positive of valid and of test
+    maps = np.load(tmp_path / "output" / HEATMAPS)["maps"].astype(np.float64)
+    valid, test = (ds.load_input_split(input_dir, split) for split in ("valid", "test"))
+    images = [split["images"][::2].astype(np.float64) for split in (valid, test)]
+    expected = np.concatenate([x / x.max(axis=(1, 2), keepdims=True) for x in images])
+    expected[[2, 6 + 2]] = 0
+    assert np.allclose(maps, expected, atol=1e-3)
+
+
+def test_the_time_budget_comes_from_the_environment_then_budget_json(tmp_path, monkeypatch):
+    monkeypatch.delenv("HYGIEIA_TIME_BUDGET", raising=False)
+    assert read_budget(tmp_path) == (540.0, "default")
+    (tmp_path / "budget.json").write_text('{"time_budget_s": 300}')
+    assert read_budget(tmp_path) == (300.0, str(tmp_path / "budget.json"))
+    monkeypatch.setenv("HYGIEIA_TIME_BUDGET", "42")
+    assert read_budget(tmp_path) == (42.0, "$HYGIEIA_TIME_BUDGET")
+    monkeypatch.delenv("HYGIEIA_TIME_BUDGET")
+    for text in ('{"time_budget": 300}', '{"time_budget_s": -1}', "300 s"):
+        (tmp_path / "budget.json").write_text(text)
+        with pytest.raises(HygieiaError, match=rf"^{tmp_path / 'budget.json'}: "):
+            read_budget(tmp_path)
+
+
+def test_input_data_in_one_wrapper_folder_is_found_and_said(input_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HYGIEIA_TIME_BUDGET", raising=False)
+    wrapped = tmp_path / "input"
+    shutil.copytree(input_dir, wrapped / "input_data")
+    (wrapped / "__MACOSX").mkdir()
+    (wrapped / ".DS_Store").write_text("x")
+    (tmp_path / "program").mkdir()
+    (tmp_path / "program" / "budget.json").write_text('{"time_budget_s": 120}')
+    status, report, _ = ingest(wrapped, tmp_path, submission(tmp_path, BASE))
+    out = capsys.readouterr().out
+    assert status == 0 and len(pd.read_csv(tmp_path / "output" / PREDICTIONS)) == 22
+    assert f"the input data is inside the wrapper folder input_data/ of {wrapped}; using it" in out
+    assert report["time_budget"] == 120 and report["time_budget_source"] == str(tmp_path / "program" / "budget.json")
+    assert f"time budget 120 s ({tmp_path / 'program' / 'budget.json'})" in out
