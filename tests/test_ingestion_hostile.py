@@ -157,8 +157,7 @@ def test_the_worker_metadata_file_cannot_be_forged(input_dir, tmp_path, capsys):
                                           f"the worker's own file (removed)")
 
 
-def test_sigterm_stops_the_run_and_every_process(input_dir, tmp_path):
-    folder = hostile(tmp_path, "time.sleep(120)")
+def start_and_wait_for_fit(input_dir, tmp_path, folder):
     output = tmp_path / "output"
     process = subprocess.Popen([sys.executable, str(ROOT / "ingestion_program" / "ingestion.py"), str(input_dir),
                                 str(output), str(tmp_path / "program"), str(folder)],
@@ -167,14 +166,36 @@ def test_sigterm_stops_the_run_and_every_process(input_dir, tmp_path):
     while time.monotonic() < deadline:
         report = json.loads((output / REPORT).read_text()) if (output / REPORT).exists() else {}
         if report.get("stage") == "fit":
-            break
+            return process
         time.sleep(0.2)
+    raise AssertionError("the fit stage never started")
+
+
+def submission_processes(folder: Path) -> list[str]:
+    return subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True).stdout.split()
+
+
+def test_sigterm_stops_the_run_and_every_process(input_dir, tmp_path):
+    folder = hostile(tmp_path, "time.sleep(120)")
+    process = start_and_wait_for_fit(input_dir, tmp_path, folder)
+    assert submission_processes(folder)
     process.send_signal(signal.SIGTERM)
     stderr = process.communicate(timeout=30)[1]
-    report = json.loads((output / REPORT).read_text())
+    report = json.loads((tmp_path / "output" / REPORT).read_text())
     assert process.returncode == 128 + signal.SIGTERM
     assert report["status"] == "failed" and report["error"]["message"] == (
         "ingestion was interrupted (SIGTERM) during fit; the submission's processes were stopped")
     assert stderr.rstrip().splitlines()[-1].startswith("ingestion failed during fit: ingestion was interrupted")
-    leftovers = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True).stdout.split()
-    assert leftovers == [] or all(int(pid) == os.getpid() for pid in leftovers)
+    assert submission_processes(folder) == []
+
+
+def test_the_submission_dies_with_a_killed_ingestion(input_dir, tmp_path):
+    """A worker's SIGKILL at its time limit reaches ingestion only; the submission's process follows it."""
+    folder = hostile(tmp_path, "time.sleep(120)")
+    process = start_and_wait_for_fit(input_dir, tmp_path, folder)
+    process.kill()
+    process.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while submission_processes(folder) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert submission_processes(folder) == []

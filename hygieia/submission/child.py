@@ -1,7 +1,8 @@
 """The submission's own process: load the data, import ``model.py``, fit, predict, explain.
 
 Ingestion (``hygieia.submission.ingestion``) starts it as ``python -m hygieia.submission.child
-INPUT_DATA SUBMISSION_FOLDER RESULTS_FOLDER MESSAGE_FD`` in a session of its own. Nothing this
+INPUT_DATA SUBMISSION_FOLDER RESULTS_FOLDER MESSAGE_FD PARENT_PID`` in a session of its own; it
+dies with ingestion (``PR_SET_PDEATHSIG``). Nothing this
 process does is trusted: it reports progress as JSON lines on MESSAGE_FD (``{"stage": name}``,
 ``{"done": name}``, ``{"info": {...}}``, ``{"error": {...}}``, ``{"finished": true}``) and writes
 ``predictions.csv`` and ``heatmaps.npz`` into RESULTS_FOLDER, a private folder; ingestion checks
@@ -30,6 +31,7 @@ from hygieia.submission.api import (THRESHOLD, SubmissionError, check_heatmaps, 
                                     check_probabilities, explanation_method)
 from hygieia.submission.gradcam import gradcam_heatmaps
 from hygieia.submission.loading import describe_error, import_model_class
+from hygieia.submission.processes import die_with_parent
 
 PREDICTIONS = "predictions.csv"
 HEATMAPS = "heatmaps.npz"
@@ -138,7 +140,8 @@ class ModelRun:
 
 
 def main(argv: list[str]) -> None:
-    input_dir, folder, results, fd = argv
+    input_dir, folder, results, fd, parent = argv
+    die_with_parent(int(parent))
     channel = os.fdopen(int(fd), "w", encoding="utf-8")
     run = ModelRun(Path(input_dir), Path(folder), Path(results), channel)
     status = 0

@@ -188,7 +188,7 @@ class Ingestion:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(Path(hygieia.__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])}
         command = [sys.executable, "-m", child.__name__, str(self.input_dir.resolve()), str(folder),
-                   str(results), str(write_fd)]
+                   str(results), str(write_fd), str(os.getpid())]
         process = subprocess.Popen(command, pass_fds=(write_fd,), stdin=subprocess.DEVNULL, env=env,
                                    start_new_session=True)
         os.close(write_fd)
