@@ -65,6 +65,7 @@ HELP = ("Fits the submission's Model on INPUT_DATA/train, predicts valid and tes
 VERSIONED = ("numpy", "pandas", "scikit-learn", "torch", "torchvision", "captum")
 CHILD_STAGES = ("load", "import", "fit", "predict", "explain")
 MESSAGE_LIMIT = 1 << 20  # bytes of one progress line from the submission's process
+ROW_BYTES = 200  # the most a line of predictions.csv may take (id, proba, label)
 TRACEBACK_LIMIT = 20_000  # characters of the submission's traceback kept in ingestion.json
 
 
@@ -281,8 +282,10 @@ class Ingestion:
 
     def checked_predictions(self, path: Path):
         what = f"{PREDICTIONS} of the submission's process"
-        table = ds.read_table(path, PREDICTION_COLUMNS)
         expected = [i for split in ds.SCORED_SPLITS for i in self.ids[split]]
+        if path.stat().st_size > ROW_BYTES * (len(expected) + 1):
+            raise RunFailed(f"{what}: {path.stat().st_size} bytes, too large for {len(expected)} rows")
+        table = ds.read_table(path, PREDICTION_COLUMNS)
         if table["id"].tolist() != expected:
             raise RunFailed(f"{what}: its ids are not the valid and test ids in order")
         table["split"] = [split for split in ds.SCORED_SPLITS for _ in self.ids[split]]
