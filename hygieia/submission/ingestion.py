@@ -1,9 +1,8 @@
 """The ingestion program: fit a submission's Model on train, predict valid and test, explain positives.
 
 Two processes. This one is trusted: it reads the input data's ids, unzips the submission (bounded),
-starts the submission's own process (``hygieia.submission.child``: import, fit, predict, explain) in
-a session of its own, enforces the time budget, kills that process and every descendant at the end
-or at the budget, then checks what it left in a private folder and writes the output folder itself:
+starts the submission's own process (``hygieia.submission.child``: import, fit, predict, explain),
+enforces the time budget, kills that process and every descendant at the end or at the budget, then checks what it left in a private folder and writes the output folder itself:
 
 - ``predictions.csv``: id, proba, label for every valid and test image (valid first);
 - ``heatmaps.npz``: ``ids`` and ``maps`` (K, H, W) float16 for the valid and test images predicted
@@ -190,8 +189,8 @@ class Ingestion:
             [str(Path(hygieia.__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])}
         command = [sys.executable, "-m", child.__name__, str(self.input_dir.resolve()), str(folder),
                    str(results), str(write_fd), str(os.getpid())]
-        process = subprocess.Popen(command, pass_fds=(write_fd,), stdin=subprocess.DEVNULL, env=env,
-                                   start_new_session=True)
+        # Same process group as ingestion: a worker that kills that group at its limit kills the submission too.
+        process = subprocess.Popen(command, pass_fds=(write_fd,), stdin=subprocess.DEVNULL, env=env)
         os.close(write_fd)
         reader = threading.Thread(target=self.read_messages, args=(read_fd,), daemon=True)
         reader.start()

@@ -1,4 +1,4 @@
-"""The submission's processes: started in a session of their own, every one of them stopped at the end.
+"""The submission's processes: every one of them stopped at the end of the run.
 
 On Linux, ingestion makes itself a child subreaper (``prctl(PR_SET_CHILD_SUBREAPER)``) before it
 starts the submission, so a process that the submission detaches (a double fork, ``setsid``) is
@@ -87,8 +87,8 @@ def _reap(pids) -> None:
 
 
 def kill_all(process, keep: set[int]) -> int:
-    """SIGKILL ``process`` (a Popen started with ``start_new_session``), its process group and every
-    descendant of ours that is not under a pid in ``keep``; return how many other processes were found."""
+    """SIGKILL ``process``, the process group it may have made of its own, and every descendant of ours
+    that is not under a pid in ``keep``; return how many other processes were found."""
     _signal(process.pid, signal.SIGKILL, group=True)
     _signal(process.pid, signal.SIGKILL)
     others = set()
