@@ -308,3 +308,30 @@ def test_input_data_in_one_wrapper_folder_is_found_and_said(input_dir, tmp_path,
     assert f"the input data is inside the wrapper folder input_data/ of {wrapped}; using it" in out
     assert report["time_budget"] == 120 and report["time_budget_source"] == str(tmp_path / "program" / "budget.json")
     assert f"time budget 120 s ({tmp_path / 'program' / 'budget.json'})" in out
+
+
+def test_gradcam_module_that_rejects_its_input_is_told_what_it_receives(input_dir, tmp_path, capsys):
+    code = BASE + """
+    def gradcam_target(self):
+        import torch
+
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        return net, net[0]
+"""
+    report = expect_failure(input_dir, tmp_path, capsys, code, "explain",
+                            "Grad-CAM: the gradcam_target() module failed on "
+                            "its input, which is always a float32 tensor (N, 1, H, W) of pixels / 255 in [0, 1]; "
+                            "it got torch.float32 (6, 1, 100, 100) on cpu: ")
+    assert "expected input[6, 1, 100, 100] to have 3 channels" in report["error"]["message"]
+
+
+def test_the_zip_limits_are_options_of_hygieia_ingest(input_dir, tmp_path):
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers())
+    archive = zip_of(tmp_path, {"model.py": BASE, "notes.md": "x", "more.md": "y"})
+    args = parser.parse_args(["ingest", str(input_dir), str(tmp_path / "output"), str(archive),
+                              "--max-submission-files", "2"])
+    assert args.func(args) == 1
+    report = json.loads((tmp_path / "output" / REPORT).read_text())
+    assert report["error"]["stage"] == "import"
+    assert report["error"]["message"].startswith(f"{archive}: 3 entries, more than the limit of 2")

@@ -16,7 +16,7 @@ def _opacity_logit(module, describe):
             logits = module(pixels)
         except Exception as err:  # the participant's module: say what it was given
             raise SubmissionError(
-                f"the gradcam_target() module failed on its input, which is always a float32 tensor "
+                f"Grad-CAM: the gradcam_target() module failed on its input, which is always a float32 tensor "
                 f"(N, 1, H, W) of pixels / 255 in [0, 1]; it got {pixels.dtype} {tuple(pixels.shape)} on "
                 f"{pixels.device}: {describe(err)}") from err
         if not hasattr(logits, "ndim"):
