@@ -7,7 +7,6 @@ output folder by itself; ingestion must report what really happened and keep non
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -1,8 +1,9 @@
 """The ingestion program: fit a submission's Model on train, predict valid and test, explain positives.
 
 Two processes. This one is trusted: it reads the input data's ids, unzips the submission (bounded),
-starts the submission's own process (``hygieia.submission.child``: import, fit, predict, explain),
-enforces the time budget, kills that process and every descendant at the end or at the budget, then checks what it left in a private folder and writes the output folder itself:
+starts the submission's own process (``hygieia.submission.child``: load, import, fit, predict,
+explain), enforces the time budget, kills that process and every descendant at the end or at the
+budget, then checks what it left in a private folder and writes the output folder itself:
 
 - ``predictions.csv``: id, proba, label for every valid and test image (valid first);
 - ``heatmaps.npz``: ``ids`` and ``maps`` (K, H, W) float16 for the valid and test images predicted
@@ -40,10 +41,11 @@ import numpy as np
 import hygieia
 from hygieia import dataset as ds
 from hygieia.errors import HygieiaError
-from hygieia.files import npz_headers, require_dir, require_file_or_dir, write_csv, write_json, write_npz, writable_dir
+from hygieia.files import (npz_headers, require_dir, require_file_or_dir, writable_dir, write_csv, write_json,
+                           write_npz)
 from hygieia.submission import child
-from hygieia.submission.api import SubmissionError, check_labels, check_probabilities
-from hygieia.submission.loading import open_submission, submission_limits, unwrap
+from hygieia.submission.api import check_labels, check_probabilities
+from hygieia.submission.loading import open_submission, unwrap
 from hygieia.submission.processes import become_subreaper, children, kill_all
 
 PREDICTIONS = child.PREDICTIONS
@@ -270,7 +272,8 @@ class Ingestion:
         write_csv(self.output / PREDICTIONS, predictions)
         self.report["files"].append(PREDICTIONS)
         for split in ds.SCORED_SPLITS:
-            self.report["counts"][f"{split}_positive"] = int(predictions["label"][predictions["split"] == split].sum())
+            positive = predictions["label"][predictions["split"] == split]
+            self.report["counts"][f"{split}_positive"] = int(positive.sum())
         if not (results / HEATMAPS).is_file():
             return
         ids, maps = self.checked_heatmaps(results / HEATMAPS, predictions)
