@@ -73,6 +73,7 @@ def test_explain_model_writes_all_outputs(input_dir, tmp_path, capsys):
     assert set(report["durations"]) == {"load", "import", "fit", "predict", "explain", "total"}
     predictions = pd.read_csv(tmp_path / "output" / PREDICTIONS, dtype={"id": str})
     valid, test = (ds.load_input_split(input_dir, split) for split in ("valid", "test"))
+    assert predictions.columns.tolist() == ["id", "proba", "label"]
     assert predictions["id"].tolist() == valid["ids"] + test["ids"]
     assert predictions["label"].tolist() == [1 - i % 2 for i in range(12)] + [1 - i % 2 for i in range(10)]
     heatmaps = np.load(tmp_path / "output" / HEATMAPS)

@@ -269,7 +269,7 @@ class Ingestion:
         if not (results / PREDICTIONS).is_file():
             return
         predictions = self.checked_predictions(results / PREDICTIONS)
-        write_csv(self.output / PREDICTIONS, predictions)
+        write_csv(self.output / PREDICTIONS, predictions[PREDICTION_COLUMNS])
         self.report["files"].append(PREDICTIONS)
         for split in ds.SCORED_SPLITS:
             positive = predictions["label"][predictions["split"] == split]
