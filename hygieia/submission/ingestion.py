@@ -45,7 +45,7 @@ from hygieia.files import (npz_headers, require_dir, require_file_or_dir, writab
                            write_npz)
 from hygieia.submission import child
 from hygieia.submission.api import check_labels, check_probabilities
-from hygieia.submission.loading import open_submission, unwrap
+from hygieia.submission.loading import MAX_BYTES_ENV, MAX_ENTRIES_ENV, open_submission, unwrap
 from hygieia.submission.processes import become_subreaper, children, kill_all
 
 PREDICTIONS = child.PREDICTIONS
@@ -62,7 +62,8 @@ USAGE = "usage: ingestion.py [INPUT_DATA OUTPUT PROGRAM_DIR SUBMISSION_DIR]"
 HELP = ("Fits the submission's Model on INPUT_DATA/train, predicts valid and test, explains the predicted\n"
         "positives; writes predictions.csv, heatmaps.npz and ingestion.json to OUTPUT. Without arguments:\n"
         f"{' '.join(CODABENCH_PATHS)}.\nTime budget: ${TIME_BUDGET_ENV} seconds, else PROGRAM_DIR/{BUDGET_FILE} "
-        f"({{\"time_budget_s\": S}}), else {DEFAULT_TIME_BUDGET:g}.")
+        f"({{\"time_budget_s\": S}}), else {DEFAULT_TIME_BUDGET:g}.\nA zipped submission is unpacked within "
+        f"${MAX_BYTES_ENV} MB and ${MAX_ENTRIES_ENV} entries.")
 VERSIONED = ("numpy", "pandas", "scikit-learn", "torch", "torchvision", "captum")
 CHILD_STAGES = ("load", "import", "fit", "predict", "explain")
 MESSAGE_LIMIT = 1 << 20  # bytes of one progress line from the submission's process
