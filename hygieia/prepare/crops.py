@@ -41,7 +41,7 @@ def make_window(box, rng: np.random.Generator, *, context: float = DEFAULT_CONTE
 
 
 def off_box_window(boxes, anchors, rng: np.random.Generator, *, context: float = DEFAULT_CONTEXT,
-                   window: int | None = None, image_size: int = 1024, tries: int = 50):
+                   window: int | None = None, image_size: int = 1024, tries: int = 200):
     """A window placed as ``make_window`` around one of ``anchors`` (boxes of other films, drawn at
     random) that overlaps none of ``boxes``; None when ``tries`` draws all overlap."""
     for _ in range(tries):
