@@ -79,7 +79,7 @@ def prepare(rsna_dir, out_dir, *, train=10000, valid=2000, test=2000, ratio=(3, 
                      **geometry) for row in todo.itertuples()]
         bad = _decode(jobs, decoded, extractor, crop=crop, full_size=full_size, workers=workers,
                       skip_bad=skip_bad, progress=progress)
-        samples, todo = _replace(samples, bad, pools, probes, decoded)
+        samples, todo = _replace(samples, bad, pools, probes, decoded, balanced=hidden_ap_share is not None)
         skipped += [{"patientId": item.patient_id, "error": item.error} for item in bad]
 
     samples = assign_ids(samples, secret)
@@ -240,9 +240,10 @@ def _decode(jobs: list[Job], decoded: dict, extractor: FeatureExtractor, *, crop
     return bad
 
 
-def _replace(samples: pd.DataFrame, bad: list[Decoded], pools: dict, probes: Probes, decoded: dict):
-    """Swap each bad sample for the next unused patient of its label and view, in the same split (a
-    bad probe for the next probe film)."""
+def _replace(samples: pd.DataFrame, bad: list[Decoded], pools: dict, probes: Probes, decoded: dict,
+             balanced: bool):
+    """Swap each bad sample for the next unused patient of its label, in the same split: of its view
+    in balanced hidden splits, of its view if any is left elsewhere (a bad probe for the next probe film)."""
     if not bad:
         return samples, samples.iloc[:0]
     samples = samples.copy()
@@ -252,10 +253,12 @@ def _replace(samples: pd.DataFrame, bad: list[Decoded], pools: dict, probes: Pro
         if samples.at[row, "probe"]:
             samples.loc[row, ["patientId", "label", "view", "split", "probe"]] = probes.next(split)
             continue
-        if not pools[(label, view)]:
-            raise HygieiaError(f"--skip-bad: no unused {view} patient of label {label} is left to replace "
-                               f"{item.patient_id} ({item.error})")
-        samples.at[row, "patientId"] = pools[(label, view)].pop(0)
+        views = [view] if balanced and split in ds.SCORED_SPLITS else sorted({view, "AP", "PA"}, key=view.__ne__)
+        source = next((v for v in views if pools[(label, v)]), None)
+        if source is None:
+            raise HygieiaError(f"--skip-bad: no unused {' or '.join(views)} patient of label {label} is left to "
+                               f"replace {item.patient_id} ({item.error})")
+        samples.loc[row, ["patientId", "view"]] = pools[(label, source)].pop(0), source
     return samples, samples[~samples["patientId"].isin(decoded)]
 
 
