@@ -153,11 +153,15 @@ def phantom(config: ShortcutConfig, variant: Variant) -> Path:
 
 
 def split_sizes(phantom_dir: Path, test_fraction: float) -> dict[str, int]:
-    """Train/valid/test sizes at 3:2 that use every Normal and Lung Opacity patient they can."""
+    """Train/valid/test sizes at 3:2 that use every Normal and Lung Opacity patient they can, less the
+    opacity films ``prepare`` needs for its off-box probes (with a margin for films without room)."""
+    from hygieia.prepare.select import DEFAULT_PROBE_SHARE
     from hygieia.rsna.tables import NORMAL, OPACITY, read_tables
 
     classes = read_tables(phantom_dir).patients["class"].value_counts()
-    total = 5 * min(int(classes.get(NORMAL, 0)) // 3, int(classes.get(OPACITY, 0)) // 2)
+    opacities = int(classes.get(OPACITY, 0))
+    probe_films = int(np.ceil(1.5 * DEFAULT_PROBE_SHARE * opacities * (test_fraction + 0.05)))
+    total = 5 * min(int(classes.get(NORMAL, 0)) // 3, (opacities - probe_films) // 2)
     test = int(round(total * test_fraction))
     valid = max(5, int(round(total * 0.05)))
     train = total - test - valid
