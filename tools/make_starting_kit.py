@@ -113,7 +113,8 @@ pd.DataFrame({split: {"images": X["images"].shape, "features": X["features"].sha
     ("md", r"""
 About 3 crops in 5 are normal and 2 in 5 show a lung opacity, in every split. An opacity crop is a
 square window around one of the radiologists' boxes (red below; other boxes that fall in the window
-are given too), about twice the box's size, resized to 100×100. A normal crop is cut from a healthy
+are given too), 1.5 times the box's size with the box's centre anywhere in it (part of the box may
+fall outside), resized to 100×100. A normal crop is cut from a healthy
 radiograph around a box drawn from the training opacities' boxes, so that the crop's place and scale
 in the chest do not give its label away.
 """),
