@@ -275,3 +275,19 @@ def test_phantom_prepared(request):
                    full_size=128, check_pixels=2)
     summary = json.loads((out / MANIFEST).read_text())["summary"]
     assert summary["best_fixed_map"]["ratio"] <= 1.2
+
+
+def test_bad_design_options_are_refused_before_the_work(tmp_path, weights_path, capsys):
+    rsna = _mini_copy(tmp_path / "rsna", normals=6, opacities=2)
+    with pytest.raises(HygieiaError, match="training split holds no Lung Opacity patient"):
+        prepare(rsna, tmp_path / "out", train=2, valid=1, test=1, ratio=(1, 0), weights=weights_path,
+                progress=False)
+    with pytest.raises(HygieiaError, match="not enough unused Lung Opacity films for the off-box probes"):
+        prepare(rsna, tmp_path / "out", train=2, valid=2, test=1, ratio=(1, 1), probe_share=1.0,
+                hidden_ap_share=None, weights=weights_path, progress=False)
+    for option, value, message in (("--hidden-ap-share", "1.5", "--hidden-ap-share must lie in [0, 1]"),
+                                   ("--probe-share", "-0.1", "--probe-share must lie in [0, 1]"),
+                                   ("--id-secret-file", str(tmp_path / "none.txt"), "none.txt (from --id-secret-file)")):
+        assert prepare_main([str(rsna), str(tmp_path / "out"), option, value, "--weights", str(weights_path)]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -48,8 +48,9 @@ def prepare(rsna_dir, out_dir, *, train=10000, valid=2000, test=2000, ratio=(3, 
 
     ``id_secret`` keys the ids (default: the one kept in OUT_DIR/private/ by an earlier run, else a
     new random one). ``hidden_ap_share``: the AP share of both classes in valid and test; "auto" is
-    the share nearest 0.5 the patients allow, None keeps RSNA's mix. Returns a summary: counts per split and label, probes, the best fixed map's
-    scores, skipped files, output folder, seconds taken.
+    the share nearest 0.5 the patients allow, None keeps RSNA's mix. ``probe_share``: off-box probes
+    per hidden split, as a share of its opacities. Returns a summary: counts per split and label,
+    probes, the best fixed map's scores, skipped files, output folder, seconds taken.
     """
     started = time.perf_counter()
     rsna_dir, out_dir = Path(rsna_dir), Path(out_dir)
@@ -67,7 +68,10 @@ def prepare(rsna_dir, out_dir, *, train=10000, valid=2000, test=2000, ratio=(3, 
     boxes_of = {pid: group[BOX_FIELDS].to_numpy(np.float64)
                 for pid, group in tables.boxes.groupby("patientId", sort=False)}
     train_positives = samples.loc[(samples["split"] == "train") & (samples["label"] == 1), "patientId"]
-    box_pool = np.concatenate([boxes_of[pid] for pid in train_positives]) if len(train_positives) else None
+    if not len(train_positives):
+        raise HygieiaError("the training split holds no Lung Opacity patient, so windows have no box "
+                           "distribution to draw from; ask for a larger --train or another --ratio")
+    box_pool = np.concatenate([boxes_of[pid] for pid in train_positives])
     geometry = dict(seed=seed, context=context, window=window, boxes_of=boxes_of, box_pool=box_pool)
     probes = Probes(pools, seed, geometry)
     samples = pd.concat([samples.assign(probe=0), probes.pick(samples, probe_share)], ignore_index=True)
@@ -204,13 +208,7 @@ def _job(images_dir: Path, patient_id: str, label: int, probe_window, *, seed, c
     boxes = boxes_of.get(patient_id, np.zeros((0, 4)))
     if probe_window is not None:
         return Job(patient_id, images_dir / f"{patient_id}.dcm", probe_window, boxes)
-    if label == 1:
-        anchor = boxes[rng.integers(len(boxes))]
-    elif box_pool is not None:
-        anchor = box_pool[rng.integers(len(box_pool))]
-    else:
-        raise HygieiaError("the training split holds no Lung Opacity patient, so normals' windows have "
-                           "no box distribution to draw from; ask for a larger --train or another --ratio")
+    anchor = boxes[rng.integers(len(boxes))] if label == 1 else box_pool[rng.integers(len(box_pool))]
     return Job(patient_id, images_dir / f"{patient_id}.dcm",
                make_window(anchor, rng, context=context, window=window), boxes)
 
