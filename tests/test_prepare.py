@@ -130,6 +130,8 @@ def check_prepared(out: Path, rsna_dir: Path, sizes: dict, crop: int = 100, full
                     out / f"full_{full_size}" / ds.REFERENCE_DIR / split)["boxes"]
                 np.testing.assert_allclose(full_boxes[full_boxes["id"] == i][["x", "y", "width", "height"]],
                                            scale_boxes(original, (1024, 1024), full_size), rtol=1e-5, atol=1e-3)
+    features = np.concatenate([np.load(out / ds.INPUT_DIR / s / ds.FEATURES) for s in sizes])
+    assert len(np.unique(features, axis=0)) == len(features)  # no film served twice, probes included
     manifest = json.loads((out / MANIFEST).read_text())
     secret_file = f"{PRIVATE_DIR}/{SECRET_FILE}"
     assert set(manifest["files"]) == set(_files(out)) - {MANIFEST, secret_file}
