@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pydicom
+from pydicom.errors import InvalidDicomError
 
 from hygieia.dataset import read_table
-from hygieia.errors import HygieiaError
+from hygieia.errors import DataError, HygieiaError
 from hygieia.prepare.select import LABEL_OF_CLASS, seeded_order
 from hygieia.prepare.views import HEADERS_FILE
 from hygieia.rsna.dicom import parse_age
@@ -54,8 +55,11 @@ def _headers(rsna_dir: Path, patient_ids: pd.Series) -> pd.DataFrame:
     rows = []
     for pid in patient_ids:
         path = rsna_dir / IMAGES_DIR / f"{pid}.dcm"
-        header = pydicom.dcmread(path, stop_before_pixels=True,
-                                 specific_tags=["PatientAge", "PatientSex", "ViewPosition"])
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True,
+                                     specific_tags=["PatientAge", "PatientSex", "ViewPosition"])
+        except (InvalidDicomError, OSError, ValueError, EOFError) as err:
+            raise DataError(f"{path}: not a readable DICOM file ({err})") from err
         rows.append({"age": parse_age(header.get("PatientAge"), path), "sex": str(header.get("PatientSex", "")),
                      "view_position": str(header.get("ViewPosition", ""))})
     return pd.DataFrame(rows)
