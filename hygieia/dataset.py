@@ -49,7 +49,9 @@ BOX_PRIOR = "box_prior.npy"
 SPLIT_INFO = "split.json"
 
 META_COLUMNS = ["id", "age", "sex", "view_position"]    # reference side (and RSNA headers)
-INPUT_META_COLUMNS = ["id", "age", "sex", "view_position"]  # what models see; see prepare's meta check
+# What models see: only fields whose best one-field rule does no better than the majority class on
+# real RSNA headers (hygieia.prepare.meta_check); view_position predicts the label and stays hidden.
+INPUT_META_COLUMNS = ["id", "age", "sex"]
 LABEL_COLUMNS = ["id", "label"]
 REFERENCE_LABEL_COLUMNS = ["id", "label", "probe"]
 BOX_COLUMNS = ["id", "x", "y", "width", "height"]
@@ -121,11 +123,11 @@ def load_input_split(input_dir: str | Path, split: str, *, features: bool = True
     """Read one split of ``input_data`` as the mapping ``X`` that participants' models receive.
 
     Keys: ``ids`` (list of str), ``images`` (N,H,W) uint8, ``features`` (N,1280) float32,
-    ``meta`` (DataFrame: age, sex, view_position, indexed by id); for train also ``boxes``
-    (DataFrame id,x,y,width,height) and ``labels`` ((N,) int64 array).
+    ``meta`` (DataFrame: INPUT_META_COLUMNS but id — age, sex — indexed by id); for train also
+    ``boxes`` (DataFrame id,x,y,width,height) and ``labels`` ((N,) int64 array).
     """
     folder = Path(input_dir) / split
-    meta = read_table(folder / META, META_COLUMNS)
+    meta = read_table(folder / META, INPUT_META_COLUMNS)
     ids = meta["id"].reset_index(drop=True)
     images = read_array(folder / IMAGES, np.uint8, 3)
     X = {"ids": ids.tolist(), "images": images, "meta": meta.set_index("id")}

@@ -40,16 +40,15 @@ def show_crops(X: dict, per_class: int = 6, seed: int = 0):
 
 
 def show_metadata(splits: dict):
-    """Sex, age and view position of every split, side by side."""
+    """Sex and age of every split, side by side."""
     meta = pd.concat({split: X["meta"] for split, X in splits.items()}, names=["split", "id"]).reset_index()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.4))
-    for ax, column in zip(axes[[0, 2]], ["sex", "view_position"]):
-        shares = pd.crosstab(meta["split"], meta[column], normalize="index").reindex(list(splits))
-        shares.plot.bar(ax=ax, rot=0)
-        ax.set_ylim(0, 1.15)
-        ax.legend(ncol=len(shares.columns), loc="upper center", fontsize=8)
-        ax.set_ylabel("share of the split")
-        ax.set_title(column.replace("_", " "))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    shares = pd.crosstab(meta["split"], meta["sex"], normalize="index").reindex(list(splits))
+    shares.plot.bar(ax=axes[0], rot=0)
+    axes[0].set_ylim(0, 1.15)
+    axes[0].legend(ncol=len(shares.columns), loc="upper center", fontsize=8)
+    axes[0].set_ylabel("share of the split")
+    axes[0].set_title("sex")
     for split in splits:
         axes[1].hist(meta.loc[meta["split"] == split, "age"], bins=range(0, 101, 5), histtype="step",
                      density=True, linewidth=1.5, label=split)

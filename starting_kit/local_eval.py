@@ -18,7 +18,8 @@ from hygieia import dataset as ds
 from hygieia.bundle.archive import folder_entries, write_zip
 from hygieia.bundle.build import INPUT_ZIP, PROGRAMS, leaderboard_columns
 from hygieia.bundle.worker import DEFAULT_TIME_LIMIT, run_submission
-from hygieia.files import write_csv, write_npy, write_text
+from hygieia.files import write_csv, write_json, write_npy, write_text
+from hygieia.prepare.prior import box_prior
 
 SEED = 0
 PHASE = "Development"
@@ -49,11 +50,16 @@ def write_local_dataset(X: dict, rows: dict[str, np.ndarray], root: str | Path) 
         write_npy(public / ds.FEATURES, X["features"][index])
         write_csv(public / ds.META, meta)
         hidden = public if split == "train" else root / ds.REFERENCE_DIR / split
-        write_csv(hidden / ds.LABELS, labels)
+        write_csv(hidden / ds.LABELS, labels if split == "train" else labels.assign(probe=0))
         write_csv(hidden / ds.BOXES, boxes)
-        if split != "train":
-            write_csv(hidden / ds.META, meta)
+        if split != "train":  # the reference side's layout; the view position is not public
+            write_csv(hidden / ds.META, meta.reindex(columns=ds.META_COLUMNS))
             write_npy(hidden / ds.IMAGES, X["images"][index])
+            train = rows["train"]
+            train_boxes = [X["boxes"].loc[X["boxes"]["id"] == X["ids"][i], ["x", "y", "width", "height"]].to_numpy()
+                           for i in train if X["labels"][i] == 1]
+            write_npy(hidden / ds.BOX_PRIOR, box_prior(train_boxes, X["images"].shape[1:]))
+            write_json(hidden / ds.SPLIT_INFO, {"split": split, "final": False})
     return root
 
 

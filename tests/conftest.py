@@ -29,10 +29,12 @@ def weights_path() -> Path:
     return shared_path("weights", "mobilenet_v2_imagenet.pth")
 
 
-# A small phantom, prepared once per test session: (70 / 30 / 30) samples at 3:2, 100x100 crops and
-# 128x128 whole images. Generation and preparation are deterministic for the seed.
+# A small phantom, prepared once per test session: (70 / 20 / 20) samples at 3:2 (+ off-box probes in
+# valid and test), hidden splits at 40 % AP in both classes (all its 10 PA opacities: 20 / 20 is the most
+# it balances), 100x100 crops and 128x128 whole images. Deterministic for the seed.
 PHANTOM_PATIENTS = 260
-PHANTOM_SIZES = (70, 30, 30)
+PHANTOM_SIZES = (70, 20, 20)
+PHANTOM_AP_SHARE = 0.4
 
 
 @pytest.fixture(scope="session")
@@ -53,5 +55,5 @@ def phantom_prepared(tmp_path_factory, phantom_rsna, weights_path) -> Path:
     out = tmp_path_factory.mktemp("phantom_prepared")
     train, valid, test = PHANTOM_SIZES
     prepare(phantom_rsna, out, train=train, valid=valid, test=test, full_size=128, seed=0,
-            weights=weights_path)
+            hidden_ap_share=PHANTOM_AP_SHARE, id_secret="phantom-fixture-" + "0" * 32, weights=weights_path)
     return out

@@ -15,11 +15,14 @@ from hygieia import dataset as ds
 from hygieia.errors import DataError, HygieiaError
 from hygieia.prepare.commands import main as prepare_main
 from hygieia.prepare.crops import boxes_in_window, crop_image, resize_image, scale_boxes
-from hygieia.prepare.pipeline import MANIFEST, prepare
+from hygieia.prepare.crops import window_side
+from hygieia.prepare.pipeline import MANIFEST, PRIVATE_DIR, SECRET_FILE, prepare
+from hygieia.prepare.prior import box_prior
 from hygieia.rsna.dicom import read_dicom
 from hygieia.rsna.tables import CLASS_FILE, IMAGES_DIR, LABELS_FILE
 
 SMALL = dict(train=10, valid=5, test=5)
+SECRET = "small-test-secret-" + "5" * 40
 
 
 def _mini_copy(root: Path, normals: int, opacities: int) -> Path:
@@ -40,13 +43,14 @@ def _mini_copy(root: Path, normals: int, opacities: int) -> Path:
 
 @pytest.fixture(scope="module")
 def mini_rsna(tmp_path_factory):
-    return _mini_copy(tmp_path_factory.mktemp("mini_rsna"), normals=16, opacities=12)
+    return _mini_copy(tmp_path_factory.mktemp("mini_rsna"), normals=16, opacities=16)
 
 
 @pytest.fixture(scope="module")
 def small_prepared(tmp_path_factory, mini_rsna, weights_path):
     out = tmp_path_factory.mktemp("small_prepared") / "out"
-    summary = prepare(mini_rsna, out, **SMALL, full_size=64, seed=3, weights=weights_path, progress=False)
+    summary = prepare(mini_rsna, out, **SMALL, full_size=64, seed=3, probe_share=0.5, id_secret=SECRET,
+                      weights=weights_path, progress=False)
     return out, summary
 
 
@@ -58,10 +62,11 @@ def check_prepared(out: Path, rsna_dir: Path, sizes: dict, crop: int = 100, full
                    check_pixels: int = 3) -> None:
     """The layout, the contracts of docs/architecture.md and agreement with the source radiographs."""
     private = pd.read_csv(out / "private" / "samples.csv", dtype={"id": str})
-    assert private["id"].is_unique and private["patientId"].is_unique
+    assert private["id"].is_unique and private["patientId"].is_unique  # a probe's film is served once
     by_id = private.set_index("id")
     for split, n in sizes.items():
         X = ds.load_input_split(out / ds.INPUT_DIR, split)
+        probe = np.zeros(len(X["ids"]), bool)
         if split == "train":
             labels, boxes = X["labels"], X["boxes"]
         else:
@@ -69,41 +74,73 @@ def check_prepared(out: Path, rsna_dir: Path, sizes: dict, crop: int = 100, full
             assert ref["ids"] == X["ids"] and (ref["images"] == X["images"]).all()
             assert not (out / ds.INPUT_DIR / split / ds.LABELS).exists()
             labels, boxes = ref["labels"], ref["boxes"]
-        assert X["images"].shape == (n, crop, crop) and X["features"].shape == (n, ds.N_FEATURES)
-        assert int(labels.sum()) == round(n * 2 / 5)
-        assert list(by_id.loc[X["ids"], "split"]) == [split] * n
+            table = ds.read_table(out / ds.REFERENCE_DIR / split / ds.LABELS, ds.REFERENCE_LABEL_COLUMNS)
+            probe = table["probe"].to_numpy() == 1
+            assert labels[probe].all()  # probes are label 1, with no box (below)
+            assert json.loads((out / ds.REFERENCE_DIR / split / ds.SPLIT_INFO).read_text()) == {
+                "split": split, "final": split == "test"}
+            prior = np.load(out / ds.REFERENCE_DIR / split / ds.BOX_PRIOR)
+            train = ds.load_input_split(out / ds.INPUT_DIR, "train", features=False)
+            train_boxes = [train["boxes"].loc[train["boxes"]["id"] == i, ["x", "y", "width", "height"]].to_numpy()
+                           for i, y in zip(train["ids"], train["labels"]) if y == 1]
+            assert prior.dtype == np.float32 and prior.shape == (crop, crop)
+            np.testing.assert_allclose(prior, box_prior(train_boxes, (crop, crop)), atol=1e-6)
+            assert list(ref["meta"].columns) == ["age", "sex", "view_position"]
+        assert list(X["meta"].columns) == ds.INPUT_META_COLUMNS[1:] and "view_position" not in X["meta"]
+        assert (by_id.loc[X["ids"], "probe"].to_numpy() == probe).all()
+        assert X["images"].shape == (n + probe.sum(), crop, crop)
+        assert X["features"].shape == (n + probe.sum(), ds.N_FEATURES)
+        assert int(labels[~probe].sum()) == round(n * 2 / 5)
+        assert list(by_id.loc[X["ids"], "split"]) == [split] * len(X["ids"])
         assert (by_id.loc[X["ids"], "label"].to_numpy() == labels).all()
         boxed = set(boxes["id"])
-        for i, label in zip(X["ids"], labels):
-            assert (i in boxed) == bool(label)  # every opacity crop holds a box; normals hold none
+        for i, label, is_probe in zip(X["ids"], labels, probe):
+            assert (i in boxed) == bool(label and not is_probe)  # opacity crops hold a box; others none
         assert (boxes[["x", "y"]] >= 0).all().all()
         assert ((boxes["x"] + boxes["width"]) <= crop + 1e-3).all()  # CSV keeps 6 significant digits
         assert ((boxes["y"] + boxes["height"]) <= crop + 1e-3).all()  # CSV keeps 6 significant digits
-        if full_size:
+        if full_size:  # the whole films, without the probes
             full = ds.load_input_split(out / f"full_{full_size}" / ds.INPUT_DIR, split)
-            assert full["images"].shape == (n, full_size, full_size) and full["ids"] == X["ids"]
-            assert np.array_equal(full["features"], X["features"])
-        for i in X["ids"][:check_pixels]:  # crops, whole images, boxes and meta re-derived from the DICOM
+            kept = [i for i, is_probe in zip(X["ids"], probe) if not is_probe]
+            assert full["images"].shape == (n, full_size, full_size) and full["ids"] == kept
+            assert np.array_equal(full["features"], X["features"][~probe])
+            if split != "train":
+                assert np.load(out / f"full_{full_size}" / ds.REFERENCE_DIR / split / ds.BOX_PRIOR).shape == (
+                    full_size, full_size)
+        shown = [i for i, is_probe in zip(X["ids"], probe) if is_probe][:1] + X["ids"][:check_pixels]
+        for i in dict.fromkeys(shown):  # crops, whole images, boxes and meta re-derived from the DICOM
             row = by_id.loc[i]
             pixels, header = read_dicom(rsna_dir / IMAGES_DIR / f"{row['patientId']}.dcm")
             window = (row["window_x"], row["window_y"], row["window_side"])
             k = X["ids"].index(i)
             assert np.array_equal(X["images"][k], crop_image(pixels, window, crop))
             assert X["meta"].loc[i, "sex"] == header["sex"] and X["meta"].loc[i, "age"] == header["age"]
-            assert X["meta"].loc[i, "view_position"] == header["view_position"]
+            assert row["view"] == header["view_position"]
+            if split != "train":
+                assert ref["meta"].loc[i, "view_position"] == header["view_position"]
             original = _original_boxes(rsna_dir, row["patientId"])
             np.testing.assert_allclose(boxes[boxes["id"] == i][["x", "y", "width", "height"]].to_numpy(),
                                        boxes_in_window(original, window, crop), rtol=1e-5, atol=1e-3)
+            if row["probe"]:
+                assert len(original) and not len(boxes_in_window(original, window, crop))
+                continue
             if full_size:
-                assert np.array_equal(full["images"][k], resize_image(pixels, full_size))
+                assert np.array_equal(full["images"][full["ids"].index(i)], resize_image(pixels, full_size))
                 full_boxes = full["boxes"] if split == "train" else ds.load_reference_split(
                     out / f"full_{full_size}" / ds.REFERENCE_DIR / split)["boxes"]
                 np.testing.assert_allclose(full_boxes[full_boxes["id"] == i][["x", "y", "width", "height"]],
                                            scale_boxes(original, (1024, 1024), full_size), rtol=1e-5, atol=1e-3)
+    features = np.concatenate([np.load(out / ds.INPUT_DIR / s / ds.FEATURES) for s in sizes])
+    assert len(np.unique(features, axis=0)) == len(features)  # no film served twice, probes included
     manifest = json.loads((out / MANIFEST).read_text())
-    assert set(manifest["files"]) == set(_files(out)) - {MANIFEST}
+    secret_file = f"{PRIVATE_DIR}/{SECRET_FILE}"
+    assert set(manifest["files"]) == set(_files(out)) - {MANIFEST, secret_file}
     text = "".join((out / ds.INPUT_DIR / s / ds.META).read_text() for s in sizes)
     assert not any(pid in text for pid in private["patientId"])  # no RSNA patient id leaks to participants
+    secret = (out / secret_file).read_text().strip()
+    assert len(secret) >= 32
+    for name, data in _files(out).items():  # the id secret appears nowhere but in its own file
+        assert name == secret_file or secret.encode() not in data, name
     assert (out / "card" / "dataset_card.md").is_file() and (out / "card" / "box_sizes.png").is_file()
 
 
@@ -116,9 +153,11 @@ def _original_boxes(rsna_dir: Path, patient_id: str) -> np.ndarray:
 @pytest.mark.slow
 def test_small_prepare_end_to_end(small_prepared, mini_rsna):
     out, summary = small_prepared
-    assert summary["counts"] == {"train": {"normal": 6, "opacity": 4}, "valid": {"normal": 3, "opacity": 2},
-                                 "test": {"normal": 3, "opacity": 2}}
+    assert summary["counts"] == {"train": {"normal": 6, "opacity": 4, "probes": 0},
+                                 "valid": {"normal": 3, "opacity": 2, "probes": 1},
+                                 "test": {"normal": 3, "opacity": 2, "probes": 1}}
     check_prepared(out, mini_rsna, SMALL, full_size=64, check_pixels=5)
+    assert (out / PRIVATE_DIR / SECRET_FILE).read_text().strip() == SECRET
 
 
 @pytest.mark.slow
@@ -126,10 +165,27 @@ def test_rerun_gives_identical_bytes(small_prepared, mini_rsna, weights_path, tm
     out, _ = small_prepared
     before = _files(out)
     again = tmp_path / "again"
-    prepare(mini_rsna, again, **SMALL, full_size=64, seed=3, weights=weights_path, workers=1, progress=False)
+    prepare(mini_rsna, again, **SMALL, full_size=64, seed=3, probe_share=0.5, id_secret=SECRET,
+            weights=weights_path, workers=1, progress=False)
     assert _files(again) == before  # PNGs, CSVs, arrays and the manifest, byte for byte
-    prepare(mini_rsna, out, **SMALL, full_size=64, seed=3, weights=weights_path, progress=False)
-    assert _files(out) == before  # rerun in place replaces the earlier output with the same bytes
+    prepare(mini_rsna, out, **SMALL, full_size=64, seed=3, probe_share=0.5, weights=weights_path, progress=False)
+    assert _files(out) == before  # rerun in place keeps its secret and gives the same bytes
+
+
+@pytest.mark.slow
+def test_ids_depend_on_the_secret_not_the_seed(small_prepared, mini_rsna, weights_path, tmp_path):
+    out, _ = small_prepared
+    other = tmp_path / "other"
+    prepare(mini_rsna, other, **SMALL, full_size=64, seed=3, probe_share=0.5, weights=weights_path,
+            progress=False)  # a new random secret
+    secret = (other / PRIVATE_DIR / SECRET_FILE).read_text().strip()
+    assert len(secret) == 64 and secret != SECRET and int(secret, 16) >= 0
+    first, second = (pd.read_csv(o / PRIVATE_DIR / "samples.csv").sort_values("patientId").reset_index(drop=True)
+                     for o in (out, other))
+    pd.testing.assert_frame_equal(first.drop(columns="id"), second.drop(columns="id"))  # same samples, windows
+    assert not set(first["id"]) & set(second["id"])
+    with pytest.raises(HygieiaError, match="at least 32 characters"):
+        prepare(mini_rsna, tmp_path / "weak", **SMALL, id_secret="1234", weights=weights_path, progress=False)
 
 
 @pytest.mark.slow
@@ -139,7 +195,7 @@ def test_negative_windows_follow_positive_boxes(small_prepared, mini_rsna):
     labels = pd.read_csv(mini_rsna / LABELS_FILE)
     train_positive = private[(private["split"] == "train") & (private["label"] == 1)]["patientId"]
     boxes = labels[labels["patientId"].isin(train_positive)]
-    sides = set(np.minimum(np.round(2.0 * np.maximum(boxes["width"], boxes["height"])), 1024).astype(int))
+    sides = {window_side(box) for box in boxes[["x", "y", "width", "height"]].to_numpy()}
     negatives = private[private["label"] == 0]
     assert set(negatives["window_side"]) <= sides  # drawn from the training positives' boxes
     assert negatives["window_side"].nunique() > 1
@@ -157,10 +213,11 @@ def test_corrupt_dicom_names_the_file_and_skip_bad_replaces_it(tmp_path, weights
     _corrupt(names[0])
     names[1].unlink()
     with pytest.raises(DataError, match=r"\.dcm: (truncated|not a readable|cannot decode|file not found)"):
-        prepare(rsna, tmp_path / "out", **sizes, weights=weights_path, progress=False)
+        prepare(rsna, tmp_path / "out", **sizes, hidden_ap_share=None, weights=weights_path, progress=False)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))  # nothing half-written
 
-    summary = prepare(rsna, tmp_path / "out", **sizes, weights=weights_path, skip_bad=True, progress=False)
+    summary = prepare(rsna, tmp_path / "out", **sizes, hidden_ap_share=None, weights=weights_path, skip_bad=True,
+                      progress=False)
     skipped = {item["patientId"] for item in summary["skipped"]}
     assert skipped == {names[0].stem, names[1].stem}
     private = pd.read_csv(tmp_path / "out" / "private" / "samples.csv")
@@ -198,14 +255,41 @@ def test_cli_reports_errors(tmp_path, capsys):
 def test_real_mini_630_200_200(tmp_path, weights_path):
     rsna = shared_path("data", "rsna_real_mini")
     sizes = dict(train=630, valid=200, test=200)
-    summary = prepare(rsna, tmp_path / "out", **sizes, weights=weights_path, workers=1, progress=False)
-    assert summary["skipped"] == []
+    # AP/PA = 103/515 Normal, 387/135 Lung Opacity: 40 % AP is near the most these hidden splits allow
+    summary = prepare(rsna, tmp_path / "out", **sizes, hidden_ap_share=0.4, weights=weights_path, workers=1,
+                      progress=False)
+    assert summary["skipped"] == [] and summary["hidden_ap_share_used"] == 0.4
+    assert summary["counts"]["valid"] == summary["counts"]["test"] == {"normal": 120, "opacity": 80, "probes": 8}
+    assert summary["best_fixed_map"]["ratio"] <= 1.2
     check_prepared(tmp_path / "out", rsna, sizes, check_pixels=2)
+    private = pd.read_csv(tmp_path / "out" / PRIVATE_DIR / "samples.csv")
+    hidden = private[(private["split"] != "train") & (private["probe"] == 0)]
+    for split in ("valid", "test"):
+        assert hidden[hidden["split"] == split].groupby(["label", "view"]).size().to_dict() == {
+            (0, "AP"): 48, (0, "PA"): 72, (1, "AP"): 32, (1, "PA"): 48}
 
 
 @pytest.mark.slow
 def test_phantom_prepared(request):
     pytest.importorskip("hygieia.rsna.phantom")
     out = request.getfixturevalue("phantom_prepared")
-    check_prepared(out, request.getfixturevalue("phantom_rsna"), dict(train=70, valid=30, test=30),
+    check_prepared(out, request.getfixturevalue("phantom_rsna"), dict(train=70, valid=20, test=20),
                    full_size=128, check_pixels=2)
+    summary = json.loads((out / MANIFEST).read_text())["summary"]
+    assert summary["best_fixed_map"]["ratio"] <= 1.2
+
+
+def test_bad_design_options_are_refused_before_the_work(tmp_path, weights_path, capsys):
+    rsna = _mini_copy(tmp_path / "rsna", normals=6, opacities=2)
+    with pytest.raises(HygieiaError, match="training split holds no Lung Opacity patient"):
+        prepare(rsna, tmp_path / "out", train=2, valid=1, test=1, ratio=(1, 0), weights=weights_path,
+                progress=False)
+    with pytest.raises(HygieiaError, match="not enough unused Lung Opacity films for the off-box probes"):
+        prepare(rsna, tmp_path / "out", train=2, valid=2, test=1, ratio=(1, 1), probe_share=1.0,
+                hidden_ap_share=None, weights=weights_path, progress=False)
+    for option, value, message in (("--hidden-ap-share", "1.5", "--hidden-ap-share must lie in [0, 1]"),
+                                   ("--probe-share", "-0.1", "--probe-share must lie in [0, 1]"),
+                                   ("--id-secret-file", str(tmp_path / "none.txt"), "none.txt (from --id-secret-file)")):
+        assert prepare_main([str(rsna), str(tmp_path / "out"), option, value, "--weights", str(weights_path)]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -153,11 +153,15 @@ def phantom(config: ShortcutConfig, variant: Variant) -> Path:
 
 
 def split_sizes(phantom_dir: Path, test_fraction: float) -> dict[str, int]:
-    """Train/valid/test sizes at 3:2 that use every Normal and Lung Opacity patient they can."""
+    """Train/valid/test sizes at 3:2 that use every Normal and Lung Opacity patient they can, less the
+    opacity films ``prepare`` needs for its off-box probes (with a margin for films without room)."""
+    from hygieia.prepare.select import DEFAULT_PROBE_SHARE
     from hygieia.rsna.tables import NORMAL, OPACITY, read_tables
 
     classes = read_tables(phantom_dir).patients["class"].value_counts()
-    total = 5 * min(int(classes.get(NORMAL, 0)) // 3, int(classes.get(OPACITY, 0)) // 2)
+    opacities = int(classes.get(OPACITY, 0))
+    probe_films = int(np.ceil(1.5 * DEFAULT_PROBE_SHARE * opacities * (test_fraction + 0.05)))
+    total = 5 * min(int(classes.get(NORMAL, 0)) // 3, (opacities - probe_films) // 2)
     test = int(round(total * test_fraction))
     valid = max(5, int(round(total * 0.05)))
     train = total - test - valid
@@ -172,12 +176,14 @@ def prepared(config: ShortcutConfig, variant: Variant) -> Path:
     from hygieia.prepare.pipeline import prepare
 
     source = phantom(config, variant)
+    # one id secret for every variant: the counterfactual matches a patient's crops across them by id
+    id_secret = f"shortcut-experiment-ids-seed-{config.seed}".ljust(32, "-")
     key = {"phantom": str(source), **config.sizes, "crop": config.crop, "full_size": config.full_size,
-           "seed": config.seed, "weights": str(config.weights) if config.weights else None}
+           "seed": config.seed, "id_secret": id_secret, "weights": str(config.weights) if config.weights else None}
     folder = config.out / "cache" / "prepared" / source.name
     return _cached(folder, key, lambda staging: prepare(
         source, staging, **config.sizes, crop=config.crop, full_size=config.full_size, seed=config.seed,
-        weights=config.weights, progress=False))
+        id_secret=id_secret, weights=config.weights, progress=False))
 
 
 # ------------------------------------------------------------------------- one training + its scores
@@ -190,7 +196,7 @@ def _concat_splits(parts: list[tuple[str, Path, Path]], public: Path) -> None:
     """Write one input split from (tag, input split dir, reference split dir) parts, ids tagged."""
     images = np.concatenate([ds.read_array(p / ds.IMAGES, np.uint8, 3) for _, p, _ in parts])
     features = np.concatenate([ds.read_array(p / ds.FEATURES, np.float32, 2) for _, p, _ in parts])
-    meta = pd.concat([_retag(ds.read_table(p / ds.META, ds.META_COLUMNS), t) for t, p, _ in parts])
+    meta = pd.concat([_retag(ds.read_table(p / ds.META, ds.INPUT_META_COLUMNS), t) for t, p, _ in parts])
     write_npy(public / ds.IMAGES, images)
     write_npy(public / ds.FEATURES, features)
     write_csv(public / ds.META, meta)
@@ -198,9 +204,12 @@ def _concat_splits(parts: list[tuple[str, Path, Path]], public: Path) -> None:
 
 def _reference_set(tag: str, ref_split: Path, out: Path) -> None:
     """A scoring reference folder: ``ref_split`` with ids tagged."""
-    for name, columns in ((ds.LABELS, ds.LABEL_COLUMNS), (ds.BOXES, ds.BOX_COLUMNS), (ds.META, ds.META_COLUMNS)):
+    for name, columns in ((ds.LABELS, ds.REFERENCE_LABEL_COLUMNS), (ds.BOXES, ds.BOX_COLUMNS),
+                          (ds.META, ds.META_COLUMNS)):
         write_csv(out / name, _retag(ds.read_table(ref_split / name, columns), tag))
     write_npy(out / ds.IMAGES, ds.read_array(ref_split / ds.IMAGES, np.uint8, 3))
+    for name in (ds.BOX_PRIOR, ds.SPLIT_INFO):
+        shutil.copy2(ref_split / name, out / name)
 
 
 def build_run_input(run_dir: Path, train_root: Path, eval_roots: dict[str, Path]) -> None:

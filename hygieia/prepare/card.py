@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from hygieia.dataset import SPLITS
+from hygieia.dataset import INPUT_META_COLUMNS, SPLITS
 from hygieia.files import write_bytes, write_text
 from hygieia.prepare.select import CLASS_NAMES
 
@@ -22,10 +22,11 @@ EXAMPLES_PER_CLASS = 8
 
 
 def write_card(folder: Path, samples: pd.DataFrame, decoded: dict, tables, summary: dict) -> None:
-    """Write the card and its figures into ``folder``. ``samples`` has id, patientId, split, label."""
+    """Write the card and its figures into ``folder``. ``samples`` has id, patientId, split, label, probe."""
     folder = Path(folder)
+    samples = samples[samples["probe"] == 0]  # probes are counted, never described
     meta = pd.DataFrame([decoded[pid].header for pid in samples["patientId"]], index=samples.index)
-    table = pd.concat([samples, meta], axis=1)
+    table = pd.concat([samples.drop(columns="view", errors="ignore"), meta], axis=1)
     positives = tables.boxes[tables.boxes["patientId"].isin(samples.loc[samples["label"] == 1, "patientId"])]
     write_png(folder / BOX_SIZES_PNG, box_size_figure(positives))
     write_png(folder / EXAMPLES_PNG, examples_figure(table[table["split"] == "train"], decoded))
@@ -47,12 +48,14 @@ def card_text(table: pd.DataFrame, summary: dict, n_boxes: int) -> str:
              "\"No Lung Opacity / Not Normal\" is left out. One image per patient; splits are "
              "patient-disjoint.", "",
              f"Requested ratio normal:opacity = {ratio[0]}:{ratio[1]}.", "",
-             "## Samples", "", "| split | normal (0) | opacity (1) | total |", "|---|---|---|---|"]
+             "## Samples", "", "| split | normal (0) | opacity (1) | off-box probes | total |",
+             "|---|---|---|---|---|"]
     for split in SPLITS:
-        rows = table[table["split"] == split]
-        n_pos = int(rows["label"].sum())
-        lines.append(f"| {split} | {len(rows) - n_pos} | {n_pos} | {len(rows)} |")
+        c = summary["counts"][split]
+        lines.append(f"| {split} | {c['normal']} | {c['opacity']} | {c['probes']} | "
+                     f"{c['normal'] + c['opacity'] + c['probes']} |")
     lines += ["", f"Boxes of the selected opacity patients (original pixels): {n_boxes}.", ""]
+    lines += design_text(summary)
     lines += ["## Age (years)", "", "| split | class | n | mean | median | min | max | missing |",
               "|---|---|---|---|---|---|---|---|"]
     for (split, label), rows in _groups(table):
@@ -75,6 +78,37 @@ def card_text(table: pd.DataFrame, summary: dict, n_boxes: int) -> str:
     lines += ["", "## Figures", "", f"![Box width and height]({BOX_SIZES_PNG})", "",
               f"![Example training crops with their boxes]({EXAMPLES_PNG})", ""]
     return "\n".join(lines)
+
+
+def design_text(summary: dict) -> list[str]:
+    """What the windows, the hidden splits, the probes and the metadata are, and why."""
+    share = summary["hidden_ap_share_used"] if summary["hidden_ap_share"] is not None else None
+    best = summary["best_fixed_map"]
+    balance = ("Validation and test are balanced on view position within each class: "
+               f"{share:.0%} AP films among the normals and among the opacities, so that the film's view "
+               "(AP films are mostly bedside films of sicker patients) does not predict the label there. "
+               "Training is drawn from the patients left, as they come: its view mix is RSNA's, or more "
+               "skewed where the hidden splits used up the rarer films (AP normals, PA opacities); see "
+               "the view table below." if share is not None else
+               "The hidden splits keep RSNA's view mix (no balancing was asked for).")
+    fixed = (f"On the hidden opacity crops the best fixed map (the training boxes' mean mask, "
+             f"`box_prior.npy`) scores activation_in_box {best['activation_in_box']:.3f} against a mean "
+             f"box share of {best['box_share']:.3f}: {best['ratio']:.2f} × the share "
+             f"({best['images']} crops)." if best["ratio"] is not None else "No hidden opacity crop.")
+    return ["## Design", "",
+            "**Windows.** Each crop is a square window whose side is a fixed multiple of an opacity box's "
+            "larger side, placed so that the box's centre lands at a uniformly random point of the window "
+            "(part of the box may fall outside), then shifted inside the radiograph. Normals' windows are "
+            "drawn the same way around a box of a training opacity. So a map that ignores the pixels "
+            "gains little from the box's place in the window. " + fixed, "",
+            "**Hidden splits.** " + balance, "",
+            "**Off-box probes.** Validation and test also hold windows cut from Lung Opacity films away "
+            "from every box of the film, from films not otherwise used, served as ordinary items. Only "
+            "the reference data mark them; they are left out of the classification metrics and measure "
+            "how often a model calls a sick patient's film positive where no opacity is in view.", "",
+            f"**Metadata.** Models see `{', '.join(INPUT_META_COLUMNS)}`; `view_position` is kept for the reference data's "
+            "bias report only, because a rule on it alone beats the majority class by about 20 points "
+            "of accuracy on RSNA's headers (`python -m hygieia.prepare.meta_check`).", ""]
 
 
 def _groups(table: pd.DataFrame):

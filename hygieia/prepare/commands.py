@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from hygieia.errors import HygieiaError
 from hygieia.files import argument, require_dir, require_file, writable_dir
+from hygieia.prepare.crops import DEFAULT_CONTEXT
+from hygieia.prepare.select import DEFAULT_AP_SHARE, DEFAULT_PROBE_SHARE
 
 
 def register(subparsers) -> None:
@@ -33,14 +36,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="normal:opacity ratio in every split (default 3:2)")
     parser.add_argument("--crop", type=int, default=100, help="crop side in pixels (default 100)")
     scale = parser.add_mutually_exclusive_group()
-    scale.add_argument("--context", type=float, default=2.0,
-                       help="window side = CONTEXT × the box's larger side (default 2.0; 1 = crop to the box)")
+    scale.add_argument("--context", type=float, default=DEFAULT_CONTEXT,
+                       help=f"window side = CONTEXT × the box's larger side (default {DEFAULT_CONTEXT}; the box's "
+                            "centre lands anywhere in the window)")
     scale.add_argument("--window", type=int, default=None, metavar="PX",
                        help="fixed window side in original pixels instead of --context")
     parser.add_argument("--full-size", type=int, default=None, metavar="N",
                         help="also write the whole radiographs resized to N×N as OUT_DIR/full_N/")
     parser.add_argument("--seed", type=int, default=0,
-                        help="selection, ids and windows (keep it private for a real competition)")
+                        help="selection and windows (keep it private for a real competition)")
+    parser.add_argument("--id-secret-file", default=None, metavar="PATH",
+                        help="file holding the secret that keys the ids (at least 32 characters; default: the "
+                             "one in OUT_DIR/private/ from an earlier run, else a new random one kept there)")
+    parser.add_argument("--hidden-ap-share", type=parse_share, default="auto", metavar="S",
+                        help=f"share of AP films among the normals and among the opacities of valid and test "
+                             f"(default 'auto': the share nearest {DEFAULT_AP_SHARE} the patients allow, "
+                             f"{DEFAULT_AP_SHARE} on the full RSNA data; 'none' keeps RSNA's mix)")
+    parser.add_argument("--probe-share", type=float, default=DEFAULT_PROBE_SHARE, metavar="F",
+                        help=f"off-box probes per hidden split, as a share of its opacities "
+                             f"(default {DEFAULT_PROBE_SHARE})")
     parser.add_argument("--weights", default=None, metavar="PATH",
                         type=argument(require_file, "weights file"),
                         help="MobileNetV2 ImageNet state_dict (default: $HYGIEIA_MOBILENET_WEIGHTS or download)")
@@ -61,13 +75,32 @@ def parse_ratio(text: str) -> tuple[int, int]:
     return ratio
 
 
+def parse_share(text: str) -> float | str | None:
+    if text.strip().lower() in ("none", "auto"):
+        return {"none": None, "auto": "auto"}[text.strip().lower()]
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'none', got {text!r}") from None
+
+
+def read_secret(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise HygieiaError(f"{path} (from --id-secret-file): cannot read it ({err})") from err
+
+
 def run(args) -> int:
     from hygieia.prepare.pipeline import prepare
 
     summary = prepare(args.rsna_dir, args.out_dir, train=args.train, valid=args.valid, test=args.test,
                       ratio=args.ratio, crop=args.crop, context=args.context, window=args.window,
-                      full_size=args.full_size, seed=args.seed, weights=args.weights, workers=args.workers,
-                      skip_bad=args.skip_bad)
+                      full_size=args.full_size, seed=args.seed, id_secret=read_secret(args.id_secret_file),
+                      hidden_ap_share=args.hidden_ap_share, probe_share=args.probe_share,
+                      weights=args.weights, workers=args.workers, skip_bad=args.skip_bad)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -9,7 +9,11 @@ from PIL import Image
 from hygieia.errors import HygieiaError
 
 
-def window_side(box, *, context: float = 2.0, window: int | None = None, image_size: int = 1024) -> int:
+DEFAULT_CONTEXT = 1.5
+
+
+def window_side(box, *, context: float = DEFAULT_CONTEXT, window: int | None = None,
+                image_size: int = 1024) -> int:
     """The window's side: ``window`` pixels if given, else ``context`` × the box's larger side;
     never more than the image."""
     side = window if window is not None else context * max(box[2], box[3])
@@ -17,23 +21,35 @@ def window_side(box, *, context: float = 2.0, window: int | None = None, image_s
 
 
 def place_window(box, side: int, rng: np.random.Generator, image_size: int = 1024) -> tuple[int, int, int]:
-    """A square window of ``side`` around ``box`` at a random offset that keeps the box inside when it
-    fits (along an axis where the box is larger, the window stays inside the box), then shifted (not
-    shrunk) to lie inside the image."""
+    """A square window of ``side`` whose corner puts the box's centre at a uniformly random place
+    inside the window (so the box's place in the window says little about where it is; part of the
+    box may fall outside), then shifted (not shrunk) to lie inside the image."""
     corner = []
     for start, length in ((box[0], box[2]), (box[1], box[3])):
-        low, high = sorted((start + length - side, start))
-        low, high = int(np.ceil(low)), int(np.floor(high))
-        position = int(rng.integers(low, high + 1)) if high >= low else int(round(start + (length - side) / 2))
+        centre = start + length / 2
+        low, high = int(np.ceil(centre - side)), int(np.floor(centre))
+        position = int(rng.integers(low, high + 1))  # never empty: side >= 1
         corner.append(min(max(position, 0), image_size - side))
     return corner[0], corner[1], side
 
 
-def make_window(box, rng: np.random.Generator, *, context: float = 2.0, window: int | None = None,
+def make_window(box, rng: np.random.Generator, *, context: float = DEFAULT_CONTEXT, window: int | None = None,
                 image_size: int = 1024) -> tuple[int, int, int]:
     """``place_window`` with ``window_side``."""
     return place_window(box, window_side(box, context=context, window=window, image_size=image_size),
                         rng, image_size)
+
+
+def off_box_window(boxes, anchors, rng: np.random.Generator, *, context: float = DEFAULT_CONTEXT,
+                   window: int | None = None, image_size: int = 1024, tries: int = 200):
+    """A window placed as ``make_window`` around one of ``anchors`` (boxes of other films, drawn at
+    random) that overlaps none of ``boxes``; None when ``tries`` draws all overlap."""
+    for _ in range(tries):
+        candidate = make_window(anchors[rng.integers(len(anchors))], rng, context=context, window=window,
+                                image_size=image_size)
+        if len(boxes_in_window(boxes, candidate, candidate[2])) == 0:
+            return candidate
+    return None
 
 
 def boxes_in_window(boxes, window: tuple[int, int, int], size: int) -> np.ndarray:
