@@ -47,11 +47,28 @@ def activation_in_box(heatmap: np.ndarray, mask: np.ndarray) -> float:
 
 
 def pointing_game(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """1 if a maximal pixel of the map lies inside the mask, else 0 (0 for an all-zero map)."""
+    """The share of the map's maximal pixels that lie inside the mask (0 for an all-zero map).
+
+    With one maximum this is 1 or 0; ties share the credit, so a uniform map scores the mask's share
+    of the image instead of 1."""
     peak = heatmap.max()
     if peak <= 0:
         return 0.0
-    return float(np.any(mask & (heatmap == peak)))
+    return float(mask[heatmap == peak].mean())
+
+
+def prior_reference(prior: np.ndarray) -> float:
+    """The best fixed map's expected activation_in_box: the box prior's peak value.
+
+    For a map A fixed in advance, the mean of activation_in_box over images is Σ A·P / Σ A with P
+    the mean box mask, at most max P (all of A on P's peak); the mean mask itself scores less."""
+    return float(np.max(prior))
+
+
+def activation_over_prior(heatmap: np.ndarray, mask: np.ndarray, prior: np.ndarray) -> float:
+    """activation_in_box minus what the best box-blind fixed map scores on average
+    (``prior_reference``): above 0 only for maps that use the image."""
+    return activation_in_box(heatmap, mask) - prior_reference(prior)
 
 
 def _narrowest_right(prefix: np.ndarray, target: float, lefts: int) -> np.ndarray:
@@ -248,8 +265,9 @@ def cc_map_by_tau(heatmap: np.ndarray, boxes: np.ndarray, taus=CC_TAUS) -> np.nd
     return rsna_scores(*component_boxes_by_tau(heatmap, taus), boxes)
 
 
-def explain_image(heatmap: np.ndarray, boxes: np.ndarray) -> dict:
-    """Every explanation metric of one true-positive image, plus the shapes the report draws."""
+def explain_image(heatmap: np.ndarray, boxes: np.ndarray, prior: np.ndarray | None = None) -> dict:
+    """Every explanation metric of one true-positive image, plus the shapes the report draws;
+    ``activation_over_prior`` needs the box ``prior`` (None without it)."""
     heatmap = np.asarray(heatmap, dtype=np.float64)
     mask = box_mask(boxes, heatmap.shape)
     rectangle = rectangle_95(heatmap)
@@ -258,6 +276,7 @@ def explain_image(heatmap: np.ndarray, boxes: np.ndarray) -> dict:
     box_share = float(mask.mean())
     return {
         "activation_in_box": inside,
+        "activation_over_prior": inside - prior_reference(prior) if prior is not None else None,
         "iou_95": iou_95(heatmap, boxes, rectangle),
         "cc_map": float(by_tau.mean()),
         "pointing_game": pointing_game(heatmap, mask),
@@ -265,4 +284,5 @@ def explain_image(heatmap: np.ndarray, boxes: np.ndarray) -> dict:
         "box_share": box_share,
         "enrichment": inside / box_share if box_share > 0 else None,
         "rectangle_95": list(rectangle) if rectangle is not None else None,
+        "all_zero": not heatmap.max() > 0,
     }
