@@ -30,26 +30,55 @@ def fixed_maps(prior: np.ndarray) -> dict[str, np.ndarray]:
             "box prior's peak": peak}
 
 
-def fixed_map_scores(heatmap: np.ndarray, boxes: list[np.ndarray], prior: np.ndarray) -> dict[str, np.ndarray]:
+def fixed_map_scores(heatmap: np.ndarray, boxes: list[np.ndarray], prior: np.ndarray,
+                     masks: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every explanation metric of one map used for every image with the given boxes, per image
-    (the map's rectangle and components are found once)."""
+    (the map's rectangle and components are found once; ``masks`` (N, H*W) may be given)."""
     heatmap = np.asarray(heatmap, dtype=np.float64)
+    if masks is None:
+        masks = box_masks(boxes, heatmap.shape)
     rectangle = xp.rectangle_95(heatmap)
-    components = xp.component_boxes_by_tau(heatmap)
-    masks = np.array([xp.box_mask(b, heatmap.shape) for b in boxes]).reshape(len(boxes), -1)
     flat = heatmap.ravel()
-    peak = flat == flat.max()
     inside = masks @ flat / flat.sum()
     return {"activation_in_box": inside,
             "activation_over_prior": inside - xp.prior_reference(prior),
-            "iou_95": np.array([xp.iou_95(heatmap, b, rectangle) for b in boxes]),
-            "cc_map": np.array([xp.rsna_scores(*components, b).mean() for b in boxes]),
-            "pointing_game": masks[:, peak].mean(axis=1)}
+            "iou_95": fixed_iou_95(rectangle, boxes),
+            "cc_map": fixed_cc_map(heatmap, boxes),
+            "pointing_game": masks[:, flat == flat.max()].mean(axis=1)}
+
+
+def box_masks(boxes: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    return np.array([xp.box_mask(b, shape) for b in boxes], dtype=np.float64).reshape(len(boxes), -1)
+
+
+def fixed_iou_95(rectangle, boxes: list[np.ndarray]) -> np.ndarray:
+    """iou_95 of one 95% rectangle against each image's boxes (best-matching box per image)."""
+    if rectangle is None or not boxes:
+        return np.zeros(len(boxes))
+    ious = xp.box_iou(xp.rectangle_to_box(rectangle), np.concatenate(boxes))[0]
+    return np.maximum.reduceat(ious, np.cumsum([0] + [len(b) for b in boxes[:-1]]))
+
+
+def fixed_cc_map(heatmap: np.ndarray, boxes: list[np.ndarray]) -> np.ndarray:
+    """cc_map of one map against each image's boxes: images with the same number of boxes at once."""
+    predicted, confidences, valid = xp.component_boxes_by_tau(heatmap)
+    taus = len(predicted)
+    result = np.zeros(len(boxes))
+    counts = np.array([len(b) for b in boxes])
+    for count in np.unique(counts):
+        where = np.flatnonzero(counts == count)
+        truth = np.repeat(np.stack([boxes[i] for i in where]), taus, axis=0)   # image-major, then tau
+        scores = xp.rsna_scores(np.tile(predicted, (len(where), 1, 1)), np.tile(confidences, (len(where), 1)),
+                                np.tile(valid, (len(where), 1)), truth)
+        result[where] = scores.reshape(len(where), taus).mean(axis=1)
+    return result
 
 
 def blind_map_means(prior: np.ndarray, boxes: list[np.ndarray]) -> dict[str, dict[str, float]]:
     """{map name: {metric: mean over the images with these boxes}} for every fixed box-blind map."""
-    return {name: {k: float(v.mean()) if len(v) else 0.0 for k, v in fixed_map_scores(m, boxes, prior).items()}
+    masks = box_masks(boxes, prior.shape)
+    return {name: {k: float(v.mean()) if len(v) else 0.0
+                   for k, v in fixed_map_scores(m, boxes, prior, masks).items()}
             for name, m in fixed_maps(prior).items()}
 
 

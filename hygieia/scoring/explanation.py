@@ -149,8 +149,13 @@ def rectangle_to_box(rectangle: tuple[int, int, int, int]) -> np.ndarray:
 
 def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     """Pairwise intersection over union of two sets of (x, y, width, height) boxes: (len(a), len(b))."""
-    a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)[:, None, :]
-    b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)[None, :, :]
+    a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
+    return broadcast_iou(a[:, None, :], b[None, :, :])
+
+
+def broadcast_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of (x, y, width, height) boxes along the last axis, broadcast."""
     overlap_w = np.clip(np.minimum(a[..., 0] + a[..., 2], b[..., 0] + b[..., 2])
                         - np.maximum(a[..., 0], b[..., 0]), 0, None)
     overlap_h = np.clip(np.minimum(a[..., 1] + a[..., 3], b[..., 1] + b[..., 3])
@@ -226,18 +231,24 @@ def rsna_scores(predicted: np.ndarray, confidences: np.ndarray, valid: np.ndarra
     predictions taken in decreasing confidence, each matched to the unmatched ground-truth box of
     highest IoU when that IoU exceeds the threshold.
 
-    predicted (P, K, 4), confidences (P, K), valid (P, K) (which slots hold a box), truth (G, 4).
+    predicted (P, K, 4), confidences (P, K), valid (P, K) (which slots hold a box), truth (G, 4), or
+    (P, G, 4) for one ground truth per set.
     """
-    if len(truth) == 0:
+    truth = np.asarray(truth, dtype=np.float64)
+    n_truth = truth.shape[-2]
+    if n_truth == 0:
         raise ValueError("the RSNA image score needs at least one ground-truth box")
     sets, slots = valid.shape
     order = np.argsort(np.where(valid, -np.asarray(confidences, dtype=np.float64), np.inf), axis=1,
                        kind="stable")
     valid = np.take_along_axis(valid, order, axis=1)
     predicted = np.take_along_axis(np.asarray(predicted, dtype=np.float64), order[..., None], axis=1)
-    ious = box_iou(predicted.reshape(-1, 4), truth).reshape(sets, slots, len(truth))
+    if truth.ndim == 2:
+        ious = box_iou(predicted.reshape(-1, 4), truth).reshape(sets, slots, n_truth)
+    else:  # one ground truth per set: (P, G, 4)
+        ious = broadcast_iou(predicted[:, :, None, :], truth[:, None, :, :])
     thresholds = np.asarray(thresholds, dtype=np.float64)
-    matched = np.zeros((sets, len(thresholds), len(truth)), dtype=bool)  # a greedy matching per threshold
+    matched = np.zeros((sets, len(thresholds), n_truth), dtype=bool)  # a greedy matching per threshold
     tp = np.zeros((sets, len(thresholds)))
     for slot in range(slots):
         candidates = np.where(matched, -1.0, ious[:, None, slot, :])
@@ -248,7 +259,7 @@ def rsna_scores(predicted: np.ndarray, confidences: np.ndarray, valid: np.ndarra
         matched[where_set, where_threshold, best[hit]] = True
         tp += hit
     fp = valid.sum(axis=1)[:, None] - tp
-    fn = len(truth) - tp
+    fn = n_truth - tp
     return (tp / (tp + fp + fn)).mean(axis=1)
 
 
