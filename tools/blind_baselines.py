@@ -107,11 +107,12 @@ def draw_figure(data_dir: Path, report: dict, path: Path) -> None:
 
     ref = reference(data_dir, report["split"])
     prior = ref["prior"] if ref["prior"] is not None else training_prior(data_dir, ref["shape"])
-    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), gridspec_kw={"width_ratios": [1, 1.6]})
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [1, 1.8]})
     shown = left.imshow(prior, cmap="magma", vmin=0, vmax=1)
     peak = np.unravel_index(np.argmax(prior), prior.shape)
     left.plot(peak[1], peak[0], marker="+", color="cyan", markersize=12, mew=2)
-    left.set(title="box prior: training boxes' mean mask\n(+ its peak, the best fixed map)", xticks=[], yticks=[])
+    left.set_title("box prior P (training boxes' mean mask)\n+: its peak, the best fixed map", fontsize=9)
+    left.set(xticks=[], yticks=[])
     figure.colorbar(shown, ax=left, fraction=0.046)
     names = list(report["maps"])
     values = [report["maps"][n]["activation_in_box"] for n in names]
@@ -123,10 +124,10 @@ def draw_figure(data_dir: Path, report: dict, path: Path) -> None:
                   label=f"prior's peak {report['prior_peak']:.2f} = activation_over_prior 0")
     right.axvline(report["mean_box_share"], color="#2e86c1", linestyle=":",
                   label=f"mean box share {report['mean_box_share']:.2f}")
-    right.set(xlim=(0, 1), xlabel=f"activation in box ({report['split']} positives)",
-              title="activation_over_prior = activation in box − prior's peak")
+    right.set(xlim=(0, 1), xlabel=f"activation in box, mean over the {report['split']} positives")
+    right.set_title("activation_over_prior = activation in box − max P", fontsize=10)
     right.invert_yaxis()
-    right.legend(fontsize=8, loc="lower right")
+    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110, metadata={"Software": None})
