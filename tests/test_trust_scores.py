@@ -190,12 +190,14 @@ def test_probes_are_left_out_of_the_other_metrics(dataset, run_dir):
     assert set(results["chance"]) == set(SCORE_KEYS) and results["chance"]["activation_over_prior"] == 0.0
 
 
-def test_a_split_without_probes_writes_no_shortcut_gap_and_says_why(dataset, run_dir, tmp_path):
+def test_a_split_without_probes_writes_no_shortcut_gap_and_says_why(dataset, run_dir, tmp_path, capsys):
     ref_dir = Path(shutil.copytree(dataset / "reference_data" / "valid", tmp_path / "ref"))
     labels = pd.read_csv(ref_dir / "labels.csv", dtype={"id": str})
     labels.assign(probe=0, label=np.where(labels["probe"] == 1, 0, labels["label"])).to_csv(
         ref_dir / "labels.csv", index=False)
-    results = sc.score(ref_dir, run_dir, tmp_path / "out", progress=False)
+    assert sc.main([str(ref_dir), str(run_dir), str(tmp_path / "out")]) == 0
+    assert "shortcut_gap=null" in capsys.readouterr().out
+    results = json.loads((tmp_path / "out" / "detailed_scores.json").read_text())
     assert results["scores"]["shortcut_gap"] is None
     scores = json.loads((tmp_path / "out" / "scores.json").read_text())
     assert set(scores) == set(SCORE_KEYS) - {"shortcut_gap"}

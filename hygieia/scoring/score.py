@@ -279,5 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     except HygieiaError as err:
         print(f"scoring refused: {err}", file=sys.stderr)
         return 1
-    print(", ".join(f"{k}={'null' if v is None else f'{v:.4f}'}" for k, v in results["scores"].items()))
+    print(score_line(results["scores"]))
     return 0
+
+
+def score_line(scores: dict) -> str:
+    """The scores on one line, for the log ("null" where the split cannot measure a column)."""
+    return ", ".join(f"{k}={'null' if v is None else f'{v:.4f}'}" for k, v in scores.items())
