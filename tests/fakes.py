@@ -59,7 +59,7 @@ def box_prior(boxes: pd.DataFrame, size: int) -> np.ndarray:
 
 
 def write_fake_dataset(root: str | Path, sizes=(60, 20, 20), seed: int = 0, size: int = 100,
-                       probes: int = 4, final: bool = True) -> Path:
+                       probes: int = 0, final: bool = True) -> Path:
     """Write ``input_data/`` and ``reference_data/`` under ``root`` in the competition's format.
 
     Scored splits get ``probes`` extra off-box probes (ids after the ``sizes`` ordinary ones);

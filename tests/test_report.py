@@ -15,7 +15,7 @@ from hygieia.scoring.report import render_error, render_report
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    dataset = write_fake_dataset(root / "data", sizes=(6, 40, 20), seed=3)
+    dataset = write_fake_dataset(root / "data", sizes=(6, 40, 20), seed=3, probes=4)
     ref_dir = dataset / "reference_data" / "valid"
     res = write_fake_ingestion_output(root / "res", dataset, seed=4)
     ref, run = sc.load_inputs(ref_dir, res)

@@ -25,7 +25,7 @@ ENTRY = ROOT / "scoring_program" / "score.py"
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return write_fake_dataset(tmp_path_factory.mktemp("scoring_data"), sizes=(6, 40, 30), seed=1)
+    return write_fake_dataset(tmp_path_factory.mktemp("scoring_data"), sizes=(6, 40, 30), seed=1, probes=4)
 
 
 @pytest.fixture(scope="module")

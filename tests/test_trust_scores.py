@@ -132,7 +132,7 @@ def test_shortcut_gap_separates_a_film_reader_from_an_opacity_reader():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return write_fake_dataset(tmp_path_factory.mktemp("trust"), sizes=(30, 40, 40), seed=11)
+    return write_fake_dataset(tmp_path_factory.mktemp("trust"), sizes=(30, 40, 40), seed=11, probes=4)
 
 
 @pytest.fixture(scope="module")
