@@ -43,7 +43,8 @@ def group_rows(truth: np.ndarray, proba: np.ndarray, predicted: np.ndarray, valu
                inside: dict[int, float] | None = None) -> list[dict]:
     """One row per group: counts, the classification metrics with 95% bootstrap intervals (AUROC
     None in a one-class group), the small-group flag and, given ``inside`` {row index:
-    activation_in_box}, the mean activation_in_box of the group's explained true positives."""
+    activation_in_box}, the mean activation_in_box of the group's explained true positives and its
+    interval."""
     rows = []
     for name in sorted(set(values)):
         where = np.flatnonzero(values == name)
@@ -57,5 +58,6 @@ def group_rows(truth: np.ndarray, proba: np.ndarray, predicted: np.ndarray, valu
         rows.append({"group": str(name), "n": len(t), "n_positive": int(t.sum()), **point,
                      "ci": cls.bootstrap_classification(t, p, y), "small": len(t) < SMALL_GROUP,
                      "n_true_positives_explained": len(explained),
-                     "activation_in_box": float(np.mean(explained)) if explained else None})
+                     "activation_in_box": float(np.mean(explained)) if explained else None,
+                     "activation_in_box_ci": cls.bootstrap_mean(np.array(explained))})
     return rows

@@ -304,7 +304,9 @@ def _group_table(rows: list[dict]) -> str:
         return f"{_number(row[key])} {_interval(row['ci'].get(key))}" if row[key] is not None else "—"
 
     body = [[r["group"] + (" ⚠" if r["small"] else ""), r["n"], r["n_positive"], *(cell(r, k) for k in keys),
-             r["n_true_positives_explained"], _number(r["activation_in_box"])] for r in rows]
+             r["n_true_positives_explained"],
+             f"{_number(r['activation_in_box'])} {_interval(r['activation_in_box_ci'])}"
+             if r["activation_in_box"] is not None else "—"] for r in rows]
     return "<div class='wide'>" + _table(["group", "images", "positives", "accuracy", "recall", "precision",
                                           "F-beta (2)", "AUROC", "true positives explained",
                                           "activation in box"], body) + "</div>"
