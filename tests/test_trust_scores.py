@@ -238,3 +238,27 @@ def test_missing_reference_files_are_named(dataset, run_dir, tmp_path):
     labels.drop(columns="probe").to_csv(ref_dir / "labels.csv", index=False)
     with pytest.raises(sc.DataError, match=r"labels.csv: missing column\(s\) \['probe'\]"):
         sc.score(ref_dir, run_dir, tmp_path / "out", progress=False)
+
+
+def test_box_blind_map_values_pinned_on_a_centred_box():
+    """Every training and scored box is the centre quarter of the crop: the values follow by hand."""
+    box = np.array([[25.0, 25.0, 50.0, 50.0]])
+    prior = xp.box_mask(box, (SIZE, SIZE)).astype(np.float32)       # every training box the same
+    maps = blind_maps.fixed_maps(prior)
+    uniform = {k: v[0] for k, v in blind_maps.fixed_map_scores(maps["uniform"], [box], prior).items()}
+    assert uniform == pytest.approx({"activation_in_box": 0.25, "pointing_game": 0.25, "cc_map": 0.0,
+                                     "iou_95": 2500 / 9500,   # a 95 x 100 rectangle holds 95 %
+                                     "activation_over_prior": 0.25 - 1.0})
+    gaussian = {k: v[0] for k, v in blind_maps.fixed_map_scores(maps["centre Gaussian"], [box], prior).items()}
+    one_axis = 0.8664  # P(|x| < 1.5 sigma): the box's half side is 25 = 1.5 x (100 / 6)
+    assert gaussian["activation_in_box"] == pytest.approx(one_axis ** 2, abs=0.01)
+    assert gaussian["pointing_game"] == 1.0    # the four central maxima lie in the box
+    for name in ("box prior (mean mask)", "box prior's peak"):
+        scores = blind_maps.fixed_map_scores(maps[name], [box], prior)
+        assert scores["activation_in_box"][0] == 1.0 and scores["activation_over_prior"][0] == 0.0
+    meta = pd.DataFrame({"id": ["a", "b", "c"], "age": [30, 50, 70], "sex": ["M", "F", "M"],
+                         "view_position": ["AP", "PA", "PA"]})
+    boxes = pd.DataFrame({"id": ["a", "b", "c"], "x": 25.0, "y": 25.0, "width": 50.0, "height": 50.0})
+    regressed = blind_maps.box_regressor_maps(meta.set_index("id"), boxes, meta.iloc[:1], (SIZE, SIZE))
+    result = xp.explain_image(regressed[0], box, prior)
+    assert result["activation_over_prior"] == pytest.approx(0.0) and result["pointing_game"] == 1.0
