@@ -62,9 +62,9 @@ def test_report_is_self_contained_and_complete(scored):
     for row in results["bias"]["view_position"]:
         flag = " ⚠" if row["small"] else ""
         assert f"<td>{row['group']}{flag}</td><td>{row['n']}</td>" in page
-        assert f"{row['accuracy']:.4f} [{row['ci']['accuracy'][0]:.4f}, " in page
+        assert f"{row['accuracy']:.4f}<br><small>[{row['ci']['accuracy'][0]:.4f}, " in page
         if row["activation_in_box"] is not None:
-            assert f"{row['activation_in_box']:.4f} [{row['activation_in_box_ci'][0]:.4f}, " in page
+            assert f"{row['activation_in_box']:.4f}<br><small>[{row['activation_in_box_ci'][0]:.4f}, " in page
     for row in results["explanation"]["images"]:
         assert f"<td>{row['id']}</td><td>{row['activation_in_box']:.4f}</td>" in page
         assert f"<td>{row['enrichment']:.2f}</td></tr>" in page

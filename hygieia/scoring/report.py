@@ -37,7 +37,7 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:.85em}img{max-width:100%;height:auto}
 .wide{overflow-x:auto}.gallery{display:flex;flex-wrap:wrap;gap:12px}
 figure{margin:0;width:200px;max-width:100%}figure img{display:block;margin-bottom:4px;image-rendering:pixelated}
-figcaption{font-size:.9em;line-height:1.3;word-break:break-all}
+figcaption{font-size:.9em;line-height:1.3;overflow-wrap:anywhere}small{color:#555}
 @media (max-width:600px){body{margin:.8em}td,th{padding:.2em .35em;font-size:.9em}}
 """
 
@@ -58,9 +58,24 @@ def _interval(ci) -> str:
     return "—" if not ci else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
 
 
+class WithInterval(str):
+    """A table cell: a value with its interval below it in small type."""
+
+    def __new__(cls, value, ci):
+        return super().__new__(cls, f"{_number(value)} {_interval(ci)}")
+
+    def html(self) -> str:
+        value, _, interval = self.partition(" ")
+        return f"{html.escape(value)}<br><small>{html.escape(interval)}</small>"
+
+
+def _cell(content) -> str:
+    return content.html() if isinstance(content, WithInterval) else html.escape(str(content))
+
+
 def _table(header: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -213,7 +228,7 @@ def classification_section(results: dict, ref: dict, run: dict) -> str:
         parts.append(f"<h3>{title} ({len(ids)} in all)</h3>")
         parts.append(mistakes_gallery(shown, proba, images, boxes, run["heatmaps"]) if shown
                      else "<p>None.</p>")
-    parts.append("<p class='note'>Red: ground-truth boxes. Right of a false positive: its heatmap.</p>")
+    parts.append("<p class='note'>Red: ground-truth boxes. Under a false positive: its heatmap.</p>")
     return "".join(parts)
 
 
@@ -301,14 +316,14 @@ def _group_table(rows: list[dict]) -> str:
     keys = ("accuracy", "recall", "precision", "fbeta2", "auroc")
 
     def cell(row, key):
-        return f"{_number(row[key])} {_interval(row['ci'].get(key))}" if row[key] is not None else "—"
+        return WithInterval(row[key], row["ci"].get(key)) if row[key] is not None else "—"
 
     body = [[r["group"] + (" ⚠" if r["small"] else ""), r["n"], r["n_positive"], *(cell(r, k) for k in keys),
              r["n_true_positives_explained"],
-             f"{_number(r['activation_in_box'])} {_interval(r['activation_in_box_ci'])}"
+             WithInterval(r["activation_in_box"], r["activation_in_box_ci"])
              if r["activation_in_box"] is not None else "—"] for r in rows]
     return "<div class='wide'>" + _table(["group", "images", "positives", "accuracy", "recall", "precision",
-                                          "F-beta (2)", "AUROC", "true positives explained",
+                                          "F-beta (2)", "AUROC", "TPs explained",
                                           "activation in box"], body) + "</div>"
 
 
