@@ -184,13 +184,13 @@ def scores_section(results: dict) -> str:
     rows = []
     for metric in METRICS:
         value = scores[metric.key]
-        shown = _number(value) if value is not None else "not measured"
+        shown = WithInterval(value, results["ci"].get(metric.key)) if value is not None else "not measured"
         better = "↑" if metric.sorting == "desc" else "↓"
-        rows.append([f"{metric.title} {better}", shown, _interval(results["ci"].get(metric.key)),
-                     _number(chance.get(metric.key)), _number(baseline.get(metric.key))])
+        rows.append([f"{metric.title} {better}", shown, _number(chance.get(metric.key)),
+                     _number(baseline.get(metric.key))])
     classification = results["classification"]
-    rows.append(["Balanced accuracy ↑", _number(classification["balanced_accuracy"]),
-                 _interval(classification["ci"]["balanced_accuracy"]), _number(0.5), "—"])
+    rows.append(["Balanced accuracy ↑", WithInterval(classification["balanced_accuracy"],
+                                                     classification["ci"]["balanced_accuracy"]), _number(0.5), "—"])
     bernoulli = (f"Accuracy {classification['accuracy']:.4f} ± {classification['accuracy_std_error']:.4f} "
                  f"(Bernoulli standard error sqrt(p(1−p)/N), N = {classification['n']}).")
     boot = results["bootstrap"]
@@ -200,8 +200,8 @@ def scores_section(results: dict) -> str:
              "the best box-blind map for explanations; see the evaluation page).", reference_note(results)]
     if results["shortcut"]["reason"]:
         notes.append(f"Shortcut gap not measured: {results['shortcut']['reason']}.")
-    return ("<h2>Scores</h2><div class='wide'>" + _table(["metric", "value", "95% bootstrap interval", "chance",
-                                                          "baseline"], rows)
+    return ("<h2>Scores</h2><div class='wide'>" + _table(["metric", "value [95% bootstrap interval]",
+                                                          "chance", "baseline"], rows)
             + f"</div><p class='note'>{' '.join(html.escape(n) for n in notes)}</p>")
 
 
