@@ -81,7 +81,8 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 def _page(title: str, body: str) -> str:
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{STYLE}</style></head><body>{body}</body></html>\n")
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<style>{STYLE}</style></head><body>{body}</body></html>\n")
 
 
 def roc_figure(roc: dict, auroc: float) -> str:

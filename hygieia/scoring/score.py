@@ -105,10 +105,12 @@ def explanation_results(ref: dict, run: dict, scored: np.ndarray, progress: bool
               "all_zero_ids": zero, "reason": None, "images": []}
     if run["method"] is None:
         result["reason"] = ("the submission offers no explanation (its Model has neither explain() nor "
-                            "gradcam_target()), so the explanation columns score 0")
+                            "gradcam_target()), so the explanation columns score as all-zero maps do: 0, "
+                            "and minus the box prior's peak on activation_over_prior")
     elif not tp_ids:
         result["reason"] = ("the model predicted no true positive, so there is no heatmap to assess "
-                            "and the explanation columns score 0")
+                            "and the explanation columns score as all-zero maps do: 0, and minus the box "
+                            "prior's peak on activation_over_prior")
     boxes = ds.boxes_by_id(ref["boxes"])
     if result["reason"] is None:
         for image_id in tqdm(tp_ids, desc="explanation metrics", unit="map", disable=not progress,
