@@ -75,7 +75,7 @@ METRICS = (
            "activation_in_box − the best fixed map's expected activation_in_box (the box prior's peak)",
            XP + "activation_over_prior", "explanation"),
     Metric("activation_in_box", "Activation in box", "desc", (0, 1), EXPLANATION,
-           "the box prior's peak value (the best fixed map)", "Σ A·M / Σ A", XP + "activation_in_box",
+           "the best box-blind map on this split (about the box prior's peak)", "Σ A·M / Σ A", XP + "activation_in_box",
            "explanation"),
     Metric("iou_95", "IoU of 95% rectangle", "desc", (0, 1), EXPLANATION,
            "the best of the box-blind maps on this split", "IoU of the smallest rectangle holding 95 % of "
@@ -84,7 +84,7 @@ METRICS = (
            "the best of the box-blind maps on this split", "RSNA's per-image score of the map's "
            "connected-component boxes, mean over τ", XP + "cc_map_by_tau", "explanation"),
     Metric("pointing_game", "Pointing game", "desc", (0, 1), EXPLANATION,
-           "the box prior's peak value (the best fixed map)", "share of the map's maximal pixels inside "
+           "the best box-blind map on this split (about the box prior's peak)", "share of the map's maximal pixels inside "
            "the boxes", XP + "pointing_game", "explanation"),
 )
 BY_KEY = {metric.key: metric for metric in METRICS}
