@@ -1,4 +1,4 @@
-"""Benchmark of the scoring program: 2,000 predictions, ~800 heatmaps at 100x100 (target: < 10 s).
+"""Benchmark of the scoring program: 2,000 predictions (+200 probes), ~800 heatmaps at 100x100 (target: < 10 s).
 
 Prints the whole run's time (``hygieia.scoring.score.score``: reading, metrics, bootstrap, HTML
 report), the time of each part, and maps/s for each explanation metric.
@@ -24,6 +24,7 @@ from fakes import write_fake_dataset, write_fake_ingestion_output  # noqa: E402
 
 from hygieia import dataset as ds  # noqa: E402
 from hygieia.scoring import classification as cls  # noqa: E402
+from hygieia.scoring import groups, shortcut  # noqa: E402
 from hygieia.scoring import explanation as xp  # noqa: E402
 from hygieia.scoring import score as sc  # noqa: E402
 from hygieia.scoring.report import render_report  # noqa: E402
@@ -44,8 +45,7 @@ def timed(label: str, func, *args, **kwargs):
 def metric_rates(ref: dict, run: dict) -> None:
     """maps/s of each explanation metric alone, on the true positives' maps."""
     boxes = ds.boxes_by_id(ref["boxes"])
-    truth = dict(zip(ref["ids"], ref["labels"]))
-    items = [(run["heatmaps"][i].astype(np.float64), boxes[i]) for i in run["heatmaps"] if truth[i] == 1]
+    items = [(run["heatmaps"][i].astype(np.float64), boxes[i]) for i in run["heatmaps"] if i in boxes]
     masks = [xp.box_mask(b, m.shape) for m, b in items]
     metrics = {
         "activation_in_box": lambda: [xp.activation_in_box(m, k) for (m, _), k in zip(items, masks)],
@@ -69,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_scoring_"))
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (1 min)")
-    dataset = write_fake_dataset(work / "data", sizes=(4, args.n, 4), seed=0)
+    dataset = write_fake_dataset(work / "data", sizes=(200, args.n, 4), seed=0, probes=args.n // 10)
     res = write_fake_ingestion_output(work / "res", dataset, seed=0, error_rate=0.1)
     ref_dir = dataset / ds.REFERENCE_DIR / "valid"
 
@@ -83,12 +83,19 @@ def main() -> None:
 
     print("parts:")
     (ref, run), _ = timed("read and check inputs", sc.load_inputs, ref_dir, res)
-    truth, proba = ref["labels"], run["predictions"]["proba"].to_numpy()
-    predicted = run["predictions"]["label"].to_numpy()
+    scored = ref["probes"] == 0
+    truth, proba = ref["labels"][scored], run["predictions"]["proba"].to_numpy()[scored]
+    predicted = run["predictions"]["label"].to_numpy()[scored]
     timed("classification metrics", cls.classification_metrics, truth, proba, predicted)
     timed(f"bootstrap ({cls.N_RESAMPLES} resamples)", cls.bootstrap_classification, truth, proba, predicted)
-    explanation, _ = timed("explanation metrics", sc.explanation_results, ref, run, False)
-    timed("bias report", sc.bias_results, ref, run, explanation)
+    explanation, _ = timed("explanation metrics", sc.explanation_results, ref, run, scored, False)
+    timed("box-blind maps (chance references)", sc.blind_results, ref, scored)
+    view = ref["meta"].loc[ref["ids"]]["view_position"].astype(str).to_numpy()[scored]
+    timed("worst-group accuracy + interval", groups.worst_group_accuracy, truth, predicted,
+          groups.class_by(truth, view))
+    timed("shortcut gap + interval", shortcut.shortcut_gap, ref["labels"], run["predictions"]["label"].to_numpy(),
+          ref["probes"])
+    timed("group tables with intervals", sc.bias_results, ref, run, scored, explanation)
     results, _ = timed("compute_results (all of the above)", sc.compute_results, ref, run, ref_dir, False)
     timed("write scores + detailed_scores.json", sc.write_scores, work / "out2", results)
     page, _ = timed("render detailed_results.html", render_report, results, ref, run)

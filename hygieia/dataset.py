@@ -27,6 +27,7 @@ y down, origin at the top-left corner of the top-left pixel), as floats.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -145,17 +146,56 @@ def load_input_split(input_dir: str | Path, split: str, *, features: bool = True
     return X
 
 
+def _check_probes(path: Path, labels: pd.DataFrame) -> np.ndarray:
+    values = pd.to_numeric(labels["probe"], errors="coerce")
+    if values.isna().any() or not values.isin([0, 1]).all():
+        raise DataError(f"{path}: probe must be 0 or 1")
+    probes = values.to_numpy(np.int64)
+    if (labels["label"].to_numpy(np.int64)[probes == 1] != 1).any():
+        raise DataError(f"{path}: a probe is cut from a Lung Opacity film, so its label must be 1")
+    return probes
+
+
+def read_split_info(path: str | Path) -> dict:
+    """``split.json``: {"split": "valid"|"test", "final": bool}."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (prepare writes it; it says which phase this split scores)")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(info, dict) or info.get("split") not in SCORED_SPLITS \
+            or not isinstance(info.get("final"), bool):
+        raise DataError(f"{path}: expected {{\"split\": \"valid\"|\"test\", \"final\": true|false}}, got {info!r}")
+    return info
+
+
 def load_reference_split(ref_dir: str | Path) -> dict:
-    """Read a ``reference_data/<split>`` folder: ids, labels, boxes, meta and images."""
+    """Read a ``reference_data/<split>`` folder.
+
+    Keys: ``ids``, ``labels`` (N,) int64, ``probes`` (N,) int64 (1 = off-box probe), ``boxes``,
+    ``meta`` (indexed by id), ``images``, ``box_prior`` (H, W) float32 in [0, 1], ``split_info``.
+    """
     folder = Path(ref_dir)
     meta = read_table(folder / META, META_COLUMNS)
     ids = meta["id"].reset_index(drop=True)
     images = read_array(folder / IMAGES, np.uint8, 3)
     _check_rows(folder, ids, **{IMAGES: images})
-    labels = _check_labels(folder / LABELS, read_table(folder / LABELS, LABEL_COLUMNS), ids)
+    label_table = read_table(folder / LABELS, REFERENCE_LABEL_COLUMNS)
+    labels = _check_labels(folder / LABELS, label_table, ids)
+    probes = _check_probes(folder / LABELS, label_table)
     boxes = _check_boxes(folder / BOXES, read_table(folder / BOXES, BOX_COLUMNS), ids)
-    return {"ids": ids.tolist(), "labels": labels.to_numpy(), "boxes": boxes,
-            "meta": meta.set_index("id"), "images": images}
+    probe_ids = set(ids[probes == 1])
+    if boxes["id"].isin(probe_ids).any():
+        raise DataError(f"{folder / BOXES}: a probe has a box (probes are cut away from every box)")
+    prior = read_array(folder / BOX_PRIOR, np.float32, 2)
+    if prior.shape != images.shape[1:] or not np.isfinite(prior).all() or prior.min() < 0 or prior.max() > 1:
+        raise DataError(f"{folder / BOX_PRIOR}: expected an {images.shape[1:]} map of values in [0, 1], "
+                        f"got shape {prior.shape}")
+    return {"ids": ids.tolist(), "labels": labels.to_numpy(), "probes": probes, "boxes": boxes,
+            "meta": meta.set_index("id"), "images": images, "box_prior": prior,
+            "split_info": read_split_info(folder / SPLIT_INFO)}
 
 
 def boxes_by_id(boxes: pd.DataFrame) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from hygieia import dataset as ds
-from hygieia.files import write_csv, write_npy
+from hygieia.files import write_csv, write_json, write_npy
 
 
 def fake_split(n: int, rng: np.random.Generator, prefix: str, size: int = 100):
@@ -35,12 +35,42 @@ def fake_split(n: int, rng: np.random.Generator, prefix: str, size: int = 100):
             "meta": meta, "boxes": pd.DataFrame(boxes, columns=ds.BOX_COLUMNS)}
 
 
-def write_fake_dataset(root: str | Path, sizes=(60, 20, 20), seed: int = 0, size: int = 100) -> Path:
-    """Write ``input_data/`` and ``reference_data/`` under ``root`` in the competition's format."""
+def add_probes(data: dict, n_probes: int, rng: np.random.Generator) -> np.ndarray:
+    """Append ``n_probes`` off-box probes (label 1, no box, no blob: the film around an opacity) to a
+    fake split, in place; returns the probe column."""
+    n, size = len(data["ids"]), data["images"].shape[1]
+    data["ids"] += [f"{data['ids'][0].split('-')[0]}-{n + i:05d}" for i in range(n_probes)]
+    data["labels"] = np.r_[data["labels"], np.ones(n_probes, dtype=np.int64)]
+    probe_images = rng.normal(90, 20, (n_probes, size, size)).clip(0, 255).astype(np.uint8)
+    data["images"] = np.concatenate([data["images"], probe_images])
+    data["features"] = np.concatenate([data["features"],
+                                       rng.normal(0, 1, (n_probes, ds.N_FEATURES)).astype(np.float32)])
+    extra = data["meta"].sample(n_probes, replace=True, random_state=int(rng.integers(1 << 31)))
+    data["meta"] = pd.concat([data["meta"], extra.assign(id=data["ids"][n:])], ignore_index=True)
+    return np.r_[np.zeros(n, dtype=np.int64), np.ones(n_probes, dtype=np.int64)]
+
+
+def box_prior(boxes: pd.DataFrame, size: int) -> np.ndarray:
+    """The training boxes' mean mask (one mask per positive image)."""
+    from hygieia.scoring.explanation import box_mask
+
+    masks = [box_mask(b, (size, size)) for b in ds.boxes_by_id(boxes).values()]
+    return np.mean(masks, axis=0).astype(np.float32)
+
+
+def write_fake_dataset(root: str | Path, sizes=(60, 20, 20), seed: int = 0, size: int = 100,
+                       probes: int = 0, final: bool = True) -> Path:
+    """Write ``input_data/`` and ``reference_data/`` under ``root`` in the competition's format.
+
+    Scored splits get ``probes`` extra off-box probes (ids after the ``sizes`` ordinary ones);
+    ``split.json`` marks test as the Final phase's split when ``final``.
+    """
     root = Path(root)
     rng = np.random.default_rng(seed)
+    prior = None
     for split, n in zip(ds.SPLITS, sizes):
         data = fake_split(n, rng, split, size)
+        probe = add_probes(data, probes, rng) if split != "train" else None
         public = root / ds.INPUT_DIR / split
         write_npy(public / ds.IMAGES, data["images"])
         write_npy(public / ds.FEATURES, data["features"])
@@ -49,9 +79,12 @@ def write_fake_dataset(root: str | Path, sizes=(60, 20, 20), seed: int = 0, size
         if split == "train":
             write_csv(public / ds.LABELS, label_table)
             write_csv(public / ds.BOXES, data["boxes"])
+            prior = box_prior(data["boxes"], size)
         else:
             ref = root / ds.REFERENCE_DIR / split
-            write_csv(ref / ds.LABELS, label_table)
+            write_csv(ref / ds.LABELS, label_table.assign(probe=probe))
+            write_npy(ref / ds.BOX_PRIOR, prior)
+            write_json(ref / ds.SPLIT_INFO, {"split": split, "final": final and split == "test"})
             write_csv(ref / ds.BOXES, data["boxes"])
             write_csv(ref / ds.META, data["meta"])
             write_npy(ref / ds.IMAGES, data["images"])
@@ -83,7 +116,7 @@ def write_fake_ingestion_output(res_dir: str | Path, dataset_root: str | Path, s
         for image_id, truth, predicted, p in zip(ref["ids"], ref["labels"], label, proba):
             rows.append((image_id, round(float(p), 6), int(predicted)))
             if predicted == 1 and method is not None:
-                if truth == 1:
+                if image_id in boxes:
                     x, y, w, h = boxes[image_id][0]
                     cx, cy = x + w / 2, y + h / 2
                 else:

@@ -72,7 +72,27 @@ def test_uniform_map_scores_the_box_share():
     assert result["activation_in_box"] == pytest.approx(mask.mean())
     assert result["box_share"] == pytest.approx((10 * 7 + 5 * 5) / 1600)  # centre 25.5 is outside
     assert result["enrichment"] == pytest.approx(1.0)
-    assert result["pointing_game"] == 1.0  # every pixel is maximal, some are inside
+    assert result["pointing_game"] == pytest.approx(mask.mean())  # every pixel ties: the box share
+
+
+def test_pointing_game_shares_ties():
+    mask = np.zeros(SHAPE, dtype=bool)
+    mask[:10, :10] = True
+    heatmap = np.zeros(SHAPE)
+    heatmap[5, 5] = heatmap[30, 30] = heatmap[31, 2] = 2.0  # three maxima, one inside
+    heatmap[6, 6] = 1.0
+    assert xp.pointing_game(heatmap, mask) == pytest.approx(1 / 3)
+    assert xp.pointing_game(heatmap > 0, mask) == pytest.approx(2 / 4)  # a boolean map is all ties
+
+
+def test_activation_over_prior_subtracts_the_prior_peak():
+    prior = np.zeros(SHAPE, dtype=np.float32)
+    prior[10:20, 10:20] = 0.25
+    prior[12, 12] = 0.5
+    boxes = np.array([[0.0, 0.0, 20.0, 20.0]])
+    result = xp.explain_image(block(SHAPE, 0, 0, 10, 10), boxes, prior)
+    assert result["activation_over_prior"] == pytest.approx(1.0 - 0.5)
+    assert xp.explain_image(block(SHAPE, 0, 0, 10, 10), boxes)["activation_over_prior"] is None
 
 
 def test_all_zero_map_scores_zero():

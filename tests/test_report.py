@@ -15,11 +15,19 @@ from hygieia.scoring.report import render_error, render_report
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    dataset = write_fake_dataset(root / "data", sizes=(6, 40, 20), seed=3)
+    dataset = write_fake_dataset(root / "data", sizes=(6, 40, 20), seed=3, probes=4)
     ref_dir = dataset / "reference_data" / "valid"
     res = write_fake_ingestion_output(root / "res", dataset, seed=4)
     ref, run = sc.load_inputs(ref_dir, res)
     return sc.compute_results(ref, run, ref_dir, progress=False), ref, run
+
+
+def tiles(page):
+    return [image for image in pngs(page) if image.width == image.height]
+
+
+def figures(page):
+    return [image for image in pngs(page) if image.width != image.height]
 
 
 def pngs(page):
@@ -32,18 +40,31 @@ def test_report_is_self_contained_and_complete(scored):
     page = render_report(results, ref, run)
     assert not re.search(r"(src|href)=[\"'](?!data:)", page)  # nothing fetched
     assert "http" not in page
-    images = pngs(page)
-    assert len(images) == 4  # ROC, distributions, best and worst galleries
-    assert all(40 < image.width < 1200 and 40 < image.height < 800 for image in images)
+    assert len(figures(page)) == 2  # ROC, distributions
+    assert all(40 < image.width < 1200 and 40 < image.height < 800 for image in figures(page))
+    e, c = results["explanation"], results["classification"]
+    n_galleries = 2 * 2 * min(4, e["n_true_positives"])  # best and worst: image + heatmap each
+    (tn, fp), (fn, tp) = c["confusion_matrix"]
+    n_mistakes = min(4, fp) * 2 + min(4, fn)  # a false positive has a heatmap too
+    assert len(tiles(page)) == n_galleries + n_mistakes > 0
+    assert all(image.width >= 200 for image in tiles(page))
     for text in ("95% bootstrap interval", "true opacity (1)", "By sex", "By view position",
-                 "Best explanations", "Worst explanations", "mean over all positives"):
+                 "By class × view position", "Best explanations", "Worst explanations",
+                 "mean over all positives", "Most confident false positives", "Most confident false negatives",
+                 "Worst-group accuracy", "Shortcut gap", "Against box-blind maps", "No baseline row"):
         assert text in page
+    small = sum(r["small"] for rows in results["bias"].values() for r in rows)
+    assert small > 0 and page.count("⚠") == small + 1  # each small group, and the legend
     tp = results["classification"]["confusion_matrix"][1][1]
     assert f"{tp} true positives of" in page
     for tau in results["explanation"]["cc_map_by_tau"]:
         assert f"<th>{tau}</th>" in page
     for row in results["bias"]["view_position"]:
-        assert f"<td>{row['group']}</td><td>{row['n']}</td>" in page
+        flag = " ⚠" if row["small"] else ""
+        assert f"<td>{row['group']}{flag}</td><td>{row['n']}</td>" in page
+        assert f"{row['accuracy']:.4f}<br><small>[{row['ci']['accuracy'][0]:.4f}, " in page
+        if row["activation_in_box"] is not None:
+            assert f"{row['activation_in_box']:.4f}<br><small>[{row['activation_in_box_ci'][0]:.4f}, " in page
     for row in results["explanation"]["images"]:
         assert f"<td>{row['id']}</td><td>{row['activation_in_box']:.4f}</td>" in page
         assert f"<td>{row['enrichment']:.2f}</td></tr>" in page
@@ -55,7 +76,8 @@ def test_report_without_explanations_says_why(scored):
     results = sc.compute_results(ref, run, progress=False)
     page = render_report(results, ref, run)
     assert "offers no explanation" in page
-    assert len(pngs(page)) == 1  # the ROC curve only
+    assert len(figures(page)) == 1  # the ROC curve only
+    assert all(image.width >= 200 for image in tiles(page))  # the mistakes, without heatmaps
     assert "Best explanations" not in page
 
 

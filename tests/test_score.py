@@ -25,7 +25,7 @@ ENTRY = ROOT / "scoring_program" / "score.py"
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return write_fake_dataset(tmp_path_factory.mktemp("scoring_data"), sizes=(6, 40, 30), seed=1)
+    return write_fake_dataset(tmp_path_factory.mktemp("scoring_data"), sizes=(6, 40, 30), seed=1, probes=4)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,9 @@ def test_no_explanation_scores_zero_and_says_why(ref_dir, res, tmp_path):
     edit_report(res, explanation=None)
     (res / "heatmaps.npz").unlink()
     results = sc.score(ref_dir, res, tmp_path / "out", progress=False)
-    assert all(results["scores"][k] == 0.0 for k in sc.EXPLANATION_KEYS)
+    prior_peak = float(np.load(ref_dir / "box_prior.npy").max())
+    assert all(results["scores"][k] == 0.0 for k in sc.EXPLANATION_KEYS if k != "activation_over_prior")
+    assert results["scores"]["activation_over_prior"] == pytest.approx(-prior_peak, abs=1e-6)  # as all-zero maps
     assert results["scores"]["accuracy"] > 0.5
     assert "no explanation" in results["explanation"]["reason"]
     assert "no explanation" in (tmp_path / "out" / "detailed_results.html").read_text()
@@ -165,7 +167,7 @@ BROKEN = {
     "no ingestion.json": (lambda res: (res / "ingestion.json").unlink(), "ingestion.json: file not found"),
     "no predictions": (lambda res: (res / "predictions.csv").unlink(), "predictions.csv: file not found"),
     "missing ids": (lambda res: edit_predictions(res, lambda t: t.drop(index=[0, 1, 2])),
-                    "3 of the 40 scored ids have no prediction: valid-"),
+                    "3 of the 44 scored ids have no prediction: valid-"),
     "duplicate ids": (lambda res: edit_predictions(res, set_cell(1, "id", "valid-00000")),
                       "duplicate id"),
     "nan proba": (lambda res: edit_predictions(res, set_cell(4, "proba", np.nan)),
@@ -222,6 +224,7 @@ def test_one_class_reference_is_refused(dataset, good_res, tmp_path):
     ref = Path(shutil.copytree(dataset / "reference_data" / "valid", tmp_path / "ref"))
     labels = pd.read_csv(ref / "labels.csv", dtype={"id": str})
     labels["label"] = 0
+    labels["probe"] = 0
     labels.to_csv(ref / "labels.csv", index=False)
     (ref / "boxes.csv").write_text("id,x,y,width,height\n")
     with pytest.raises(DataError, match="only class"):

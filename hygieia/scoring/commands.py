@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hygieia.files import argument, require_dir, writable_dir
-from hygieia.scoring.score import score
+from hygieia.scoring.score import score, score_line
 
 
 def register(subparsers) -> None:
@@ -26,5 +26,5 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     results = score(args.ref_dir, args.res_dir, args.out_dir)
-    print(", ".join(f"{key}={value:.4f}" for key, value in results["scores"].items()))
+    print(score_line(results["scores"]))
     return 0

@@ -47,11 +47,28 @@ def activation_in_box(heatmap: np.ndarray, mask: np.ndarray) -> float:
 
 
 def pointing_game(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """1 if a maximal pixel of the map lies inside the mask, else 0 (0 for an all-zero map)."""
+    """The share of the map's maximal pixels that lie inside the mask (0 for an all-zero map).
+
+    With one maximum this is 1 or 0; ties share the credit, so a uniform map scores the mask's share
+    of the image instead of 1."""
     peak = heatmap.max()
     if peak <= 0:
         return 0.0
-    return float(np.any(mask & (heatmap == peak)))
+    return float(mask[heatmap == peak].mean())
+
+
+def prior_reference(prior: np.ndarray) -> float:
+    """The best fixed map's expected activation_in_box: the box prior's peak value.
+
+    For a map A fixed in advance, the mean of activation_in_box over images is Σ A·P / Σ A with P
+    the mean box mask, at most max P (all of A on P's peak); the mean mask itself scores less."""
+    return float(np.max(prior))
+
+
+def activation_over_prior(heatmap: np.ndarray, mask: np.ndarray, prior: np.ndarray) -> float:
+    """activation_in_box minus what the best box-blind fixed map scores on average
+    (``prior_reference``): above 0 only for maps that use the image."""
+    return activation_in_box(heatmap, mask) - prior_reference(prior)
 
 
 def _narrowest_right(prefix: np.ndarray, target: float, lefts: int) -> np.ndarray:
@@ -132,8 +149,13 @@ def rectangle_to_box(rectangle: tuple[int, int, int, int]) -> np.ndarray:
 
 def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     """Pairwise intersection over union of two sets of (x, y, width, height) boxes: (len(a), len(b))."""
-    a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)[:, None, :]
-    b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)[None, :, :]
+    a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
+    return broadcast_iou(a[:, None, :], b[None, :, :])
+
+
+def broadcast_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of (x, y, width, height) boxes along the last axis, broadcast."""
     overlap_w = np.clip(np.minimum(a[..., 0] + a[..., 2], b[..., 0] + b[..., 2])
                         - np.maximum(a[..., 0], b[..., 0]), 0, None)
     overlap_h = np.clip(np.minimum(a[..., 1] + a[..., 3], b[..., 1] + b[..., 3])
@@ -209,18 +231,24 @@ def rsna_scores(predicted: np.ndarray, confidences: np.ndarray, valid: np.ndarra
     predictions taken in decreasing confidence, each matched to the unmatched ground-truth box of
     highest IoU when that IoU exceeds the threshold.
 
-    predicted (P, K, 4), confidences (P, K), valid (P, K) (which slots hold a box), truth (G, 4).
+    predicted (P, K, 4), confidences (P, K), valid (P, K) (which slots hold a box), truth (G, 4), or
+    (P, G, 4) for one ground truth per set.
     """
-    if len(truth) == 0:
+    truth = np.asarray(truth, dtype=np.float64)
+    n_truth = truth.shape[-2]
+    if n_truth == 0:
         raise ValueError("the RSNA image score needs at least one ground-truth box")
     sets, slots = valid.shape
     order = np.argsort(np.where(valid, -np.asarray(confidences, dtype=np.float64), np.inf), axis=1,
                        kind="stable")
     valid = np.take_along_axis(valid, order, axis=1)
     predicted = np.take_along_axis(np.asarray(predicted, dtype=np.float64), order[..., None], axis=1)
-    ious = box_iou(predicted.reshape(-1, 4), truth).reshape(sets, slots, len(truth))
+    if truth.ndim == 2:
+        ious = box_iou(predicted.reshape(-1, 4), truth).reshape(sets, slots, n_truth)
+    else:  # one ground truth per set: (P, G, 4)
+        ious = broadcast_iou(predicted[:, :, None, :], truth[:, None, :, :])
     thresholds = np.asarray(thresholds, dtype=np.float64)
-    matched = np.zeros((sets, len(thresholds), len(truth)), dtype=bool)  # a greedy matching per threshold
+    matched = np.zeros((sets, len(thresholds), n_truth), dtype=bool)  # a greedy matching per threshold
     tp = np.zeros((sets, len(thresholds)))
     for slot in range(slots):
         candidates = np.where(matched, -1.0, ious[:, None, slot, :])
@@ -231,7 +259,7 @@ def rsna_scores(predicted: np.ndarray, confidences: np.ndarray, valid: np.ndarra
         matched[where_set, where_threshold, best[hit]] = True
         tp += hit
     fp = valid.sum(axis=1)[:, None] - tp
-    fn = len(truth) - tp
+    fn = n_truth - tp
     return (tp / (tp + fp + fn)).mean(axis=1)
 
 
@@ -248,8 +276,9 @@ def cc_map_by_tau(heatmap: np.ndarray, boxes: np.ndarray, taus=CC_TAUS) -> np.nd
     return rsna_scores(*component_boxes_by_tau(heatmap, taus), boxes)
 
 
-def explain_image(heatmap: np.ndarray, boxes: np.ndarray) -> dict:
-    """Every explanation metric of one true-positive image, plus the shapes the report draws."""
+def explain_image(heatmap: np.ndarray, boxes: np.ndarray, prior: np.ndarray | None = None) -> dict:
+    """Every explanation metric of one true-positive image, plus the shapes the report draws;
+    ``activation_over_prior`` needs the box ``prior`` (None without it)."""
     heatmap = np.asarray(heatmap, dtype=np.float64)
     mask = box_mask(boxes, heatmap.shape)
     rectangle = rectangle_95(heatmap)
@@ -258,6 +287,7 @@ def explain_image(heatmap: np.ndarray, boxes: np.ndarray) -> dict:
     box_share = float(mask.mean())
     return {
         "activation_in_box": inside,
+        "activation_over_prior": inside - prior_reference(prior) if prior is not None else None,
         "iou_95": iou_95(heatmap, boxes, rectangle),
         "cc_map": float(by_tau.mean()),
         "pointing_game": pointing_game(heatmap, mask),
@@ -265,4 +295,5 @@ def explain_image(heatmap: np.ndarray, boxes: np.ndarray) -> dict:
         "box_share": box_share,
         "enrichment": inside / box_share if box_share > 0 else None,
         "rectangle_95": list(rectangle) if rectangle is not None else None,
+        "all_zero": not heatmap.max() > 0,
     }

@@ -1,19 +1,22 @@
 """The leaderboard's columns: the keys that scoring writes to scores.json, in leaderboard order.
 
-The bundle builds competition.yaml's leaderboard from this list, and ``bundle check`` compares the
-two, so the scoring program and the leaderboard cannot drift apart.
+Derived from the metric table (``hygieia.scoring.metrics.METRICS``). The bundle builds
+competition.yaml's leaderboard from this list, and ``bundle check`` compares the two, so the scoring
+program and the leaderboard cannot drift apart. A key in ``NULLABLE_KEYS`` is left out of scores.json
+when the split cannot measure it (Codabench stores scores as non-null decimals).
 """
 
-LEADERBOARD_COLUMNS = [
-    {"key": "accuracy", "title": "Accuracy", "sorting": "desc", "precision": 4},
-    {"key": "fbeta2", "title": "F-beta (2)", "sorting": "desc", "precision": 4},
-    {"key": "recall", "title": "Recall", "sorting": "desc", "precision": 4},
-    {"key": "precision", "title": "Precision", "sorting": "desc", "precision": 4},
-    {"key": "auroc", "title": "AUROC", "sorting": "desc", "precision": 4},
-    {"key": "activation_in_box", "title": "Activation in box", "sorting": "desc", "precision": 4},
-    {"key": "iou_95", "title": "IoU of 95% rectangle", "sorting": "desc", "precision": 4},
-    {"key": "cc_map", "title": "Component mAP", "sorting": "desc", "precision": 4},
-    {"key": "pointing_game", "title": "Pointing game", "sorting": "desc", "precision": 4},
-]
-PRIMARY_KEY = "accuracy"
+try:
+    from hygieia.scoring.metrics import METRICS, PRIMARY_KEY
+except ModuleNotFoundError:  # read alone by path, as ``bundle check`` does in an isolated interpreter
+    import runpy
+    from pathlib import Path
+
+    _table = runpy.run_path(str(Path(__file__).with_name("metrics.py")))
+    METRICS, PRIMARY_KEY = _table["METRICS"], _table["PRIMARY_KEY"]
+
+LEADERBOARD_COLUMNS = [{"key": m.key, "title": m.title, "sorting": m.sorting, "precision": m.precision}
+                       for m in METRICS]
 SCORE_KEYS = [column["key"] for column in LEADERBOARD_COLUMNS]
+NULLABLE_KEYS = [m.key for m in METRICS if m.nullable]
+__all__ = ["LEADERBOARD_COLUMNS", "NULLABLE_KEYS", "PRIMARY_KEY", "SCORE_KEYS"]

@@ -14,24 +14,31 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 from hygieia import dataset as ds  # noqa: E402
 from hygieia.scoring import explanation as xp  # noqa: E402
-from hygieia.scoring.keys import LEADERBOARD_COLUMNS  # noqa: E402
+from hygieia.scoring.groups import SMALL_GROUP  # noqa: E402
+from hygieia.scoring.metrics import EXPLANATION_KEYS, METRICS  # noqa: E402
 
 GALLERY_SIZE = 4
 GALLERY_TAU = 0.5
+TILE_PX = 200
+RED, ORANGE, MAGENTA = "#e74c3c", "#f39c12", "#ff00ff"
 DPI = 80
 OVERLAY_ALPHA = 0.45
 JET = matplotlib.colormaps["jet"]
 STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:980px;color:#222;line-height:1.4}
+body{font-family:system-ui,sans-serif;margin:1.5em auto;padding:0 1em;max-width:1100px;color:#222;line-height:1.4}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 .note{color:#555;font-size:.92em}.error{background:#fff0f0;border:1px solid #d33;padding:1em}
-pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:.85em}img{max-width:100%}
+pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:.85em}img{max-width:100%;height:auto}
+.wide{overflow-x:auto}.gallery{display:flex;flex-wrap:wrap;gap:12px}
+figure{margin:0;width:200px;max-width:100%}figure img{display:block;margin-bottom:4px;image-rendering:pixelated}
+figcaption{font-size:.9em;line-height:1.3;overflow-wrap:anywhere}small{color:#555}
+@media (max-width:600px){body{margin:.8em}td,th{padding:.2em .35em;font-size:.9em}}
 """
 
 
@@ -51,14 +58,30 @@ def _interval(ci) -> str:
     return "—" if not ci else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
 
 
+class WithInterval(str):
+    """A table cell: a value with its interval below it in small type."""
+
+    def __new__(cls, value, ci):
+        return super().__new__(cls, f"{_number(value)} {_interval(ci)}")
+
+    def html(self) -> str:
+        value, _, interval = self.partition(" ")
+        return f"{html.escape(value)}<br><small>{html.escape(interval)}</small>"
+
+
+def _cell(content) -> str:
+    return content.html() if isinstance(content, WithInterval) else html.escape(str(content))
+
+
 def _table(header: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _page(title: str, body: str) -> str:
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<style>{STYLE}</style></head><body>{body}</body></html>\n")
 
 
@@ -86,13 +109,6 @@ def distribution_figure(images: list[dict]) -> str:
     return _png(figure)
 
 
-def _draw_boxes(axis, boxes, offset, color: str, width: float = 1.2, style: str = "-") -> None:
-    """Outline (x, y, width, height) boxes on an image drawn at ``offset`` (x, y) in the axis."""
-    for x, y, w, h in np.asarray(boxes).reshape(-1, 4):
-        axis.add_patch(Rectangle((x + offset[0] - 0.5, y + offset[1] - 0.5), w, h, fill=False,
-                                 edgecolor=color, linewidth=width, linestyle=style))
-
-
 def _overlay(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     """RGB image with the heatmap (scaled to its maximum) blended over it in the jet colormap."""
     gray = np.repeat(image[..., None] / 255.0, 3, axis=2)
@@ -101,61 +117,132 @@ def _overlay(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     return (1 - OVERLAY_ALPHA) * gray + OVERLAY_ALPHA * colors
 
 
-def gallery_figure(rows: list[dict], images: dict, heatmaps: dict, boxes: dict) -> str:
-    """Top: the image and its ground-truth boxes (red). Bottom: the heatmap over the image, the 95%
-    rectangle (orange, dashed) and the connected-component boxes at tau = 0.5 (magenta).
-    One axis holds all tiles (drawing many small axes is slow)."""
-    height, width = images[rows[0]["id"]].shape
-    gap = max(2, width // 12)
-    canvas = np.ones((2 * height + gap, len(rows) * (width + gap) - gap, 3))
-    figure, axis = plt.subplots(figsize=(1.7 * len(rows), 3.8))
-    for column, row in enumerate(rows):
+def _tile(rgb: np.ndarray, outlines: list[tuple[np.ndarray, str, int]]) -> str:
+    """One thumbnail at least TILE_PX wide (nearest-neighbour upscaling, so pixels stay visible), with
+    (x, y, width, height) box outlines (boxes, colour, line width), as an inline PNG."""
+    scale = max(1, -(-TILE_PX // rgb.shape[1]))
+    picture = Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8)).resize(
+        (rgb.shape[1] * scale, rgb.shape[0] * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(picture)
+    for boxes, color, width in outlines:
+        for x, y, w, h in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+            draw.rectangle([x * scale, y * scale, (x + w) * scale - 1, (y + h) * scale - 1], outline=color,
+                           width=width)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="thumbnail" width="{picture.width}" src="data:image/png;base64,{data}">'
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    return np.repeat(image[..., None] / 255.0, 3, axis=2)
+
+
+def _figure(tiles: list[str], caption: str) -> str:
+    return f"<figure>{''.join(tiles)}<figcaption>{caption}</figcaption></figure>"
+
+
+def explanation_gallery(rows: list[dict], images: dict, heatmaps: dict, boxes: dict) -> str:
+    """Each true positive: the image with its ground-truth boxes (red) above the heatmap over the image
+    with the boxes, the 95% rectangle (orange) and the component boxes at tau = 0.5 (magenta)."""
+    figures = []
+    for row in rows:
         image, heatmap = images[row["id"]], heatmaps[row["id"]].astype(np.float64)
-        x0 = column * (width + gap)
-        canvas[:height, x0:x0 + width] = np.repeat(image[..., None] / 255.0, 3, axis=2)
-        canvas[height + gap:, x0:x0 + width] = _overlay(image, heatmap)
-        _draw_boxes(axis, boxes[row["id"]], (x0, 0), "#e74c3c")
-        _draw_boxes(axis, boxes[row["id"]], (x0, height + gap), "#e74c3c", 0.9)
+        outlines = [(boxes[row["id"]], RED, 2)]
         if row["rectangle_95"] is not None:
-            _draw_boxes(axis, xp.rectangle_to_box(row["rectangle_95"]), (x0, height + gap), "#f39c12",
-                        1.4, "--")
-        _draw_boxes(axis, xp.component_boxes(heatmap, GALLERY_TAU)[0], (x0, height + gap), "#ff00ff", 1.1)
-        axis.text(x0 + width / 2, -2, f"{row['id']}\nin box {row['activation_in_box']:.2f}",
-                  ha="center", va="bottom", fontsize=7)
-        axis.text(x0 + width / 2, 2 * height + gap + 2,
-                  f"IoU95 {row['iou_95']:.2f}\nccmAP {row['cc_map']:.2f}", ha="center", va="top", fontsize=7)
-    axis.imshow(canvas, interpolation="nearest")
-    axis.set_axis_off()
-    figure.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=0.12)
-    return _png(figure)
+            outlines.append((xp.rectangle_to_box(row["rectangle_95"]), ORANGE, 2))
+        outlines.append((xp.component_boxes(heatmap, GALLERY_TAU)[0], MAGENTA, 2))
+        caption = (f"{html.escape(row['id'])}<br>in box {row['activation_in_box']:.2f} · IoU95 "
+                   f"{row['iou_95']:.2f} · ccmAP {row['cc_map']:.2f}"
+                   + (" · <b>all-zero map</b>" if row.get("all_zero") else ""))
+        figures.append(_figure([_tile(_gray(image), [(boxes[row["id"]], RED, 2)]),
+                                _tile(_overlay(image, heatmap), outlines)], caption))
+    return f"<div class='gallery'>{''.join(figures)}</div>"
+
+
+def mistakes_gallery(ids: list[str], probabilities: dict, images: dict, boxes: dict, heatmaps: dict) -> str:
+    """Misclassified images with their probability (and boxes, and the heatmap when there is one)."""
+    figures = []
+    for image_id in ids:
+        image = images[image_id]
+        own = boxes.get(image_id, np.zeros((0, 4)))
+        tiles = [_tile(_gray(image), [(own, RED, 2)])]
+        if image_id in heatmaps:
+            tiles.append(_tile(_overlay(image, heatmaps[image_id].astype(np.float64)), [(own, RED, 2)]))
+        figures.append(_figure(tiles, f"{html.escape(image_id)}<br>p(opacity) = {probabilities[image_id]:.3f}"))
+    return f"<div class='gallery'>{''.join(figures)}</div>"
+
+
+def reference_note(results: dict) -> str:
+    if results["baseline"] is None:
+        return ("No baseline row: the reference data hold no baseline_scores.json (the organizers did not "
+                "provide the baseline's scores for this split).")
+    return "Baseline: the sample submission's scores on this split, provided by the organizers."
 
 
 def scores_section(results: dict) -> str:
-    classification, explanation = results["classification"], results["explanation"]
+    scores, chance, baseline = results["scores"], results["chance"], results["baseline"] or {}
     rows = []
-    for column in LEADERBOARD_COLUMNS:
-        key = column["key"]
-        ci = classification["ci"].get(key) if key in classification["ci"] else explanation["ci"].get(key)
-        rows.append([column["title"], _number(results["scores"][key]), _interval(ci)])
-    rows.append(["Balanced accuracy", _number(classification["balanced_accuracy"]),
-                 _interval(classification["ci"]["balanced_accuracy"])])
+    for metric in METRICS:
+        value = scores[metric.key]
+        shown = WithInterval(value, results["ci"].get(metric.key)) if value is not None else "not measured"
+        better = "↑" if metric.sorting == "desc" else "↓"
+        rows.append([f"{metric.title} {better}", shown, _number(chance.get(metric.key)),
+                     _number(baseline.get(metric.key))])
+    classification = results["classification"]
+    rows.append(["Balanced accuracy ↑", WithInterval(classification["balanced_accuracy"],
+                                                     classification["ci"]["balanced_accuracy"]), _number(0.5), "—"])
     bernoulli = (f"Accuracy {classification['accuracy']:.4f} ± {classification['accuracy_std_error']:.4f} "
                  f"(Bernoulli standard error sqrt(p(1−p)/N), N = {classification['n']}).")
     boot = results["bootstrap"]
-    return ("<h2>Scores</h2>" + _table(["metric", "value", "95% bootstrap interval"], rows)
-            + f"<p class='note'>{html.escape(bernoulli)} Intervals: {boot['resamples']} bootstrap "
-              f"resamples of the images (seed {boot['seed']}); explanation intervals resample the true "
-              "positives.</p>")
+    notes = [bernoulli, f"Intervals: {boot['resamples']} bootstrap resamples of the images (seed "
+             f"{boot['seed']}); explanation intervals resample the true positives.",
+             "Chance: what a model that ignores the pixels scores (label-blind rules for classification, "
+             "the best box-blind map for explanations; see the evaluation page).", reference_note(results)]
+    if results["shortcut"]["reason"]:
+        notes.append(f"Shortcut gap not measured: {results['shortcut']['reason']}.")
+    return ("<h2>Scores</h2><div class='wide'>" + _table(["metric", "value [95% bootstrap interval]",
+                                                          "chance", "baseline"], rows)
+            + f"</div><p class='note'>{' '.join(html.escape(n) for n in notes)}</p>")
 
 
-def classification_section(results: dict) -> str:
+def classification_section(results: dict, ref: dict, run: dict) -> str:
     c = results["classification"]
     (tn, fp), (fn, tp) = c["confusion_matrix"]
     matrix = _table(["", "predicted normal (0)", "predicted opacity (1)"],
                     [["true normal (0)", tn, fp], ["true opacity (1)", fn, tp]])
-    return (f"<h2>Classification</h2><p>{c['n']} images scored, {c['n_positive']} with opacity; the model "
-            f"predicted {c['n_predicted_positive']} positives.</p>{matrix}"
-            + roc_figure(c["roc"], c["auroc"]))
+    parts = [f"<h2>Classification</h2><p>{c['n']} images scored, {c['n_positive']} with opacity; the model "
+             f"predicted {c['n_predicted_positive']} positives.</p>{matrix}"]
+    if results["final"]:
+        return "".join(parts)
+    parts.append(roc_figure(c["roc"], c["auroc"]))
+    scored = ref["probes"] == 0
+    truth = ref["labels"]
+    proba = dict(zip(run["predictions"].index, run["predictions"]["proba"]))
+    predicted = dict(zip(run["predictions"].index, run["predictions"]["label"]))
+    false_pos = [i for i, y, s in zip(ref["ids"], truth, scored) if s and y == 0 and predicted[i] == 1]
+    false_neg = [i for i, y, s in zip(ref["ids"], truth, scored) if s and y == 1 and predicted[i] == 0]
+    images, boxes = dict(zip(ref["ids"], ref["images"])), ds.boxes_by_id(ref["boxes"])
+    for title, ids, key in (("Most confident false positives", false_pos, lambda i: (-proba[i], i)),
+                            ("Most confident false negatives", false_neg, lambda i: (proba[i], i))):
+        shown = sorted(ids, key=key)[:GALLERY_SIZE]
+        parts.append(f"<h3>{title} ({len(ids)} in all)</h3>")
+        parts.append(mistakes_gallery(shown, proba, images, boxes, run["heatmaps"]) if shown
+                     else "<p>None.</p>")
+    parts.append("<p class='note'>Red: ground-truth boxes. Under a false positive: its heatmap.</p>")
+    return "".join(parts)
+
+
+def blind_table(results: dict) -> str:
+    blind = results["blind_maps"]
+    keys = list(EXPLANATION_KEYS)
+    rows = [[name, *(_number(scores[k]) for k in keys)] for name, scores in blind["maps"].items()]
+    rows.append(["this submission", *(_number(results["scores"][k]) for k in keys)])
+    return ("<h3>Against box-blind maps</h3><p class='note'>What maps drawn without looking at the image "
+            "score on this split's positives; the chance reference of each column is the best of them. "
+            f"The best fixed map's expected activation in box is the box prior's peak, "
+            f"{blind['prior_reference']:.4f}: activation in box over prior subtracts it.</p><div class='wide'>"
+            + _table(["map", *keys], rows) + "</div>")
 
 
 def explanation_section(results: dict, ref: dict, run: dict) -> str:
@@ -163,12 +250,19 @@ def explanation_section(results: dict, ref: dict, run: dict) -> str:
     method = e["method"] or "none"
     parts = [f"<h2>Explanations</h2><p>Method: <b>{html.escape(method)}</b>. "
              f"{e['n_true_positives']} true positives of {e['n_positives']} positives are assessed.</p>"]
+    if e["n_all_zero_maps"]:
+        parts.append(f"<p class='error'>{e['n_all_zero_maps']} of the {e['n_predicted_positive_maps']} "
+                     f"heatmaps of predicted positives are all zero ({e['n_true_positive_all_zero']} of "
+                     "them true positives): an all-zero map points nowhere and scores 0 on every "
+                     "explanation metric.</p>")
     if e["reason"]:
         parts.append(f"<p class='error'>{html.escape(e['reason'][0].upper() + e['reason'][1:])}.</p>")
         return "".join(parts)
     full = e["full_positive_set"]
-    parts.append(_table(["metric", "mean over true positives", "mean over all positives (missed = 0)"],
-                        [[k, _number(e["means"][k]), _number(full[k])] for k in e["means"]]))
+    parts.append(_table(["metric", "mean over true positives", "95% interval", "mean over all positives (missed = 0)"],
+                        [[k, _number(e["means"][k]), _interval(e["ci"][k]), _number(full[k])]
+                         for k in e["means"]]))
+    parts.append(blind_table(results))
     parts.append("<p class='note'>Component mAP is the mean over the thresholds tau below; each column is "
                  "the RSNA challenge's per-image score of the connected-component boxes of the map "
                  "thresholded at tau × its maximum.</p>")
@@ -176,16 +270,18 @@ def explanation_section(results: dict, ref: dict, run: dict) -> str:
                         [["cc_map", *(_number(v) for v in e["cc_map_by_tau"].values())]]))
     parts.append(f"<p>Median enrichment (activation inside the boxes ÷ the share of the image they cover): "
                  f"{_number(e['enrichment_median'], 2)} (1 = no better than a uniform map).</p>")
+    if results["final"]:
+        parts.append("<p class='note'>Final phase: aggregates only (no per-image row, no gallery).</p>")
+        return "".join(parts)
     parts.append(distribution_figure(e["images"]))
     ranked = sorted(e["images"], key=lambda row: (-row["iou_95"], -row["activation_in_box"], row["id"]))
     images = dict(zip(ref["ids"], ref["images"]))
     boxes = ds.boxes_by_id(ref["boxes"])
-    best = ranked[:GALLERY_SIZE]
-    worst = ranked[::-1][:GALLERY_SIZE]
     parts.append("<h3>Best explanations (by IoU of the 95% rectangle)</h3>"
-                 + gallery_figure(best, images, run["heatmaps"], boxes))
-    parts.append("<h3>Worst explanations</h3>" + gallery_figure(worst, images, run["heatmaps"], boxes))
-    parts.append("<p class='note'>Red: ground-truth boxes. Orange dashed: the smallest rectangle holding "
+                 + explanation_gallery(ranked[:GALLERY_SIZE], images, run["heatmaps"], boxes))
+    parts.append("<h3>Worst explanations</h3>"
+                 + explanation_gallery(ranked[::-1][:GALLERY_SIZE], images, run["heatmaps"], boxes))
+    parts.append("<p class='note'>Red: ground-truth boxes. Orange: the smallest rectangle holding "
                  "95% of the activation. Magenta: connected-component boxes at tau = 0.5.</p>")
     parts.append(per_image_table(e["images"]))
     return "".join(parts)
@@ -194,35 +290,65 @@ def explanation_section(results: dict, ref: dict, run: dict) -> str:
 def per_image_table(images: list[dict]) -> str:
     """Every true positive's explanation metrics and enrichment, folded away by default."""
     rows = [[r["id"], _number(r["activation_in_box"]), _number(r["iou_95"]), _number(r["cc_map"]),
-             _number(r["pointing_game"], 0), _number(r["box_share"], 3), _number(r["enrichment"], 2)]
+             _number(r["pointing_game"], 2), _number(r["box_share"], 3), _number(r["enrichment"], 2)]
             for r in sorted(images, key=lambda row: row["id"])]
-    return (f"<details><summary>Every true positive ({len(images)}), with its enrichment</summary>"
+    return (f"<details><summary>Every true positive ({len(images)}), with its enrichment</summary><div class='wide'>"
             + _table(["id", "activation_in_box", "iou_95", "cc_map", "pointing_game", "box share",
-                      "enrichment"], rows) + "</details>")
+                      "enrichment"], rows) + "</div></details>")
+
+
+def shortcut_section(results: dict) -> str:
+    gap = results["shortcut"]
+    parts = ["<h2>Shortcut gap</h2><p class='note'>Some hidden items are off-box probes: windows cut "
+             "from an opacity film away from every box. They show no opacity, so a model that reads the "
+             "opacity calls them positive about as often as it calls normal films positive. Probes are "
+             "left out of every other metric.</p>"]
+    if gap["value"] is None:
+        parts.append(f"<p class='error'>Not measured: {html.escape(gap['reason'])}.</p>")
+        return "".join(parts)
+    parts.append(_table(["", "value"], [
+        ["probes called positive", f"{gap['probe_positive_rate']:.4f} (of {gap['n_probes']})"],
+        ["normal films called positive", f"{gap['false_positive_rate']:.4f} (of {gap['n_normal']})"],
+        ["shortcut gap", f"{gap['value']:.4f} {_interval(gap['ci'])}"]]))
+    return "".join(parts)
+
+
+def _group_table(rows: list[dict]) -> str:
+    keys = ("accuracy", "recall", "precision", "fbeta2", "auroc")
+
+    def cell(row, key):
+        return WithInterval(row[key], row["ci"].get(key)) if row[key] is not None else "—"
+
+    body = [[r["group"] + (" ⚠" if r["small"] else ""), r["n"], r["n_positive"], *(cell(r, k) for k in keys),
+             r["n_true_positives_explained"],
+             WithInterval(r["activation_in_box"], r["activation_in_box_ci"])
+             if r["activation_in_box"] is not None else "—"] for r in rows]
+    return "<div class='wide'>" + _table(["group", "images", "positives", "accuracy", "recall", "precision",
+                                          "F-beta (2)", "AUROC", "TPs explained",
+                                          "activation in box"], body) + "</div>"
 
 
 def bias_section(results: dict) -> str:
-    parts = ["<h2>Bias report</h2><p class='note'>The same metrics within each group of the scored "
-             "split. Large gaps between groups suggest the model relies on how an image was taken.</p>"]
+    worst = results["worst_group"]
+    parts = [f"<h2>Groups and bias</h2><p>Worst-group accuracy: <b>{worst['value']:.4f}</b> "
+             f"{_interval(worst['ci'])}, in group <b>{html.escape(worst['group'])}</b>.</p>"
+             "<p class='note'>The same metrics within each group of the scored split, each with its 95% "
+             f"bootstrap interval. ⚠: fewer than {SMALL_GROUP} images, read with care. Large gaps between "
+             "groups suggest the model relies on how an image was taken.</p>"]
+    titles = {"class_view_position": "class × view position (worst-group accuracy)"}
     for column, rows in results["bias"].items():
-        parts.append(f"<h3>By {html.escape(column.replace('_', ' '))}</h3>")
-        parts.append(_table(
-            ["group", "images", "positives", "accuracy", "recall", "precision", "F-beta (2)", "AUROC",
-             "true positives explained", "activation in box"],
-            [[r["group"], r["n"], r["n_positive"], _number(r["accuracy"]), _number(r["recall"]),
-              _number(r["precision"]), _number(r["fbeta2"]), _number(r["auroc"]),
-              r["n_true_positives_explained"], _number(r["activation_in_box"])] for r in rows]))
+        parts.append(f"<h3>By {html.escape(titles.get(column, column.replace('_', ' ')))}</h3>")
+        parts.append(_group_table(rows))
     return "".join(parts)
 
 
 def render_report(results: dict, ref: dict, run: dict) -> str:
-    """The whole detailed_results.html page of a scored run."""
-    # On Codabench the reference folder is always named "ref", which says nothing about the split.
-    split = results["split"] if results["split"] not in ("", "ref") else None
-    title = f"Hygieia — detailed results ({html.escape(split)})" if split else "Hygieia — detailed results"
-    body = (f"<h1>{title}</h1>" + scores_section(results)
-            + classification_section(results) + explanation_section(results, ref, run)
-            + bias_section(results))
+    """The whole detailed_results.html page of a scored run (aggregates only in the Final phase)."""
+    phase = "Final phase, test split" if results["final"] else f"Development phase, {results['split']} split"
+    body = (f"<h1>Hygieia — detailed results</h1><p class='note'>{html.escape(phase)}"
+            + (": aggregates and their intervals only." if results["final"] else ".") + "</p>"
+            + scores_section(results) + classification_section(results, ref, run)
+            + explanation_section(results, ref, run) + shortcut_section(results) + bias_section(results))
     return _page("Hygieia detailed results", body)
 
 

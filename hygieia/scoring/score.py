@@ -7,8 +7,10 @@ Command forms (the Codabench scoring program calls ``main``):
     score.py INPUT OUTPUT         INPUT/ref, INPUT/res -> OUTPUT      (legacy CodaLab, metadata.yaml)
     score.py REF_DIR RES_DIR OUT_DIR
 
-detailed_scores.json holds everything else (intervals, per-tau cc_map, confusion matrix, counts, the
-per-image explanation table, the bias report): see ``compute_results``.
+detailed_scores.json holds everything else (intervals, chance and baseline rows, per-tau cc_map,
+confusion matrix, counts, the per-image explanation table, the group tables): see ``compute_results``.
+In the Final phase (the reference's split.json says ``final``) what the participant sees holds
+aggregates and intervals only: no id, no per-image row, no picture of a test image.
 
 A broken run (failed ingestion, missing or malformed predictions or heatmaps) exits 1 with a message
 naming the cause on stderr and in detailed_results.html; no score is written. ``metadata`` is the
@@ -17,6 +19,7 @@ worker's file and is never written here.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -28,17 +31,19 @@ from tqdm import tqdm
 from hygieia import dataset as ds
 from hygieia.errors import DataError, HygieiaError
 from hygieia.files import write_json, write_text
+from hygieia.scoring import blind_maps, groups, shortcut
 from hygieia.scoring import classification as cls
 from hygieia.scoring import explanation as xp
+from hygieia.scoring import metrics as mt
 from hygieia.scoring.ingestion_output import read_ingestion_output
-from hygieia.scoring.keys import SCORE_KEYS
+from hygieia.scoring.keys import NULLABLE_KEYS, SCORE_KEYS
 
 SCORES_JSON = "scores.json"
 SCORES_TXT = "scores.txt"
 DETAILED_JSON = "detailed_scores.json"
 DETAILED_HTML = "detailed_results.html"
-EXPLANATION_KEYS = ("activation_in_box", "iou_95", "cc_map", "pointing_game")
-BIAS_COLUMNS = ("sex", "view_position")
+BASELINE_SCORES = "baseline_scores.json"   # optional, in the reference folder: {key: value}
+EXPLANATION_KEYS = mt.EXPLANATION_KEYS
 DIGITS = 6
 CODABENCH_PATHS = ("/app/input/ref", "/app/input/res", "/app/output")
 
@@ -62,39 +67,64 @@ def load_inputs(ref_dir: str | Path, res_dir: str | Path) -> tuple[dict, dict]:
     """The reference split (``hygieia.dataset.load_reference_split``) and ingestion's checked output."""
     ref = ds.load_reference_split(ref_dir)
     with_boxes = set(ref["boxes"]["id"])
-    unboxed = [i for i, y in zip(ref["ids"], ref["labels"]) if y == 1 and i not in with_boxes]
+    unboxed = [i for i, y, probe in zip(ref["ids"], ref["labels"], ref["probes"])
+               if y == 1 and not probe and i not in with_boxes]
     if unboxed:
-        raise DataError(f"{Path(ref_dir) / ds.BOXES}: positive image(s) without a box: {unboxed[:5]}")
+        shown = f"{len(unboxed)} of them" if ref["split_info"]["final"] else str(unboxed[:5])
+        raise DataError(f"{Path(ref_dir) / ds.BOXES}: positive image(s) without a box: {shown}")
     run = read_ingestion_output(res_dir, ref["ids"], ref["images"].shape[1:])
     return ref, run
 
 
-def explanation_results(ref: dict, run: dict, progress: bool = True) -> dict:
-    """Explanation metrics of every true positive, their means (the leaderboard columns), bootstrap
-    intervals, the per-tau cc_map and the full-positive-set variant (missed positives count 0)."""
+def read_baseline(ref_dir: str | Path) -> dict | None:
+    """The baseline's scores shown as a reference row, from the reference folder; None when absent."""
+    path = Path(ref_dir) / BASELINE_SCORES
+    if not path.is_file():
+        return None
+    try:
+        scores = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(scores, dict) or not all(v is None or isinstance(v, (int, float))
+                                               for v in scores.values()):
+        raise DataError(f"{path}: expected an object of numbers keyed by score key")
+    return {key: scores.get(key) for key in SCORE_KEYS}
+
+
+def explanation_results(ref: dict, run: dict, scored: np.ndarray, progress: bool = True) -> dict:
+    """Explanation metrics of every true positive (probes left out), their means (the leaderboard
+    columns), bootstrap intervals, the per-tau cc_map, the full-positive-set variant (missed positives
+    count 0) and the all-zero maps of predicted positives."""
     truth = ref["labels"]
     predicted = run["predictions"]["label"].to_numpy()
-    tp_ids = [i for i, y, p in zip(ref["ids"], truth, predicted) if y == 1 and p == 1]
-    n_positive = int(truth.sum())
+    tp_ids = [i for i, y, p, s in zip(ref["ids"], truth, predicted, scored) if y == 1 and p == 1 and s]
+    n_positive = int(truth[scored].sum())
+    zero = sorted(i for i, heatmap in run["heatmaps"].items() if not heatmap.max() > 0)
     result = {"method": run["method"], "n_true_positives": len(tp_ids), "n_positives": n_positive,
-              "reason": None, "images": []}
+              "n_predicted_positive_maps": len(run["heatmaps"]), "n_all_zero_maps": len(zero),
+              "all_zero_ids": zero, "reason": None, "images": []}
     if run["method"] is None:
         result["reason"] = ("the submission offers no explanation (its Model has neither explain() nor "
-                            "gradcam_target()), so the explanation columns score 0")
+                            "gradcam_target()), so the explanation columns score as all-zero maps do: 0, "
+                            "and minus the box prior's peak on activation_over_prior")
     elif not tp_ids:
         result["reason"] = ("the model predicted no true positive, so there is no heatmap to assess "
-                            "and the explanation columns score 0")
+                            "and the explanation columns score as all-zero maps do: 0, and minus the box "
+                            "prior's peak on activation_over_prior")
     boxes = ds.boxes_by_id(ref["boxes"])
     if result["reason"] is None:
         for image_id in tqdm(tp_ids, desc="explanation metrics", unit="map", disable=not progress,
                              file=sys.stderr):
             result["images"].append({"id": image_id, **xp.explain_image(run["heatmaps"][image_id],
-                                                                       boxes[image_id])})
-    table = pd.DataFrame(result["images"], columns=["id", *EXPLANATION_KEYS, "enrichment"])
-    result["means"] = {k: float(table[k].mean()) if len(table) else 0.0 for k in EXPLANATION_KEYS}
+                                                                       boxes[image_id], ref["box_prior"])})
+    table = pd.DataFrame(result["images"], columns=["id", *EXPLANATION_KEYS, "enrichment", "all_zero"])
+    none = {"activation_over_prior": -xp.prior_reference(ref["box_prior"])}  # what a missing map scores
+    result["means"] = {k: float(table[k].mean()) if len(table) else none.get(k, 0.0) for k in EXPLANATION_KEYS}
     result["ci"] = {k: cls.bootstrap_mean(table[k].to_numpy()) for k in EXPLANATION_KEYS}
-    result["full_positive_set"] = {k: float(table[k].sum()) / n_positive if n_positive else 0.0
-                                   for k in EXPLANATION_KEYS}
+    result["n_true_positive_all_zero"] = int(table["all_zero"].sum())
+    result["full_positive_set"] = {
+        k: (float(table[k].sum()) + none.get(k, 0.0) * (n_positive - len(table))) / n_positive
+        if n_positive else 0.0 for k in EXPLANATION_KEYS}
     by_tau = np.array([row["cc_map_by_tau"] for row in result["images"]]).reshape(-1, len(xp.CC_TAUS))
     result["cc_map_by_tau"] = {f"{tau:.1f}": float(by_tau[:, k].mean()) if len(by_tau) else 0.0
                                for k, tau in enumerate(xp.CC_TAUS)}
@@ -103,76 +133,98 @@ def explanation_results(ref: dict, run: dict, progress: bool = True) -> dict:
     return result
 
 
-def group_metrics(truth: np.ndarray, proba: np.ndarray, predicted: np.ndarray) -> dict:
-    """Classification metrics of one group of images; AUROC None when the group holds one class."""
-    tp = int(((truth == 1) & (predicted == 1)).sum())
-    fp = int(((truth == 0) & (predicted == 1)).sum())
-    fn = int(((truth == 1) & (predicted == 0)).sum())
-    tn = len(truth) - tp - fp - fn
-    values = {k: float(v) for k, v in cls.metrics_from_counts(tp, fp, fn, tn).items()}
-    both = 0 < truth.sum() < len(truth)
-    values["auroc"] = float(cls.weighted_auroc(truth, proba, np.ones(len(truth)))[0]) if both else None
-    return {"n": len(truth), "n_positive": int(truth.sum()), **values}
+def blind_results(ref: dict, scored: np.ndarray) -> dict:
+    """The box-blind maps' mean scores on every positive of the split, and the best of them."""
+    boxes = ds.boxes_by_id(ref["boxes"])
+    positives = [boxes[i] for i, y, s in zip(ref["ids"], ref["labels"], scored) if y == 1 and s]
+    means = blind_maps.blind_map_means(ref["box_prior"], positives)
+    return {"maps": means, "best": blind_maps.best_blind_scores(means),
+            "prior_reference": xp.prior_reference(ref["box_prior"])}
 
 
-def bias_results(ref: dict, run: dict, explanation: dict) -> dict:
-    """Metrics by sex and by view position, with counts (and the mean activation_in_box of the
-    group's true positives)."""
-    meta = ref["meta"].loc[ref["ids"]]
-    truth, proba = ref["labels"], run["predictions"]["proba"].to_numpy()
-    predicted = run["predictions"]["label"].to_numpy()
-    inside = {row["id"]: row["activation_in_box"] for row in explanation["images"]}
-    result = {}
-    for column in BIAS_COLUMNS:
-        values = meta[column].astype(str).to_numpy()
-        rows = []
-        for group in sorted(set(values)):
-            mask = values == group
-            group_inside = [inside[i] for i in meta.index[mask] if i in inside]
-            rows.append({"group": group, **group_metrics(truth[mask], proba[mask], predicted[mask]),
-                         "n_true_positives_explained": len(group_inside),
-                         "activation_in_box": float(np.mean(group_inside)) if group_inside else None})
-        result[column] = rows
+def bias_results(ref: dict, run: dict, scored: np.ndarray, explanation: dict) -> dict:
+    """Metrics with intervals by sex, by view position and by class × view position (probes left out)."""
+    meta = ref["meta"].loc[ref["ids"]][scored]
+    truth = ref["labels"][scored]
+    proba = run["predictions"]["proba"].to_numpy()[scored]
+    predicted = run["predictions"]["label"].to_numpy()[scored]
+    position = {image_id: k for k, image_id in enumerate(meta.index)}
+    inside = {position[row["id"]]: row["activation_in_box"] for row in explanation["images"]}
+    result = {column: groups.group_rows(truth, proba, predicted, meta[column].astype(str).to_numpy(), inside)
+              for column in groups.BIAS_COLUMNS}
+    view = meta[groups.WORST_GROUP_COLUMN].astype(str).to_numpy()
+    result["class_view_position"] = groups.group_rows(truth, proba, predicted, groups.class_by(truth, view),
+                                                      inside)
     return result
 
 
 def compute_results(ref: dict, run: dict, ref_dir: str | Path = "", progress: bool = True) -> dict:
     """Everything scoring reports, as one JSON-ready mapping (written as detailed_scores.json):
 
-    - ``scores``: the leaderboard's SCORE_KEYS; ``split``, ``n_scored``;
+    - ``scores``: every metric of the table (``hygieia.scoring.metrics``), None where the split
+      cannot measure it; ``ci`` {key: [low, high]}; ``chance`` and ``baseline`` {key: value} (the
+      reference rows; ``baseline`` None without baseline_scores.json); ``split``, ``final``,
+      ``n_scored`` (probes left out), ``n_probes``;
     - ``classification``: accuracy, recall, precision, fbeta2, auroc, balanced_accuracy,
-      accuracy_std_error, confusion_matrix [[tn, fp], [fn, tp]], counts, ``ci`` {metric: [low, high]},
-      ``roc`` {fpr, tpr};
-    - ``explanation``: method, n_true_positives, n_positives, reason (why the columns are 0, or None),
-      means, ci, full_positive_set (missed positives count 0), cc_map_by_tau {"0.2": ...},
-      enrichment_median, images (one row per true positive: id and explain_image's fields);
-    - ``bias``: {"sex": [...], "view_position": [...]}, one row of metrics and counts per group;
+      accuracy_std_error, confusion_matrix [[tn, fp], [fn, tp]], counts, ``ci``, ``roc`` {fpr, tpr};
+    - ``explanation``: method, counts (true positives, positives, all-zero maps), reason (why the
+      columns are 0, or None), means, ci, full_positive_set, cc_map_by_tau, enrichment_median, images
+      (one row per true positive);
+    - ``blind_maps``: box-blind maps' means on the split's positives; ``worst_group``; ``shortcut``;
+    - ``bias``: {"sex", "view_position", "class_view_position"}: one row per group, with intervals;
     - ``ingestion`` (from ingestion.json) and ``bootstrap`` (resamples, seed, level).
+
+    In the Final phase (split.json ``final``) no id, per-image row or ROC point is kept.
     """
-    truth = ref["labels"]
-    proba = run["predictions"]["proba"].to_numpy()
-    predicted = run["predictions"]["label"].to_numpy()
+    info = ref["split_info"]
+    scored = ref["probes"] == 0
+    truth = ref["labels"][scored]
+    proba = run["predictions"]["proba"].to_numpy()[scored]
+    predicted = run["predictions"]["label"].to_numpy()[scored]
     classification = cls.classification_metrics(truth, proba, predicted)
     classification["ci"] = cls.bootstrap_classification(truth, proba, predicted)
     classification["roc"] = cls.roc_points(truth, proba)
-    explanation = explanation_results(ref, run, progress)
-    scores = {**{k: classification[k] for k in cls.BOOTSTRAPPED}, **explanation["means"]}
-    scores = {key: round(float(scores[key]), DIGITS) for key in SCORE_KEYS}
-    if not all(math.isfinite(v) for v in scores.values()):
+    explanation = explanation_results(ref, run, scored, progress)
+    view = ref["meta"].loc[ref["ids"]][groups.WORST_GROUP_COLUMN].astype(str).to_numpy()[scored]
+    worst = groups.worst_group_accuracy(truth, predicted, groups.class_by(truth, view))
+    gap = shortcut.shortcut_gap(ref["labels"], run["predictions"]["label"].to_numpy(), ref["probes"])
+    blind = blind_results(ref, scored)
+    values = {**{k: classification[k] for k in mt.CLASSIFICATION_KEYS}, **explanation["means"],
+              "worst_group_accuracy": worst["value"], "shortcut_gap": gap["value"]}
+    intervals = {**{k: classification["ci"][k] for k in mt.CLASSIFICATION_KEYS}, **explanation["ci"],
+                 "worst_group_accuracy": worst["ci"], "shortcut_gap": gap["ci"]}
+    scores = {key: None if values[key] is None else round(float(values[key]), DIGITS) for key in SCORE_KEYS}
+    if not all(v is None or math.isfinite(v) for v in scores.values()) \
+            or any(scores[k] is None for k in SCORE_KEYS if k not in NULLABLE_KEYS):
         raise HygieiaError(f"internal error: a score is not finite: {scores}")
-    return clean({"scores": scores, "split": Path(ref_dir).name, "n_scored": len(truth),
-                  "classification": classification, "explanation": explanation,
-                  "bias": bias_results(ref, run, explanation),
-                  "ingestion": {k: run["report"].get(k) for k in ("explanation", "durations", "device",
-                                                                   "counts")},
-                  "bootstrap": {"resamples": cls.N_RESAMPLES, "seed": cls.BOOTSTRAP_SEED,
-                                "level": cls.CI_LEVEL}})
+    prevalence = float(truth.mean())
+    results = {"scores": scores, "ci": intervals,
+               "chance": mt.chance_values(prevalence, blind["best"]), "baseline": read_baseline(ref_dir),
+               "split": info["split"], "final": info["final"], "n_scored": int(scored.sum()),
+               "n_probes": int(ref["probes"].sum()), "classification": classification,
+               "explanation": explanation, "blind_maps": blind, "worst_group": worst, "shortcut": gap,
+               "bias": bias_results(ref, run, scored, explanation),
+               "ingestion": {k: run["report"].get(k) for k in ("explanation", "durations", "device", "counts")},
+               "bootstrap": {"resamples": cls.N_RESAMPLES, "seed": cls.BOOTSTRAP_SEED, "level": cls.CI_LEVEL}}
+    if info["final"]:
+        results = aggregates_only(results)
+    return clean(results)
+
+
+def aggregates_only(results: dict) -> dict:
+    """The Final phase's results: no id, no per-image row, no ROC point (with the participant's own
+    probabilities, the ROC curve's steps give every label away)."""
+    explanation = {k: v for k, v in results["explanation"].items() if k not in ("images", "all_zero_ids")}
+    classification = {k: v for k, v in results["classification"].items() if k != "roc"}
+    return {**results, "explanation": explanation, "classification": classification}
 
 
 def write_scores(out_dir: Path, results: dict) -> None:
-    scores = results["scores"]
+    """scores.json and scores.txt hold the measured leaderboard keys (a None is left out: Codabench
+    stores scores as non-null decimals); detailed_scores.json holds everything."""
+    scores = {k: v for k, v in results["scores"].items() if v is not None}
     write_json(out_dir / SCORES_JSON, scores)
-    write_text(out_dir / SCORES_TXT, "".join(f"{key}: {scores[key]:.{DIGITS}f}\n" for key in SCORE_KEYS))
+    write_text(out_dir / SCORES_TXT, "".join(f"{key}: {scores[key]:.{DIGITS}f}\n" for key in scores))
     write_json(out_dir / DETAILED_JSON, results)
 
 
@@ -229,5 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     except HygieiaError as err:
         print(f"scoring refused: {err}", file=sys.stderr)
         return 1
-    print(", ".join(f"{k}={v:.4f}" for k, v in results["scores"].items()))
+    print(score_line(results["scores"]))
     return 0
+
+
+def score_line(scores: dict) -> str:
+    """The scores on one line, for the log ("null" where the split cannot measure a column)."""
+    return ", ".join(f"{k}={'null' if v is None else f'{v:.4f}'}" for k, v in scores.items())

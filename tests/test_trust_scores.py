@@ -1,0 +1,264 @@
+"""The scores that cannot be gamed: box-blind maps at chance, worst-group accuracy, the shortcut gap,
+the metric table, all-zero maps, and the Final phase's aggregates-only outputs."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from fakes import write_fake_dataset, write_fake_ingestion_output
+
+from hygieia.files import write_json, write_npz
+from hygieia.scoring import blind_maps, groups, metrics, shortcut
+from hygieia.scoring import classification as cls
+from hygieia.scoring import explanation as xp
+from hygieia.scoring import score as sc
+from hygieia.scoring.keys import LEADERBOARD_COLUMNS, NULLABLE_KEYS, PRIMARY_KEY, SCORE_KEYS
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 100
+
+
+def test_every_key_comes_from_the_metric_table():
+    assert SCORE_KEYS == [m.key for m in metrics.METRICS] and SCORE_KEYS[0] == PRIMARY_KEY
+    assert [c["title"] for c in LEADERBOARD_COLUMNS] == [m.title for m in metrics.METRICS]
+    assert NULLABLE_KEYS == ["shortcut_gap"]
+    table = metrics.metric_table_markdown()
+    for metric in metrics.METRICS:
+        assert f"(`{metric.key}`" in table and callable(metrics.function_of(metric))
+    assert len(table.strip().splitlines()) == len(metrics.METRICS) + 2
+    assert "{{metric_table}}" in (ROOT / "pages" / "evaluation.md").read_text()
+
+
+def test_keys_are_readable_in_a_bare_interpreter():
+    """bundle check reads the vendored keys.py with -I -S: no numpy, no hygieia on the path."""
+    keys_file = ROOT / "hygieia" / "scoring" / "keys.py"
+    code = "import json, runpy, sys; print(json.dumps(runpy.run_path(sys.argv[1])['SCORE_KEYS']))"
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(keys_file)], capture_output=True,
+                          text=True, timeout=60, cwd=keys_file.parent)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == SCORE_KEYS
+
+
+def centred_boxes(n, rng):
+    """Boxes placed as windows placed around their box make them: near the crop's centre."""
+    w, h = rng.uniform(20, 45, n), rng.uniform(20, 45, n)
+    x, y = SIZE / 2 - w / 2 + rng.normal(0, 8, n), SIZE / 2 - h / 2 + rng.normal(0, 8, n)
+    return [np.array([[a, b, c, d]]) for a, b, c, d in zip(x, y, w, h)]
+
+
+@pytest.fixture(scope="module")
+def boxes():
+    rng = np.random.default_rng(5)
+    train, test = centred_boxes(300, rng), centred_boxes(200, rng)
+    prior = np.mean([xp.box_mask(b, (SIZE, SIZE)) for b in train], axis=0).astype(np.float32)
+    return train, test, prior
+
+
+def test_box_blind_maps_score_at_chance_on_every_explanation_column(boxes):
+    train, test, prior = boxes
+    scores = {name: blind_maps.fixed_map_scores(m, test, prior) for name, m in blind_maps.fixed_maps(prior).items()}
+    share = np.array([xp.box_mask(b, (SIZE, SIZE)).mean() for b in test])
+    uniform = scores["uniform"]
+    assert uniform["activation_in_box"] == pytest.approx(share)
+    assert uniform["pointing_game"] == pytest.approx(share)   # ties share the credit
+    assert uniform["activation_over_prior"] == pytest.approx(share - prior.max())
+    # The centre map beats uniform by far (the geometry leaks), but not the prior-relative column.
+    assert scores["centre Gaussian"]["activation_in_box"].mean() > 1.5 * share.mean()
+    best = blind_maps.best_blind_scores({n: {k: v.mean() for k, v in s.items()} for n, s in scores.items()})
+    chance = metrics.chance_values(0.4, best)
+    for name, columns in scores.items():
+        interval = cls.bootstrap_mean(columns["activation_over_prior"])
+        assert interval[0] <= chance["activation_over_prior"] == 0.0, name
+        for key, values in columns.items():   # the prior-relative column: up to sampling noise, above
+            assert key == "activation_over_prior" or values.mean() <= chance[key] + 1e-12, (name, key)
+    assert abs(scores["box prior's peak"]["activation_over_prior"].mean()) < 0.05  # the best fixed map
+
+
+def test_a_box_regressor_on_the_metadata_stays_at_chance(boxes):
+    train, test, prior = boxes
+    rng = np.random.default_rng(6)
+
+    def meta(n, prefix):
+        return pd.DataFrame({"id": [f"{prefix}{i}" for i in range(n)], "age": rng.integers(20, 90, n),
+                             "sex": rng.choice(["M", "F"], n), "view_position": rng.choice(["AP", "PA"], n)})
+
+    train_meta, test_meta = meta(len(train), "t"), meta(len(test), "s")
+    train_boxes = pd.DataFrame(np.vstack(train), columns=["x", "y", "width", "height"]).assign(id=train_meta["id"])
+    maps = blind_maps.box_regressor_maps(train_meta.set_index("id"), train_boxes, test_meta, (SIZE, SIZE))
+    assert len(maps) == len(test) and len({m.tobytes() for m in maps}) > 1  # one map per image
+    over = [xp.explain_image(m, b, prior)["activation_over_prior"] for m, b in zip(maps, test)]
+    assert cls.bootstrap_mean(np.array(over))[0] <= 0.0
+
+
+def test_view_only_and_constant_rules_score_worst_group_accuracy_zero():
+    rng = np.random.default_rng(7)
+    truth = rng.integers(0, 2, 400)
+    view = np.where(rng.random(400) < np.where(truth == 1, 0.75, 0.2), "AP", "PA")
+    group = groups.class_by(truth, view)
+    view_rule = (view == "AP").astype(int)
+    assert (view_rule == truth).mean() > 0.7   # the rule looks good on accuracy...
+    result = groups.worst_group_accuracy(truth, view_rule, group)
+    assert result["value"] == 0.0 and result["group"] == "normal / AP"   # ...and fails a whole group
+    assert result["ci"] == [0.0, 0.0]
+    assert groups.worst_group_accuracy(truth, np.ones(400, int), group)["value"] == 0.0
+    perfect = groups.worst_group_accuracy(truth, truth, group)
+    assert perfect["value"] == 1.0 and perfect["ci"] == [1.0, 1.0]
+    noisy = np.where(rng.random(400) < 0.1, 1 - truth, truth)
+    result = groups.worst_group_accuracy(truth, noisy, group)
+    assert result["value"] == min(result["groups"].values()) and result["ci"][0] <= result["value"] <= result["ci"][1]
+
+
+def test_shortcut_gap_separates_a_film_reader_from_an_opacity_reader():
+    rng = np.random.default_rng(8)
+    truth = np.r_[np.zeros(300, int), np.ones(200, int), np.ones(100, int)]
+    probes = np.r_[np.zeros(500, int), np.ones(100, int)]
+    ap = rng.random(600) < np.where(truth == 1, 0.75, 0.2)
+    reads_film = ap.astype(int)                                    # calls AP films positive
+    reads_opacity = np.where(probes == 1, rng.random(600) < 0.1,   # calls probes like normals
+                             np.where(truth == 1, rng.random(600) < 0.8, rng.random(600) < 0.1)).astype(int)
+    film = shortcut.shortcut_gap(truth, reads_film, probes)
+    opacity = shortcut.shortcut_gap(truth, reads_opacity, probes)
+    assert film["value"] > 0.4 and film["ci"][0] > 0.3
+    assert abs(opacity["value"]) < 0.1 and opacity["ci"][0] < 0 < opacity["ci"][1]
+    none = shortcut.shortcut_gap(truth[:500], reads_film[:500], probes[:500])
+    assert none["value"] is None and "no off-box probe" in none["reason"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_fake_dataset(tmp_path_factory.mktemp("trust"), sizes=(30, 40, 40), seed=11, probes=4)
+
+
+@pytest.fixture(scope="module")
+def run_dir(dataset, tmp_path_factory):
+    return write_fake_ingestion_output(tmp_path_factory.mktemp("res"), dataset, seed=12)
+
+
+def outputs(out):
+    return {path.name: path.read_text() for path in out.iterdir()}
+
+
+def ids_of(ref_dir):
+    return pd.read_csv(ref_dir / "meta.csv", dtype={"id": str})["id"].tolist()
+
+
+def test_final_phase_outputs_hold_no_id_and_no_picture(dataset, run_dir, tmp_path, capsys):
+    ref_dir = dataset / "reference_data" / "test"
+    assert json.loads((ref_dir / "split.json").read_text()) == {"final": True, "split": "test"}
+    assert sc.main([str(ref_dir), str(run_dir), str(tmp_path / "out")]) == 0
+    seen = outputs(tmp_path / "out")
+    captured = capsys.readouterr()
+    seen["stdout+stderr"] = captured.out + captured.err
+    assert set(seen) >= {"scores.json", "scores.txt", "detailed_scores.json", "detailed_results.html"}
+    for name, text in seen.items():
+        leaked = [i for i in ids_of(ref_dir) if i in text]
+        assert not leaked, (name, leaked[:3])
+    page = seen["detailed_results.html"]
+    assert "aggregates" in page and "Worst-group accuracy" in page
+    assert len(re.findall(r"data:image/png", page)) == 0   # no picture at all: no test image, no ROC steps
+    detailed = json.loads(seen["detailed_scores.json"])
+    assert "images" not in detailed["explanation"] and "roc" not in detailed["classification"]
+    assert detailed["final"] is True and detailed["scores"]["worst_group_accuracy"] is not None
+
+
+def test_development_phase_keeps_its_galleries(dataset, run_dir, tmp_path):
+    ref_dir = dataset / "reference_data" / "valid"
+    results = sc.score(ref_dir, run_dir, tmp_path / "out", progress=False)
+    page = (tmp_path / "out" / "detailed_results.html").read_text()
+    assert results["final"] is False and results["explanation"]["images"]
+    assert sum(i in page for i in ids_of(ref_dir)) >= 4
+    probe_ids = pd.read_csv(ref_dir / "labels.csv", dtype={"id": str}).query("probe == 1")["id"]
+    assert len(probe_ids) == 4 and not any(i in page for i in probe_ids)   # probes are never named
+
+
+def test_probes_are_left_out_of_the_other_metrics(dataset, run_dir):
+    ref_dir = dataset / "reference_data" / "valid"
+    ref, run = sc.load_inputs(ref_dir, run_dir)
+    results = sc.compute_results(ref, run, ref_dir, progress=False)
+    assert results["n_scored"] == 40 and results["n_probes"] == 4
+    assert results["classification"]["n"] == 40
+    gap = results["shortcut"]
+    called = run["predictions"]["label"].to_numpy()
+    assert gap["probe_positive_rate"] == pytest.approx(called[ref["probes"] == 1].mean())
+    assert results["scores"]["shortcut_gap"] == pytest.approx(gap["value"], abs=1e-6)
+    assert set(results["chance"]) == set(SCORE_KEYS) and results["chance"]["activation_over_prior"] == 0.0
+
+
+def test_a_split_without_probes_writes_no_shortcut_gap_and_says_why(dataset, run_dir, tmp_path, capsys):
+    ref_dir = Path(shutil.copytree(dataset / "reference_data" / "valid", tmp_path / "ref"))
+    labels = pd.read_csv(ref_dir / "labels.csv", dtype={"id": str})
+    labels.assign(probe=0, label=np.where(labels["probe"] == 1, 0, labels["label"])).to_csv(
+        ref_dir / "labels.csv", index=False)
+    assert sc.main([str(ref_dir), str(run_dir), str(tmp_path / "out")]) == 0
+    assert "shortcut_gap=null" in capsys.readouterr().out
+    results = json.loads((tmp_path / "out" / "detailed_scores.json").read_text())
+    assert results["scores"]["shortcut_gap"] is None
+    scores = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert set(scores) == set(SCORE_KEYS) - {"shortcut_gap"}
+    assert "shortcut_gap" not in (tmp_path / "out" / "scores.txt").read_text()
+    assert "no off-box probe" in (tmp_path / "out" / "detailed_results.html").read_text()
+
+
+def test_all_zero_maps_are_counted_and_shown(dataset, run_dir, tmp_path):
+    res = Path(shutil.copytree(run_dir, tmp_path / "res"))
+    with np.load(res / "heatmaps.npz") as archive:
+        ids, maps = archive["ids"], archive["maps"].copy()
+    maps[:3] = 0
+    write_npz(res / "heatmaps.npz", ids=ids, maps=maps)
+    ref_dir = dataset / "reference_data" / "valid"
+    results = sc.score(ref_dir, res, tmp_path / "out", progress=False)
+    zero = [i for i in ids[:3] if i in set(ids_of(ref_dir))]
+    assert results["explanation"]["n_all_zero_maps"] == len(zero) > 0
+    assert f"{len(zero)} of the" in (tmp_path / "out" / "detailed_results.html").read_text()
+
+
+def test_baseline_row_from_the_reference_folder(dataset, run_dir, tmp_path):
+    ref_dir = Path(shutil.copytree(dataset / "reference_data" / "valid", tmp_path / "ref"))
+    write_json(ref_dir / "baseline_scores.json", {"accuracy": 0.8123, "worst_group_accuracy": 0.4321})
+    results = sc.score(ref_dir, run_dir, tmp_path / "out", progress=False)
+    assert results["baseline"]["accuracy"] == 0.8123 and results["baseline"]["iou_95"] is None
+    page = (tmp_path / "out" / "detailed_results.html").read_text()
+    assert "0.8123" in page and "0.4321" in page and "No baseline row" not in page
+
+
+def test_missing_reference_files_are_named(dataset, run_dir, tmp_path):
+    for name in ("box_prior.npy", "split.json"):
+        ref_dir = Path(shutil.copytree(dataset / "reference_data" / "valid", tmp_path / name))
+        (ref_dir / name).unlink()
+        with pytest.raises(sc.DataError, match=re.escape(name)):
+            sc.score(ref_dir, run_dir, tmp_path / "out", progress=False)
+    ref_dir = Path(shutil.copytree(dataset / "reference_data" / "valid", tmp_path / "noprobe"))
+    labels = pd.read_csv(ref_dir / "labels.csv", dtype={"id": str})
+    labels.drop(columns="probe").to_csv(ref_dir / "labels.csv", index=False)
+    with pytest.raises(sc.DataError, match=r"labels.csv: missing column\(s\) \['probe'\]"):
+        sc.score(ref_dir, run_dir, tmp_path / "out", progress=False)
+
+
+def test_box_blind_map_values_pinned_on_a_centred_box():
+    """Every training and scored box is the centre quarter of the crop: the values follow by hand."""
+    box = np.array([[25.0, 25.0, 50.0, 50.0]])
+    prior = xp.box_mask(box, (SIZE, SIZE)).astype(np.float32)       # every training box the same
+    maps = blind_maps.fixed_maps(prior)
+    uniform = {k: v[0] for k, v in blind_maps.fixed_map_scores(maps["uniform"], [box], prior).items()}
+    assert uniform == pytest.approx({"activation_in_box": 0.25, "pointing_game": 0.25, "cc_map": 0.0,
+                                     "iou_95": 2500 / 9500,   # a 95 x 100 rectangle holds 95 %
+                                     "activation_over_prior": 0.25 - 1.0})
+    gaussian = {k: v[0] for k, v in blind_maps.fixed_map_scores(maps["centre Gaussian"], [box], prior).items()}
+    one_axis = 0.8664  # P(|x| < 1.5 sigma): the box's half side is 25 = 1.5 x (100 / 6)
+    assert gaussian["activation_in_box"] == pytest.approx(one_axis ** 2, abs=0.01)
+    assert gaussian["pointing_game"] == 1.0    # the four central maxima lie in the box
+    for name in ("box prior (mean mask)", "box prior's peak"):
+        scores = blind_maps.fixed_map_scores(maps[name], [box], prior)
+        assert scores["activation_in_box"][0] == 1.0 and scores["activation_over_prior"][0] == 0.0
+    meta = pd.DataFrame({"id": ["a", "b", "c"], "age": [30, 50, 70], "sex": ["M", "F", "M"],
+                         "view_position": ["AP", "PA", "PA"]})
+    boxes = pd.DataFrame({"id": ["a", "b", "c"], "x": 25.0, "y": 25.0, "width": 50.0, "height": 50.0})
+    regressed = blind_maps.box_regressor_maps(meta.set_index("id"), boxes, meta.iloc[:1], (SIZE, SIZE))
+    result = xp.explain_image(regressed[0], box, prior)
+    assert result["activation_over_prior"] == pytest.approx(0.0) and result["pointing_game"] == 1.0
