@@ -59,25 +59,33 @@ def fold_metrics(y: np.ndarray, proba: np.ndarray, label: np.ndarray) -> dict[st
             "auroc": roc_auc_score(y, proba) if len(set(y)) == 2 else float("nan")}
 
 
+def fold_rows(labels: np.ndarray, folds: int, limit: int | None = None):
+    """(fitted rows, held-out rows) of each fold of a stratified ``folds``-fold split of ``labels``'
+    rows (or of a stratified ``limit`` of them), as row indices of the split."""
+    rows = limited_rows(labels, limit)
+    if np.bincount(labels[rows], minlength=2).min() < folds:
+        raise HygieiaError(f"{folds}-fold cross-validation needs at least {folds} images of each class; "
+                           f"the rows used hold {np.bincount(labels[rows], minlength=2).tolist()}")
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=SEED)
+    return [(rows[fit], rows[held]) for fit, held in splitter.split(rows, labels[rows])]
+
+
 def cross_validate(submission: str | Path, X: dict, folds: int = 5, limit: int | None = None) -> pd.DataFrame:
     """Stratified ``folds``-fold cross-validation of the submission folder's ``Model`` on the labelled
-    split ``X``: each fold is fitted on the others, as ingestion fits on train (labels and boxes of
-    the held-out fold are not passed), and scored on its predictions. One row per fold."""
+    split ``X``: each fold is fitted on the others, as ingestion fits on train (with their boxes),
+    and predicts its own images without their labels and boxes. One row of metrics per fold."""
     Model = import_model_class(submission)
+    everything = np.arange(len(X["ids"]))
+    results = []
     try:
-        rows = limited_rows(X["labels"], limit)
-        labels = X["labels"][rows]
-        results = []
-        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=SEED)
-        for fold, (fit_rows, held_rows) in enumerate(splitter.split(rows, labels)):
-            fit_mask = np.isin(np.arange(len(X["ids"])), rows[fit_rows])
-            held_mask = np.isin(np.arange(len(X["ids"])), rows[held_rows])
+        for fold, (fit_rows, held_rows) in enumerate(fold_rows(X["labels"], folds, limit)):
+            fit_mask, held_mask = np.isin(everything, fit_rows), np.isin(everything, held_rows)
             fit_X, held_X = subset(X, fit_mask), subset(X, held_mask)
             fit_X["boxes"] = X["boxes"][X["boxes"]["id"].isin(set(fit_X["ids"]))].reset_index(drop=True)
             model = Model()
             model.fit(fit_X, X["labels"][fit_mask])
             proba = np.asarray(model.predict_proba(held_X), dtype=float)
-            label = (np.asarray(model.predict(held_X)) if hasattr(model, "predict") else proba >= 0.5).astype(int)
+            label = np.asarray(model.predict(held_X) if hasattr(model, "predict") else proba >= 0.5).astype(int)
             results.append({"fold": fold, "n_fit": int(fit_mask.sum()), "n_held": int(held_mask.sum()),
                             **fold_metrics(X["labels"][held_mask], proba, label)})
     finally:
