@@ -50,7 +50,8 @@ def test_kit_requirements_hold_every_runtime_requirement_participants_need():
     needed = [line for line in requirement_lines(ROOT / "requirements.txt")
               if not any(line.startswith(name) for name in ORGANIZER_ONLY)]
     assert [line for line in needed if line not in kit] == []
-    assert any(line.startswith("notebook") for line in kit)
+    for tool in ("notebook", "nbconvert", "ipykernel"):  # the README's commands: Jupyter, and nbconvert headless
+        assert any(line.startswith(tool) for line in kit), tool
 
 
 def load_local_eval():
@@ -85,6 +86,96 @@ def test_local_dataset_holds_out_part_of_train_with_its_labels_and_boxes_on_the_
 
     quick = local_eval.split_rows(train["labels"], holdout=0.3, limit=30)
     assert sum(len(part) for part in quick.values()) == 30
+
+
+def write_model(folder: Path, body: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "model.py").write_text(body)
+    return folder
+
+
+CONSTANT_MODEL = """
+import json
+from pathlib import Path
+
+import numpy as np
+
+LOG = Path(__file__).with_name("calls.jsonl")
+
+
+def log(entry):
+    with LOG.open("a") as handle:
+        handle.write(json.dumps(entry) + "\\n")
+
+
+class Model:
+    def fit(self, X, y):
+        log({"call": "fit", "keys": sorted(X), "n": len(y),
+             "boxes_of_fitted_ids": set(X["boxes"]["id"]) <= set(X["ids"])})
+
+    def predict_proba(self, X):
+        log({"call": "predict_proba", "keys": sorted(X), "n": len(X["ids"])})
+        return np.full(len(X["ids"]), 0.3)   # ignores the pixels
+"""
+
+
+def test_cross_validation_fits_on_the_other_folds_and_predicts_each_image_once_without_its_labels(tmp_path):
+    import json
+
+    local_eval = load_local_eval()
+    write_fake_dataset(tmp_path / "data", sizes=(60, 20, 20))
+    train = ds.load_input_split(tmp_path / "data" / ds.INPUT_DIR, "train")
+    model = write_model(tmp_path / "constant", CONSTANT_MODEL)
+    results = local_eval.cross_validate(model, train, folds=5)
+    assert "model" not in sys.modules  # the submission's modules are forgotten afterwards
+
+    calls = [json.loads(line) for line in (model / "calls.jsonl").read_text().splitlines()]
+    assert [c["call"] for c in calls] == ["fit", "predict_proba"] * 5
+    assert all(c["keys"] == ["boxes", "features", "ids", "images", "meta"] and c["boxes_of_fitted_ids"]
+               for c in calls[::2])
+    assert all(c["keys"] == ["features", "ids", "images", "meta"] for c in calls[1::2])  # no labels, no boxes
+
+    assert list(results.index) == [0, 1, 2, 3, 4]
+    assert results["n_held"].sum() == 60 and (results["n_fit"] + results["n_held"] == 60).all()
+    folds = local_eval.fold_rows(train["labels"], 5)
+    assert sorted(np.concatenate([held for _, held in folds])) == list(range(60))  # each image held out once
+    for fit, held in folds:
+        assert not set(fit) & set(held)
+        assert train["labels"][held].mean() == pytest.approx(train["labels"].mean(), abs=0.1)  # stratified
+    # a constant 0.3 predicts "normal" everywhere: accuracy = the fold's normal share, AUROC at chance
+    assert results["accuracy"].tolist() == pytest.approx([1 - train["labels"][held].mean() for _, held in folds])
+    assert (results["auroc"] == 0.5).all() and (results["recall"] == 0).all()
+    assert (results["balanced_accuracy"] == 0.5).all()
+
+    assert sum(len(held) for _, held in local_eval.fold_rows(train["labels"], 5, limit=30)) == 30
+    with pytest.raises(Exception, match="needs at least 5 images of each class"):
+        local_eval.fold_rows(train["labels"], 5, limit=6)
+
+
+def load_kit_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, KIT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_box_supervised_heatmap_beats_the_box_prior_where_the_pixels_show_the_box():
+    box_heatmap = load_kit_module("box_heatmap")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 60, size=(60, 100, 100)).astype(np.uint8)
+    masks = np.zeros(images.shape, bool)
+    for image, mask in zip(images, masks):  # a bright opacity-like patch inside each box
+        x, y = rng.integers(5, 55, size=2)
+        mask[y:y + 35, x:x + 35] = True
+        image[mask] += 120
+    model = box_heatmap.BoxHeatmap(epochs=40).fit(images[:45], masks[:45])
+    maps = model.heatmaps(images[45:])
+    assert maps.shape == (15, 100, 100) and (maps >= 0).all()
+    learnt = box_heatmap.mean_activation_in_box(maps, masks[45:])
+    prior = box_heatmap.mean_activation_in_box([box_heatmap.box_prior(masks[:45])] * 15, masks[45:])
+    uniform = box_heatmap.mean_activation_in_box([np.ones((100, 100))] * 15, masks[45:])
+    assert uniform < prior < 0.4  # the prior knows where boxes lie on average, not in this crop
+    assert learnt > prior + 0.2, (learnt, prior)
 
 
 def load_figures():
