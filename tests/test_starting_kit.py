@@ -281,3 +281,103 @@ def test_notebook_runs_in_the_bundles_starting_kit_and_its_zip_is_accepted(
     result = run_submission(submission, bundle, phase="development", out_dir=tmp_path / "run", echo=False)
     assert result.status == "Finished", result.report()
     assert sorted(result.scores) == sorted(SCORE_KEYS)
+
+
+def kit_environment(**extra: str) -> dict[str, str]:
+    """The caller's environment without PYTHONPATH (nothing of this repository importable) and
+    without HYGIEIA_* settings, plus ``extra``."""
+    env = {key: value for key, value in os.environ.items()
+           if key != "PYTHONPATH" and not key.startswith("HYGIEIA_")}
+    return {**env, "MPLBACKEND": "Agg", **extra}
+
+
+@pytest.mark.slow
+def test_score_locally_runs_a_zip_through_both_programs_from_the_kit_alone(tmp_path):
+    import subprocess
+
+    from bundle_helpers import build_fake_bundle
+
+    kit = unpack_starting_kit(build_fake_bundle(tmp_path / "build"), tmp_path)
+    broken = write_model(tmp_path / "broken", "class Model:\n    def fit(self, X, y)\n")
+    from hygieia.submission.loading import zip_submission
+    zip_submission(broken, tmp_path / "broken.zip")
+    env = kit_environment()
+
+    def score_locally(submission: Path, *options: str):
+        return subprocess.run([sys.executable, "score_locally.py", str(submission), *options], cwd=kit, env=env,
+                              capture_output=True, text=True, timeout=600)
+
+    good = score_locally(kit / "sample_submission_tabular.zip")
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "status: Finished" in good.stdout and "leaderboard row:" in good.stdout
+    assert "Accuracy" in good.stdout and (kit / "local_run" / "score_locally" / "scoring" / "output" /
+                                          "detailed_results.html").is_file()
+    bad = score_locally(tmp_path / "broken.zip", "--out", str(tmp_path / "bad_run"))
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "status: Failed" in bad.stdout and "SyntaxError" in bad.stdout
+    wrong = score_locally(kit / "sample_submission_tabular.zip", "--holdout", "1.5")
+    assert wrong.returncode == 2 and "hold-out must be a fraction" in wrong.stderr
+
+
+def readme_commands(readme: Path) -> list[str]:
+    """The shell commands of the README's first bash block, comments and blank lines left out."""
+    block = readme.read_text(encoding="utf-8").split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("  #", 1)[0].strip() for line in block.splitlines()]
+    return [command for command in commands if command and not command.startswith("#")]
+
+
+@pytest.mark.slow
+def test_readme_commands_run_the_notebook_and_score_its_zip_in_a_fresh_venv(tmp_path, phantom_prepared, weights_path):
+    """Issue 13's "done when": from the unzipped bundle, `pip install -r starting_kit/requirements.txt`
+    in a fresh virtual environment, then the kit README's commands, run as written.
+
+    Torch and torchvision cannot be downloaded in the test (about 1 GB, and CI machines may be
+    offline for it), so the fresh venv sees this interpreter's site-packages through a .pth file and
+    pip installs only what they lack from the package index: Jupyter's notebook, nbconvert and their
+    dependencies, which the test environment does not hold. That proves that the requirements bring
+    `jupyter nbconvert` and the notebook's kernel; that they also list every library the programs
+    import is test_kit_requirements_hold_every_runtime_requirement_participants_need's job.
+    Skips when the package index cannot be reached."""
+    import site
+    import subprocess
+
+    from hygieia.bundle.build import build_bundle
+
+    bundle = build_bundle(phantom_prepared, tmp_path / "bundle.zip").path
+    with zipfile.ZipFile(bundle) as archive:
+        archive.extractall(tmp_path / "bundle")
+    kit = tmp_path / "bundle" / "starting_kit"
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    venv_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    Path(venv_site, "test_base_packages.pth").write_text(
+        "\n".join(p for p in site.getsitepackages() if Path(p).is_dir()) + "\n")
+    env = kit_environment(PATH=os.pathsep.join([str(venv / "bin"), os.environ["PATH"]]), VIRTUAL_ENV=str(venv),
+                          HYGIEIA_FAST="1", HYGIEIA_MOBILENET_WEIGHTS=str(weights_path))
+
+    installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", "requirements.txt"], cwd=kit,
+                               env=env, capture_output=True, text=True, timeout=900)
+    if installed.returncode != 0:
+        offline = ("NewConnectionError", "Temporary failure in name resolution", "No matching distribution")
+        if any(sign in installed.stdout + installed.stderr for sign in offline):
+            pytest.skip(f"the package index cannot be reached: {installed.stderr.strip()[-300:]}")
+        raise AssertionError(installed.stdout + installed.stderr)
+    assert (venv / "bin" / "jupyter-nbconvert").is_file()  # in the fresh venv, from the requirements
+
+    commands = [c for c in readme_commands(kit / "README.md")
+                if not c.startswith(("pip install", "jupyter notebook"))]  # done above / interactive
+    assert any("nbconvert" in c for c in commands) and any("score_locally.py" in c for c in commands)
+    for command in commands:
+        ran = subprocess.run(["bash", "-c", command], cwd=kit, env=env, capture_output=True, text=True, timeout=1800)
+        assert ran.returncode == 0, f"{command}\n{ran.stdout[-3000:]}\n{ran.stderr[-3000:]}"
+        if "score_locally.py" in command:
+            assert "status: Finished" in ran.stdout and "leaderboard row:" in ran.stdout
+            print(ran.stdout)
+
+    executed = nbformat.read(kit / "README.run.ipynb", as_version=4)
+    printed = "".join(outputs(executed, output_type="stream"))
+    assert str(python) in printed or str(venv) in printed, "the kernel did not run the fresh venv's python"
+    assert "status: Finished" in printed
