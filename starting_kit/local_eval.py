@@ -126,23 +126,6 @@ def run_program(*command, tail: int = 25) -> None:
                            "its output is above")
 
 
-def ingest(kit: Path, input_data: Path, submission: Path, output: Path) -> Path:
-    """The ingestion program: train ``submission`` on ``input_data``; predictions go to ``output``."""
-    if output.exists():
-        shutil.rmtree(output)
-    program = kit / "ingestion_program"
-    run_program(program / "ingestion.py", input_data, output, program, submission)
-    return output
-
-
-def score(kit: Path, reference: Path, predictions: Path, output: Path) -> Path:
-    """The scoring program on one reference split and one ingestion output; results go to ``output``."""
-    if output.exists():
-        shutil.rmtree(output)
-    run_program(kit / "scoring_program" / "score.py", reference, predictions, output)
-    return output
-
-
 def write_local_bundle(kit: Path, local: Path, folder: Path) -> Path:
     """A bundle folder as the local worker reads it: the kit's two programs, ``local``'s input data,
     and one development phase scored on ``local``'s valid reference."""

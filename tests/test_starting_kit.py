@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -326,18 +327,36 @@ def readme_commands(readme: Path) -> list[str]:
     return [command for command in commands if command and not command.startswith("#")]
 
 
+OWN_PACKAGING = ("pip", "setuptools", "_distutils_hack", "distutils-precedence", "pkg_resources", "__pycache__")
+
+
+def link_packages(source: Path, target: Path) -> None:
+    """Hard-link the packages of the site-packages folder ``source`` into ``target`` (a venv's)."""
+    if not source.is_dir():
+        return
+    for entry in sorted(source.iterdir()):
+        if entry.name.startswith(OWN_PACKAGING) or (target / entry.name).exists():
+            continue  # the venv's own pip and setuptools
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, target / entry.name, copy_function=os.link, symlinks=True)
+        else:
+            os.link(entry, target / entry.name, follow_symlinks=False)
+
+
 @pytest.mark.slow
 def test_readme_commands_run_the_notebook_and_score_its_zip_in_a_fresh_venv(tmp_path, phantom_prepared, weights_path):
     """Issue 13's "done when": from the unzipped bundle, `pip install -r starting_kit/requirements.txt`
     in a fresh virtual environment, then the kit README's commands, run as written.
 
-    Torch and torchvision cannot be downloaded in the test (about 1 GB, and CI machines may be
-    offline for it), so the fresh venv sees this interpreter's site-packages through a .pth file and
-    pip installs only what they lack from the package index: Jupyter's notebook, nbconvert and their
-    dependencies, which the test environment does not hold. That proves that the requirements bring
-    `jupyter nbconvert` and the notebook's kernel; that they also list every library the programs
-    import is test_kit_requirements_hold_every_runtime_requirement_participants_need's job.
-    Skips when the package index cannot be reached."""
+    Torch and torchvision cannot be downloaded in the test (about 1 GB), so the fresh venv starts
+    with this interpreter's packages hard-linked into its own site-packages (as if installed there:
+    the local worker runs each program with ``python -S``, which ignores .pth files; hard links keep
+    pip from touching the original files) and pip installs only what they lack from the package
+    index: Jupyter's notebook, nbconvert and their dependencies, which the test environment does not
+    hold. That proves that the requirements bring `jupyter nbconvert` and the notebook's kernel; that
+    they also list every library the programs import is
+    test_kit_requirements_hold_every_runtime_requirement_participants_need's job. Skips when the
+    package index cannot be reached or the packages cannot be hard-linked (another file system)."""
     import site
     import subprocess
 
@@ -353,8 +372,11 @@ def test_readme_commands_run_the_notebook_and_score_its_zip_in_a_fresh_venv(tmp_
     python = venv / "bin" / "python"
     venv_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip()
-    Path(venv_site, "test_base_packages.pth").write_text(
-        "\n".join(p for p in site.getsitepackages() if Path(p).is_dir()) + "\n")
+    try:
+        for source in site.getsitepackages():
+            link_packages(Path(source), Path(venv_site))
+    except OSError as err:
+        pytest.skip(f"cannot hard-link this interpreter's packages into {venv_site}: {err}")
     env = kit_environment(PATH=os.pathsep.join([str(venv / "bin"), os.environ["PATH"]]), VIRTUAL_ENV=str(venv),
                           HYGIEIA_FAST="1", HYGIEIA_MOBILENET_WEIGHTS=str(weights_path))
 
