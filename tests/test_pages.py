@@ -129,3 +129,17 @@ def test_the_phantom_marks_its_download_and_prepare_records_it(tmp_path):
     summary = {"ratio": [3, 2], "skipped": []}
     assert "synthetic data" in card_text(table, summary, 0, phantom=True)
     assert "synthetic" not in card_text(table, summary, 0, phantom=False)
+
+
+@pytest.mark.slow
+def test_a_bundle_built_from_the_prepared_phantom_says_so_and_states_its_own_sizes(tmp_path, phantom_prepared):
+    from conftest import PHANTOM_SIZES
+
+    assert json.loads((phantom_prepared / "card" / pages.SOURCE_FILE).read_text()) == {"source": "phantom"}
+    assert "synthetic data" in (phantom_prepared / "card" / "dataset_card.md").read_text()
+    bundle = build_bundle(phantom_prepared, tmp_path / "bundle.zip").path
+    with zipfile.ZipFile(bundle) as archive:
+        texts = {name: archive.read(name).decode() for name in archive.namelist() if pages.is_template(name)}
+    for name, text in texts.items():
+        assert "**Synthetic data.**" in text, name
+        assert stated_sizes(text) <= set(PHANTOM_SIZES), name
