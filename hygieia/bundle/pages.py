@@ -28,7 +28,7 @@ METRIC_TABLE = "metric_table"
 # FAST_IMAGES; a test checks that they agree).
 FAST_IMAGES = 300
 TYPICAL_ACCURACY = 0.8  # p of the Bernoulli interval the evaluation page quotes
-SOURCE_FILE = "source.json"  # written by prepare's dataset card: {"source": "rsna" | "phantom"}
+SOURCE_FILE = "source.json"  # hygieia.prepare.card.SOURCE_FILE, in the card folder: {"source": "rsna" | "phantom"}
 SYNTHETIC_NOTICE = ("> **Synthetic data.** This bundle was built from Hygieia's phantom: computer-generated "
                     "radiographs in the RSNA format, not images of real patients. Its numbers say nothing "
                     "about pneumonia detection on real X-rays.\n\n")
@@ -39,7 +39,7 @@ def is_template(name: str) -> bool:
 
 
 def data_source(data_dir: Path) -> str | None:
-    """"phantom" or "rsna" as prepare's dataset card records it; None for data without that record."""
+    """The data's source as prepare's dataset card records it ("phantom" or "rsna"); None without a record."""
     path = Path(data_dir) / "card" / SOURCE_FILE
     if not path.is_file():
         return None
