@@ -4,7 +4,7 @@ no unfilled placeholder, no split size the data do not have, a synthetic notice 
 from __future__ import annotations
 
 import ast
-import importlib
+import importlib.util
 import json
 import math
 import re
