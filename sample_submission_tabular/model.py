@@ -1,6 +1,7 @@
 """Hygieia sample submission (tabular): logistic regression on the MobileNetV2 features.
 
-Uses only ``X["features"]`` ((N, 1280) float32); gives no explanation. See
+Uses only ``X["features"]`` ((N, 1280) float32, computed on the whole radiograph, not on the crop:
+they may carry what the crop leaves out); gives no explanation. See
 sample_submission/README.md for the Model API.
 """
 

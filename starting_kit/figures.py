@@ -89,3 +89,36 @@ def show_metric_histograms(table: pd.DataFrame, columns: list[str]):
     axes[0][0].set_ylabel("true positives")
     fig.tight_layout()
     return fig
+
+
+def show_folds(results: dict[str, pd.DataFrame], columns: list[str]):
+    """Cross-validation: each fold's score (dots) and the mean ± sd (bar) per model, one panel per metric."""
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns), 3.2), squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        for position, (name, folds) in enumerate(results.items()):
+            values = folds[column].to_numpy(dtype=float)
+            ax.errorbar(position, values.mean(), yerr=values.std(ddof=1) if len(values) > 1 else 0,
+                        fmt="s", color="black", capsize=6, zorder=3)
+            ax.scatter(np.full(len(values), position) + np.linspace(-0.15, 0.15, len(values)), values,
+                       alpha=0.7, zorder=2)
+        ax.set_xticks(range(len(results)), list(results), fontsize=8)
+        ax.set_xlim(-0.6, len(results) - 0.4)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(column, fontsize=9)
+    fig.suptitle("Cross-validation: each fold (dots), mean ± sd (black)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def show_heatmaps(images: np.ndarray, heatmaps: np.ndarray, masks: np.ndarray, title: str):
+    """Crops with a heatmap over them and the outline of their box mask (red)."""
+    fig, axes = plt.subplots(1, max(1, len(images)), figsize=(2.2 * max(1, len(images)), 2.6), squeeze=False)
+    for ax in axes[0]:
+        ax.axis("off")
+    for ax, image, heatmap, mask in zip(axes[0], images, heatmaps, masks):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        ax.imshow(heatmap, cmap="jet", alpha=0.45)
+        ax.contour(mask, levels=[0.5], colors=BOX_COLOR, linewidths=1.2)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -19,30 +19,26 @@ CELLS = [
     ("md", r"""
 # Hygieia starting kit: pneumonia detection from chest X-rays, with an explanation score
 
-In about ten minutes this notebook shows you the whole challenge:
+This notebook shows you the whole challenge:
 
-1. the public data: 100×100 chest X-ray crops, their labels (normal 0 / lung opacity 1), the
-   radiologists' opacity boxes, and the patients' metadata;
+1. the public data: chest X-ray crops, their labels (normal 0 / lung opacity 1), the radiologists'
+   opacity boxes, and the patients' metadata;
 2. the two versions of the data (pixels and MobileNetV2 features) and why the features are suspect;
 3. the Model API and how your model's explanations are scored against hidden boxes;
-4. a local run of the real ingestion and scoring programs on a hold-out carved from the public
-   training data, for the baseline CNN and for the tabular baseline;
-5. the zip you upload, checked by the same worker steps as on Codabench.
+4. a stratified 5-fold cross-validation of the baseline CNN on the public training data, with its
+   spread, then one run of it through the real ingestion and scoring programs;
+5. the tabular baseline, cross-validated the same way;
+6. one use of the training boxes: a heatmap model trained on them;
+7. the zip you upload, scored by `score_locally.py` as Codabench scores it.
 
-**Setup.** In the unpacked starting kit, with Python ≥ 3.10:
-
-```bash
-pip install -r requirements.txt    # numpy, pandas, scikit-learn, torch, torchvision, captum, matplotlib, jupyter ...
-jupyter notebook README.ipynb
-```
-
-Nothing else is installed: the competition's own code (the `hygieia` package) comes vendored inside
-`ingestion_program/` and `scoring_program/`, and this notebook imports it from there.
+**Setup**: the commands are in this kit's `README.md` (`pip install -r requirements.txt`, then this
+notebook, in a browser or headless with `jupyter nbconvert`). Everything runs from the kit alone: the
+competition's own code, the `hygieia` package, is in the kit's `hygieia/` folder.
 
 **Settings** (environment variables, read by the next cell):
 
-- `HYGIEIA_FAST=1`: a quick run (a few hundred images, short training) that finishes in a few minutes
-  on a laptop; without it the notebook uses all the public data.
+- `HYGIEIA_FAST=1`: a quick run: at most 300 training images (all of them when train is smaller)
+  and short training; without it the notebook uses all the public data.
 - `HYGIEIA_DATA`: another data folder (an `input_data/` folder, or a folder holding one); default
   `input_data/` beside this notebook.
 - `HYGIEIA_MOBILENET_WEIGHTS`: a torchvision `mobilenet_v2` state_dict, for offline machines; online,
@@ -67,17 +63,23 @@ DATA = Path(os.environ.get("HYGIEIA_DATA", KIT / "input_data"))
 if (DATA / "input_data").is_dir():
     DATA = DATA / "input_data"
 WORK = KIT / "local_run"                           # everything this notebook writes goes here
+FOLDS = 5
 
-sys.path[:0] = [str(KIT), str(KIT / "scoring_program")]   # the helpers beside this notebook; hygieia
+sys.path.insert(0, str(KIT))                       # the kit's hygieia package and the helpers beside this notebook
 from hygieia import dataset as ds
-from hygieia.scoring.keys import LEADERBOARD_COLUMNS
 from hygieia.submission.loading import zip_submission
+import box_heatmap
 import figures
 import local_eval
 
+LIMIT = local_eval.FAST_IMAGES if FAST else None   # training images used here, None: all
 %matplotlib inline
 print(f"Python {sys.version.split()[0]} ({sys.executable})")
 print(f"data: {DATA}\nfast: {FAST}")
+source = KIT / "dataset_card" / "source.json"
+if source.is_file() and json.loads(source.read_text())["source"] == "phantom":
+    display(Markdown("**Synthetic data**: this kit was built from Hygieia's phantom, computer-generated "
+                     "radiographs, not images of real patients."))
 """),
     ("md", r"""
 ## 1. The public data
@@ -201,21 +203,14 @@ missed pneumonia costs more than a false alarm), AUROC and the four explanation 
 beside it.
 """),
     ("md", r"""
-## 4. A local run of the baseline
+## 4. Cross-validation of the baseline
 
-The hidden labels are not here, so we make our own: part of the public **train** split is held out,
-with its labels and boxes, as a local "reference". The rest is the local training data.
-`local_eval.write_local_dataset` lays both out exactly as the competition does
-(`input_data/` for ingestion, `reference_data/valid` and `reference_data/test` for scoring), and the
-real programs from `ingestion_program/` and `scoring_program/` then run on them.
-"""),
-    ("code", r"""
-rows = local_eval.split_rows(train["labels"], holdout=0.3, limit=300 if FAST else None)
-LOCAL = local_eval.write_local_dataset(train, rows, WORK / "data")
-pd.DataFrame({split: {"images": len(index), "opacity share": round(float(train["labels"][index].mean()), 3)}
-              for split, index in rows.items()}).T
-"""),
-    ("md", r"""
+The hidden labels are not here, so we estimate a model's score on the public **train** split by
+stratified k-fold cross-validation (scikit-learn's `StratifiedKFold`, 5 folds, the class shares kept
+in every fold): the model is fitted on four folds, exactly as ingestion fits it (the dict `X` with
+boxes, and `y`), and predicts the fifth, whose labels and boxes it does not see. Every image is
+predicted once; the spread over the folds tells you how far a difference between two models is noise.
+
 The kit ships the two sample submissions as the zips you would upload; we unpack them to folders you
 can edit. `sample_submission/model.py` is the original design's baseline: an ImageNet MobileNetV2,
 frozen, with a linear layer trained on top (crops resized to 128×128), and Grad-CAM on its last
@@ -229,39 +224,42 @@ for name in ["sample_submission", "sample_submission_tabular"]:
             archive.extractall(KIT / name)
 print((KIT / "sample_submission" / "model.py").read_text())
 """),
+    ("code", r"""
+METRICS = ["accuracy", "balanced_accuracy", "fbeta2", "recall", "precision", "auroc"]
+
+def spread(folds):
+    return pd.DataFrame({"mean": folds[METRICS].mean(), "sd": folds[METRICS].std(ddof=1)}).T.round(3)
+
+cv = {"baseline (MobileNetV2)": local_eval.cross_validate(KIT / "sample_submission", train, FOLDS, LIMIT)}
+display(cv["baseline (MobileNetV2)"].round(3))
+display(spread(cv["baseline (MobileNetV2)"]))
+"""),
     ("md", r"""
-The ingestion program trains the model on the local train split and writes `predictions.csv` and
-`heatmaps.npz` for the local valid and test crops; the scoring program compares the valid ones with
-the local reference, as the development phase does on Codabench.
+### One run through the real programs
+
+Cross-validation calls the model directly. `score_locally.py` (see `README.md`) runs a zip the way
+Codabench does: a local copy of Codabench's compute worker unpacks it, runs this kit's
+`ingestion_program/` on it with only the program folder importable, then `scoring_program/`, on a
+stratified 30 % of train held out as the local reference. Here it runs the baseline's zip; the
+leaderboard row and the detailed results below come from that run.
 """),
     ("code", r"""
-ingested = local_eval.ingest(KIT, LOCAL / "input_data", KIT / "sample_submission", WORK / "baseline_ingestion")
-scored = local_eval.score(KIT, LOCAL / "reference_data" / "valid", ingested, WORK / "baseline_scores")
-"""),
-    ("md", r"""
-### The leaderboard row
-
-`scores.json` holds the leaderboard's columns. The explanation columns score 0 when there is nothing
-to explain (a model without an explanation method, or no true positive); `detailed_scores.json`
-then says why.
-"""),
-    ("code", r"""
-TITLES = {column["key"]: column["title"] for column in LEADERBOARD_COLUMNS}
-
-def leaderboard_row(scores_dir, name):
-    scores = json.loads((scores_dir / "scores.json").read_text())
-    return pd.DataFrame([{TITLES[key]: scores[key] for key in TITLES}], index=[name])
-
-leaderboard_row(scored, "baseline (MobileNetV2)")
+run = local_eval.score_submission(KIT, KIT / "sample_submission.zip", DATA, WORK / "baseline", fast=FAST)
+LOCAL = WORK / "baseline_data"                    # the local split: input_data/ and reference_data/
+scored = run.out_dir / "scoring" / "output"       # scores.json, detailed_scores.json, detailed_results.html
+ingested = run.out_dir / "prediction" / "output"  # predictions.csv, heatmaps.npz
+pd.DataFrame([dict(run.row)], index=["baseline (MobileNetV2)"])
 """),
     ("md", r"""
 ### Detailed results
 
 The scoring program also writes `detailed_results.html` (open it in a browser: it is what Codabench
-shows beside your submission) and the same results as data in `detailed_scores.json`. Below they are
-re-plotted: the confusion matrix; the metrics per sex and per view position (a model much better on
-one group than another may have learnt the group rather than the lungs); then the heatmaps of the
-true positives over their crops, with the hidden boxes and the 95% rectangle.
+shows beside your submission) and the same results as data in `detailed_scores.json`. The explanation
+columns score 0 when there is nothing to explain (a model without an explanation method, or no true
+positive); `detailed_scores.json` then says why. Below they are re-plotted: the confusion matrix; the
+metrics per sex and per view position (a model much better on one group than another may have learnt
+the group rather than the lungs); then the heatmaps of the true positives over their crops, with the
+hidden boxes and the 95% rectangle.
 """),
     ("code", r"""
 detailed = json.loads((scored / "detailed_scores.json").read_text())
@@ -278,7 +276,7 @@ for column, groups in detailed["bias"].items():
     display(pd.DataFrame(groups).set_index("group").round(3))
 """),
     ("code", r"""
-METRICS = ["activation_in_box", "iou_95", "cc_map", "pointing_game"]
+EXPLANATION_METRICS = ["activation_in_box", "iou_95", "cc_map", "pointing_game"]
 explanation = detailed["explanation"]
 print(f"explanation method: {explanation['method']}; true positives explained: "
       f"{explanation['n_true_positives']} of {explanation['n_positives']} opacity crops")
@@ -292,7 +290,7 @@ if explanation["images"]:
     figures.show_explanations(reference["images"][[row_of[k] for k in shown]], [heatmaps[k] for k in shown],
                               [boxes[k] for k in shown], per_image.loc[shown].to_dict("records"), list(shown))
     plt.show()
-    figures.show_metric_histograms(per_image, METRICS)
+    figures.show_metric_histograms(per_image, EXPLANATION_METRICS)
     plt.show()
 else:
     print(explanation["reason"])
@@ -305,35 +303,61 @@ opacity where the radiologists saw it.
 ## 5. The tabular baseline
 
 `sample_submission_tabular/model.py` fits a logistic regression on `X["features"]`. It has no
-explanation method, so its explanation columns score 0. Compare its row with the CNN's, and
-remember the warning of section 2: a high accuracy on features of whole radiographs may come from
-what surrounds the lungs.
+explanation method, so its explanation columns score 0. Compare its cross-validated scores with the
+CNN's, fold by fold, and remember the warning of section 2: a high accuracy on features of whole
+radiographs may come from what surrounds the lungs.
 """),
     ("code", r"""
 print((KIT / "sample_submission_tabular" / "model.py").read_text())
-ingested_tabular = local_eval.ingest(KIT, LOCAL / "input_data", KIT / "sample_submission_tabular",
-                                     WORK / "tabular_ingestion")
-scored_tabular = local_eval.score(KIT, LOCAL / "reference_data" / "valid", ingested_tabular,
-                                  WORK / "tabular_scores")
-predictions = pd.read_csv(ingested_tabular / "predictions.csv", dtype={"id": str}).set_index("id").loc[reference["ids"]]
-ConfusionMatrixDisplay.from_predictions(reference["labels"], predictions["label"],
-                                        display_labels=["normal", "opacity"], colorbar=False)
-plt.title("tabular baseline, local valid split")
+cv["tabular"] = local_eval.cross_validate(KIT / "sample_submission_tabular", train, FOLDS, LIMIT)
+figures.show_folds(cv, ["accuracy", "fbeta2", "auroc"])
 plt.show()
-pd.concat([leaderboard_row(scored, "baseline (MobileNetV2)"), leaderboard_row(scored_tabular, "tabular")])
+pd.concat({name: spread(folds) for name, folds in cv.items()})
 """),
     ("md", r"""
-## 6. Your submission
+## 6. Using the training boxes
 
-Edit `sample_submission/model.py` (or start a new folder with a `model.py`), rerun section 4, and
-when you are happy zip the folder: `model.py` must be at the zip's root, with any helper files
+The boxes of train are public: they can teach a model *where* an opacity is, which is what the
+explanation columns reward. `box_heatmap.BoxHeatmap` is a small fully convolutional network fitted,
+pixel by pixel, to the box masks of the training opacity crops: its output is a heatmap. We
+cross-validate it on the same folds and measure `activation_in_box` on the held-out opacity crops,
+against two maps that ignore the pixels: a uniform map (it scores the boxes' share of the crop) and
+the **box prior**, the mean box mask of the training folds (it knows only where boxes usually lie).
+A heatmap is worth something only where it beats the prior, and this small network, trained from
+scratch on a few hundred crops, barely matches it: it is a starting point, not a solution (a
+pretrained backbone, more crops, the prior as an extra input channel ...). To use such maps, return
+them from your model's `explain(X)` (section 3), or add the box masks as a second loss to your
+classifier.
+"""),
+    ("code", r"""
+box_folds = []
+for fit, held in local_eval.fold_rows(train["labels"], FOLDS, LIMIT):   # the folds of section 4
+    fit_images, fit_masks = box_heatmap.opacity_masks(train, fit)
+    held_images, held_masks = box_heatmap.opacity_masks(train, held)
+    learnt = box_heatmap.BoxHeatmap().fit(fit_images, fit_masks)
+    prior = box_heatmap.box_prior(fit_masks)
+    maps = {"uniform": [np.ones(prior.shape)] * len(held_masks), "box prior": [prior] * len(held_masks),
+            "box-supervised": learnt.heatmaps(held_images)}
+    box_folds.append({name: box_heatmap.mean_activation_in_box(m, held_masks) for name, m in maps.items()})
+box_folds = pd.DataFrame(box_folds).rename_axis("fold")
+display(box_folds.round(3))
+display(pd.DataFrame({"mean": box_folds.mean(), "sd": box_folds.std(ddof=1)}).T.round(3))
+shown = np.arange(min(6, len(held_images)))
+figures.show_heatmaps(held_images[shown], maps["box-supervised"][shown], held_masks[shown],
+                      "Box-supervised heatmaps of held-out opacity crops (last fold); red: the boxes")
+plt.show()
+"""),
+    ("md", r"""
+## 7. Your submission
+
+Edit `sample_submission/model.py` (or start a new folder with a `model.py`), rerun sections 4 to 6,
+and when you are happy zip the folder: `model.py` must be at the zip's root, with any helper files
 beside it. `zip_submission` does exactly that, leaving out caches and hidden files.
 
 Some directions: fine-tune the backbone instead of freezing it; augment the crops; use
-`X["meta"]`; and use the training boxes, `X["boxes"]`, which are public: they can teach a model
-*where* to look (for instance a loss on its attention map), which is what the explanation columns
-reward. Mind the time: the ingestion program stops a run after 540 s of training and prediction
-(the platform kills it at 600 s); `HYGIEIA_TIME_BUDGET` changes that budget for local runs.
+`X["meta"]`; and use the training boxes, as in section 6. Mind the time: the ingestion program stops
+a run after its time budget (the platform kills it at the phase's time limit);
+`HYGIEIA_TIME_BUDGET` changes that budget for local runs.
 """),
     ("code", r"""
 SUBMISSION = zip_submission(KIT / "sample_submission", WORK / "submission.zip")
@@ -341,16 +365,12 @@ with zipfile.ZipFile(SUBMISSION) as archive:
     print(SUBMISSION, [info.filename for info in archive.infolist()])
 """),
     ("md", r"""
-Finally, check the zip itself as Codabench will handle it. `hygieia.bundle.worker` is a local copy of
-Codabench's compute worker: it unpacks the zip as the platform does, runs the ingestion program on it
-with only the program folder importable (as in the competition's container), then the scoring
-program, and reads `scores.json` into a leaderboard row. Here it runs on a small bundle made of this
-kit's programs and the local hold-out. Status `Finished` means the zip is ready: upload
-`local_run/submission.zip` on the competition's *My Submissions* page.
+Finally, check the zip itself as Codabench will handle it, with the kit's command
+`python score_locally.py local_run/submission.zip` (run here from the notebook). Status `Finished`
+means the zip is ready: upload `local_run/submission.zip` on the competition's *My Submissions* page.
 """),
     ("code", r"""
-checked = local_eval.check_submission(KIT, SUBMISSION, LOCAL, WORK / "submission_check")
-pd.DataFrame([dict(checked.row)], index=["submission.zip"])
+local_eval.run_program(KIT / "score_locally.py", SUBMISSION, tail=40)
 """),
 ]
 

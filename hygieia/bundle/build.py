@@ -29,6 +29,7 @@ import yaml
 
 from hygieia import dataset as ds
 from hygieia.bundle.archive import folder_entries, write_zip
+from hygieia.bundle.pages import rendered_templates
 from hygieia.errors import HygieiaError
 from hygieia.scoring.keys import LEADERBOARD_COLUMNS, PRIMARY_KEY, SCORE_KEYS
 from hygieia.submission.loading import zip_submission
@@ -174,6 +175,8 @@ def build_bundle(data_dir: str | Path, output: str | Path, *, root: str | Path =
         tmp = Path(tmp)
         entries[INPUT_ZIP] = write_zip(tmp / INPUT_ZIP, folder_entries(data_dir / ds.INPUT_DIR, "input_data/"))
         entries.update(starting_kit_entries(root, data_dir, tmp))
+        # The pages and the kit's README are templates, filled from the data (hygieia/bundle/pages.py).
+        entries.update(rendered_templates(entries, data_dir, counts, side, competition))
         write_zip(output, entries)
         contents = summarize(entries)
     return BuildSummary(output, output.stat().st_size, counts, contents)
@@ -189,6 +192,7 @@ def starting_kit_entries(root: Path, data_dir: Path, tmp: Path) -> dict[str, Pat
     entries.update(folder_entries(data_dir / ds.INPUT_DIR, f"{kit}input_data/"))
     for program in PROGRAMS:
         entries.update(program_entries(root, program, f"{kit}{program}/"))
+    entries.update(folder_entries(root / "hygieia", f"{kit}hygieia/"))  # the kit's own copy, for its tools
     if (data_dir / CARD_DIR).is_dir():
         entries.update(folder_entries(data_dir / CARD_DIR, f"{kit}dataset_card/"))
     return entries

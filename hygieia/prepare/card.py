@@ -12,12 +12,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from hygieia.dataset import INPUT_META_COLUMNS, SPLITS
-from hygieia.files import write_bytes, write_text
+from hygieia.files import write_bytes, write_json, write_text
 from hygieia.prepare.select import CLASS_NAMES
 
 CARD_FILE = "dataset_card.md"
 BOX_SIZES_PNG = "box_sizes.png"
 EXAMPLES_PNG = "example_crops.png"
+SOURCE_FILE = "source.json"  # {"source": "rsna" | "phantom"}: the bundle's pages say when data are synthetic
 EXAMPLES_PER_CLASS = 8
 
 
@@ -30,7 +31,8 @@ def write_card(folder: Path, samples: pd.DataFrame, decoded: dict, tables, summa
     positives = tables.boxes[tables.boxes["patientId"].isin(samples.loc[samples["label"] == 1, "patientId"])]
     write_png(folder / BOX_SIZES_PNG, box_size_figure(positives))
     write_png(folder / EXAMPLES_PNG, examples_figure(table[table["split"] == "train"], decoded))
-    write_text(folder / CARD_FILE, card_text(table, summary, n_boxes=len(positives)))
+    write_text(folder / CARD_FILE, card_text(table, summary, n_boxes=len(positives), phantom=tables.phantom))
+    write_json(folder / SOURCE_FILE, {"source": "phantom" if tables.phantom else "rsna"})
 
 
 def write_png(path: Path, figure: Figure) -> None:
@@ -39,12 +41,16 @@ def write_png(path: Path, figure: Figure) -> None:
     write_bytes(path, buffer.getvalue())
 
 
-def card_text(table: pd.DataFrame, summary: dict, n_boxes: int) -> str:
+def card_text(table: pd.DataFrame, summary: dict, n_boxes: int, phantom: bool = False) -> str:
     ratio = summary["ratio"]
+    source = ("Source: **synthetic data**, Hygieia's phantom (`hygieia phantom`): computer-generated "
+              "radiographs in the format and class proportions of the RSNA Pneumonia Detection Challenge "
+              "(2018) download, not images of real patients." if phantom else
+              "Source: RSNA Pneumonia Detection Challenge (2018), stage 2 training set (Radiological Society "
+              "of North America; annotations by RSNA and the Society of Thoracic Radiology; images from the "
+              "NIH Clinical Center ChestX-ray14 collection).")
     lines = ["# Hygieia prepared dataset", "",
-             "Source: RSNA Pneumonia Detection Challenge (2018), stage 2 training set (Radiological Society "
-             "of North America; annotations by RSNA and the Society of Thoracic Radiology; images from the "
-             "NIH Clinical Center ChestX-ray14 collection). Classes: Normal → 0, Lung Opacity → 1; "
+             source + " Classes: Normal → 0, Lung Opacity → 1; "
              "\"No Lung Opacity / Not Normal\" is left out. One image per patient; splits are "
              "patient-disjoint.", "",
              f"Requested ratio normal:opacity = {ratio[0]}:{ratio[1]}.", "",

@@ -4,6 +4,7 @@
     OUT_DIR/stage_2_train_labels.csv                 patientId,x,y,width,height,Target
     OUT_DIR/stage_2_detailed_class_info.csv          patientId,class
     OUT_DIR/phantom_markers.csv                      only with confounder="marker"
+    OUT_DIR/hygieia_phantom.json                     the phantom's arguments: marks the folder synthetic
 
 Patients (ids, classes, headers, boxes) come from one random stream of the seed; each image from
 its own stream (seed, patient index), so images do not depend on the worker count. The optional
@@ -23,11 +24,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from hygieia.errors import HygieiaError
-from hygieia.files import write_text
+from hygieia.files import write_json, write_text
 from hygieia.rsna import phantom_anatomy as anatomy
 from hygieia.rsna import phantom_stats as stats
 from hygieia.rsna.dicom import write_jpeg_dicom
 from hygieia.rsna.markers import MARKER_POSITIONS, draw_marker, place_marker
+from hygieia.rsna.tables import PHANTOM_FILE
 
 IMAGES_DIR = "stage_2_train_images"
 LABELS_CSV = "stage_2_train_labels.csv"
@@ -232,6 +234,8 @@ def generate_phantom(out_dir: str | Path, patients: int, seed: int = 0, confound
     write_text(out_dir / CLASS_INFO_CSV, _csv(classes))
     if confounder == "marker":
         write_text(out_dir / MARKERS_CSV, _csv(_marker_table(table, plan, boxes)))
+    write_json(out_dir / PHANTOM_FILE, {"generator": "hygieia phantom", "patients": patients, "seed": seed,
+                                        "confounder": confounder})
     return out_dir
 
 

@@ -21,6 +21,7 @@ from hygieia.errors import DataError
 LABELS_FILE = "stage_2_train_labels.csv"
 CLASS_FILE = "stage_2_detailed_class_info.csv"
 IMAGES_DIR = "stage_2_train_images"
+PHANTOM_FILE = "hygieia_phantom.json"  # written by the phantom only: marks its downloads as synthetic
 LABELS_COLUMNS = ["patientId", "x", "y", "width", "height", "Target"]
 CLASS_COLUMNS = ["patientId", "class"]
 BOX_FIELDS = ["x", "y", "width", "height"]
@@ -35,10 +36,12 @@ IMAGE_SIZE = 1024  # RSNA's radiographs are all 1024x1024
 class RsnaTables:
     """``patients``: patientId, class, Target (one row per patient, in file order);
     ``boxes``: patientId, x, y, width, height (floats, original pixels);
-    ``skipped``: {patientId, error} of the patients left out for bad rows (``skip_bad`` only)."""
+    ``skipped``: {patientId, error} of the patients left out for bad rows (``skip_bad`` only);
+    ``phantom``: the folder is Hygieia's synthetic phantom, not RSNA's download."""
     patients: pd.DataFrame
     boxes: pd.DataFrame
     skipped: list[dict] = field(default_factory=list)
+    phantom: bool = False
 
 
 def _line(index) -> int:
@@ -161,7 +164,7 @@ def read_tables(rsna_dir: str | Path, skip_bad: bool = False) -> RsnaTables:
     patients, labels = rejects.drop(patients), rejects.drop(labels)
     boxes = labels[labels["Target"] == 1][["patientId", *BOX_FIELDS]].reset_index(drop=True)
     return RsnaTables(patients=patients[["patientId", "class", "Target"]].reset_index(drop=True), boxes=boxes,
-                      skipped=rejects.skipped())
+                      skipped=rejects.skipped(), phantom=(rsna_dir / PHANTOM_FILE).is_file())
 
 
 def _check_same_patients(path_a: Path, ids_a: pd.Series, path_b: Path, ids_b: pd.Series, rejects: Rejects) -> None:
