@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from bundle_helpers import build_fake_bundle, edit_yaml, extract
-from hygieia.bundle.archive import codabench_parent_dir, unpack_like_codabench
+from hygieia.bundle.archive import unpack
 from hygieia.bundle.build import build_bundle
-from hygieia.bundle.worker import (fresh_out_dir, program_env, read_scores, run_submission, substitute,
-                                   write_worker_metadata)
+from hygieia.bundle.worker import (RUN_MARKER, command_argv, fresh_out_dir, read_scores, run_submission,
+                                   step_env, substitute, time_limit, write_worker_metadata)
 from hygieia.errors import HygieiaError
 from hygieia.scoring.keys import SCORE_KEYS
 
@@ -37,47 +37,55 @@ def write_model(folder: Path, body: str) -> Path:
 
 
 def test_substitutions_follow_the_worker():
-    pred = {n: Path(f"/w/{n}") for n in ("program", "ingested_program", "input_data", "output")}
-    argv = substitute("python3 $ingestion_program/ingestion.py $input $output $ingestion_program "
-                      "$submission_program", kind="ingestion", folders=pred)
-    assert argv == [sys.executable, "-S", "/w/program/ingestion.py", "/w/input_data", "/w/output",
-                    "/w/program", "/w/ingested_program"]
-    score = {"program": Path("/s/program"), "input": Path("/s/input"), "output": Path("/s/output"),
-             "ref": Path("/s/input/ref"), "res": Path("/s/input/res")}
-    argv = substitute("python3 $program/score.py $input $output", kind="scoring", folders=score)
-    assert argv == [sys.executable, "-S", "/s/program/score.py", "/s/input", "/s/output"]
+    command = substitute("python3 $ingestion_program/ingestion.py $input $output $ingestion_program "
+                         "$submission_program", kind="ingestion")
+    assert command == ("python3 /app/program/ingestion.py /app/input_data /app/output /app/program "
+                       "/app/ingested_program")
+    assert substitute("python3 $program/score.py $input $output $hidden", kind="program") == \
+        "python3 /app/program/score.py /app/input /app/output /app/input/ref"
+    # without a sandbox, the /app mount points become the run's folders
+    mounts = {"/app/program": Path("/w/program"), "/app/input": Path("/w/input"), "/app/output": Path("/w/out")}
+    assert command_argv("python3 /app/program/score.py /app/input/ref '/app/output'", mounts) == \
+        [sys.executable, "-S", "/w/program/score.py", "/w/input/ref", "/w/out"]
 
 
-def test_parent_folder_rule():
-    assert codabench_parent_dir(["score.py", "metadata.yaml", "hygieia/x.py"], is_program=True) is None
-    assert codabench_parent_dir(["scoring_program/metadata.yaml", "scoring_program/s.py"], True) == "scoring_program"
-    assert codabench_parent_dir(["model.py", "helpers/a.py"], is_program=False) == "helpers"
-    assert codabench_parent_dir(["labels.csv", "boxes.csv"], is_program=False) is None
+def test_time_limit_is_capped_on_the_default_queue_only():
+    phase = {"execution_time_limit": 3600}
+    assert time_limit({}, phase) == 600
+    assert time_limit({"queue": "my-gpu-queue"}, phase) == 3600
+    assert time_limit({}, {"execution_time_limit": 45}) == 45 and time_limit({}, {}) == 600
 
 
-def test_wrapped_submission_is_unwrapped(tmp_path):
-    write_model(tmp_path / "sub" / "inner", "class Model: pass\n")
+def test_zips_are_unpacked_plainly_as_codabench_does(tmp_path):
+    """Nothing moves up a level: a wrapper folder stays, a helpers/ package stays beside model.py."""
     with zipfile.ZipFile(tmp_path / "s.zip", "w") as archive:
-        archive.write(tmp_path / "sub" / "inner" / "model.py", "inner/model.py")
-    assert unpack_like_codabench(tmp_path / "s.zip", tmp_path / "out", is_program=False) is None
-    assert (tmp_path / "out" / "model.py").is_file()
+        archive.writestr("model.py", "class Model: pass\n")
+        archive.writestr("helpers/__init__.py", "")
+        archive.writestr("inner/model.py", "")
+    unpack(tmp_path / "s.zip", tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["helpers", "inner", "model.py"]
+    assert (tmp_path / "out" / "helpers" / "__init__.py").is_file()
 
 
-def test_out_dir_is_replaced_only_when_it_is_a_previous_run(tmp_path):
-    (tmp_path / "run" / "logs").mkdir(parents=True)
-    assert list(fresh_out_dir(tmp_path / "run").iterdir()) == []
-    (tmp_path / "precious.txt").write_text("keep me")
+def test_out_dir_is_replaced_only_when_this_worker_made_it(tmp_path):
+    run = fresh_out_dir(tmp_path / "run")
+    (run / "logs").mkdir()
+    assert sorted(p.name for p in fresh_out_dir(tmp_path / "run").iterdir()) == [RUN_MARKER]
+    (tmp_path / "mine" / "logs").mkdir(parents=True)  # the user's own logs/, not a run of ours
+    (tmp_path / "mine" / "logs" / "notes.txt").write_text("keep me")
     with pytest.raises(HygieiaError, match="is not a run folder"):
-        fresh_out_dir(tmp_path)
-    assert (tmp_path / "precious.txt").read_text() == "keep me"
+        fresh_out_dir(tmp_path / "mine")
+    assert (tmp_path / "mine" / "logs" / "notes.txt").read_text() == "keep me"
+    (tmp_path / "empty").mkdir()
+    assert fresh_out_dir(tmp_path / "empty") == tmp_path / "empty"
 
 
 def test_a_program_may_not_write_the_workers_metadata(tmp_path):
     fields = {"exitCode": 0, "elapsedTime": 1.5, "ingestionExitCode": None, "ingestionElapsedTime": None}
-    assert write_worker_metadata(tmp_path, "scoring", fields) is None
+    assert write_worker_metadata(tmp_path, fields) is None
     assert yaml.safe_load((tmp_path / "metadata").read_text()) == fields
-    error = write_worker_metadata(tmp_path, "scoring", fields)
-    assert error.startswith("scoring: the output directory already contains a metadata file")
+    error = write_worker_metadata(tmp_path, fields)
+    assert error.startswith("Error, the output directory already contains a metadata file")
 
 
 def test_scores_are_read_as_the_worker_reads_them(tmp_path):
@@ -95,19 +103,22 @@ def test_scores_are_read_as_the_worker_reads_them(tmp_path):
         read_scores(tmp_path)
 
 
-def test_program_environment_hides_the_project(tmp_path, bundle_dir):
-    """Under the worker's environment only a program folder's own copy of hygieia is importable."""
+def test_program_environment_hides_the_project_and_the_callers_settings(tmp_path, bundle_dir, monkeypatch):
+    """Only a program folder's own copy of hygieia is importable; no HYGIEIA_* of the caller passes."""
+    monkeypatch.setenv("HYGIEIA_FAST", "1")
+    monkeypatch.setenv("HYGIEIA_TIME_BUDGET", "5")
+    env = step_env(str(tmp_path), {"HYGIEIA_TIME_BUDGET": "30"}, sandboxed=False)
+    assert env["HYGIEIA_TIME_BUDGET"] == "30" and "HYGIEIA_FAST" not in env and env["PYTHONUNBUFFERED"] == "1"
     code = "import hygieia; print(hygieia.__file__)"
-    bare = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=program_env(tmp_path),
-                          capture_output=True, text=True)
+    bare = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert bare.returncode != 0 and "No module named 'hygieia'" in bare.stderr
     program = bundle_dir / "scoring_program"
-    vendored = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=program_env(program),
-                              capture_output=True, text=True)
+    vendored = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path,
+                              env=step_env(str(program), {}, sandboxed=False), capture_output=True, text=True)
     assert vendored.returncode == 0, vendored.stderr
     assert Path(vendored.stdout.strip()).resolve().is_relative_to(program.resolve())
     assert "numpy" in subprocess.run([sys.executable, "-S", "-c", "import numpy; print('numpy')"], cwd=tmp_path,
-                                     env=program_env(tmp_path), capture_output=True, text=True).stdout
+                                     env=env, capture_output=True, text=True).stdout
 
 
 @pytest.mark.slow
