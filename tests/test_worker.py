@@ -154,18 +154,46 @@ def test_failing_submission_shows_failed_with_its_error(bundle_dir, tmp_path, ca
     assert "status: Failed" in result.report()
 
 
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def processes_with(marker: str) -> list[int]:
+    """Live processes (any pid namespace) whose command line holds ``marker``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes().decode(errors="replace") \
+                    and running(int(proc.name)):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def wait_until_gone(marker: str, seconds: float = 10) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return processes_with(marker)
+
+
 @pytest.mark.slow
 def test_submission_past_the_time_limit_is_stopped(pristine_copy, tmp_path):
-    """A model that sleeps, with a child process of its own: both are gone when the limit strikes."""
-    limit = 20
+    """A model that sleeps, with a setsid child that holds the output pipes: the step ends at the limit
+    and every process of it is gone."""
+    limit, marker = 20, "301.123"
     edit_yaml(pristine_copy, lambda c: c["phases"][0].update(execution_time_limit=limit))
-    pid_file = tmp_path / "child.pid"
     sub = write_model(tmp_path / "sleepy", f"""
         import subprocess, time
         class Model:
             def fit(self, X, y):
-                child = subprocess.Popen(["sleep", "300"])
-                open({str(pid_file)!r}, "w").write(str(child.pid))
+                subprocess.Popen(["sleep", "{marker}"], start_new_session=True)  # inherits stdout/stderr
                 time.sleep(300)
             def predict_proba(self, X):
                 return [0.5] * len(X["ids"])
@@ -175,20 +203,7 @@ def test_submission_past_the_time_limit_is_stopped(pristine_copy, tmp_path):
     assert f"Execution Time Limit exceeded. Limit was {limit} seconds" in result.error
     assert result.steps[0].timed_out and result.steps[0].elapsed < limit + 10
     assert len(result.steps) == 1  # no scoring after a prediction step that ran out of time
-    child = int(pid_file.read_text())
-    deadline = time.monotonic() + 10
-    while running(child) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not running(child)
-
-
-def running(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie waiting to be reaped."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
+    assert wait_until_gone(marker) == []
 
 
 @pytest.fixture
