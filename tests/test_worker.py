@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -232,3 +234,116 @@ def test_phantom_end_to_end_both_samples(phantom_prepared, tmp_path, monkeypatch
     assert sorted(final.scores) == sorted(keys) and final.phase == "Final"
     ref = (tmp_path / "tab" / "scoring" / "input" / "ref" / "labels.csv").read_text()
     assert ref == (phantom_prepared / "reference_data" / "test" / "labels.csv").read_text()
+
+
+def test_no_sandbox_is_a_loud_warning(monkeypatch, capsys):
+    from hygieia.bundle import worker
+
+    assert worker.choose_sandbox("none") == "none"
+    assert "WARNING: no sandbox" in capsys.readouterr().err
+    monkeypatch.setattr(worker.shutil, "which", lambda name: None)  # bubblewrap not installed
+    assert worker.choose_sandbox("auto") == "none"
+    assert "Do not run untrusted code" in capsys.readouterr().err
+    with pytest.raises(HygieiaError, match="bubblewrap"):
+        worker.choose_sandbox("bwrap")
+
+
+def test_a_submissions_own_metadata_gets_a_warning(bundle_dir, tmp_path, capsys):
+    from hygieia.bundle.check import load_competition
+    from hygieia.bundle.worker import find_phase, find_task, prediction_step
+
+    sub = write_model(tmp_path / "sub", "class Model: pass\n")
+    (sub / "metadata").write_text("command: python3 -c 'print(1)'\n")
+    competition = load_competition(bundle_dir)
+    task = find_task(competition, find_phase(competition, "development"))
+    step, output = prediction_step(sub, bundle_dir, task, tmp_path / "run", 600)
+    assert "has its own metadata file" in capsys.readouterr().err
+    assert not (output / "model.py").exists()  # as Codabench: not copied into the output then
+    assert step.command.startswith("python3 /app/program/ingestion.py /app/input_data /app/output")
+
+
+HOSTILE = """
+import json, os, socket, subprocess, sys
+from pathlib import Path
+
+BUNDLE = Path({bundle!r})
+OUT = Path.cwd().parent / "output"   # the prediction output, under any layout
+
+def attempt(action):
+    try:
+        action()
+        return "done"
+    except Exception as err:
+        return type(err).__name__
+
+class Model:
+    def fit(self, X, y):
+        report = {{
+            "rewrite_scoring": attempt(lambda: (BUNDLE / "scoring_program" / "score.py").write_text("raise SystemExit(0)")),
+            "read_reference": attempt(lambda: (BUNDLE / "reference_data" / "valid" / "labels.csv").read_text()),
+            "rewrite_ingestion": attempt(lambda: Path("ingestion.py").write_text("")),
+            "network": attempt(lambda: socket.create_connection(("1.1.1.1", 53), timeout=3)),
+        }}
+        (OUT / "hostile.json").write_text(json.dumps(report))
+        code = "import time, pathlib\\nwhile True:\\n    pathlib.Path({beat!r}).write_text(str(time.time())); time.sleep(0.2)"
+        subprocess.Popen([sys.executable, "-c", code, "{marker}"], start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def predict_proba(self, X):
+        return [0.5] * len(X["ids"])
+"""
+
+
+@pytest.mark.slow
+def test_hostile_submission_reaches_nothing_under_the_sandbox(pristine_copy, tmp_path):
+    """Issue 14's hostile cases against the worker: rewrite the bundle's scoring program, read its
+    reference labels, rewrite the ingestion program, use the network, leave a process behind. Then an
+    innocent submission on the same bundle folder scores as it did before."""
+    innocent = run_submission(ROOT / "sample_submission_tabular", pristine_copy, out_dir=tmp_path / "before",
+                              echo=False)
+    assert innocent.status == "Finished", innocent.report()
+    score_py = (pristine_copy / "scoring_program" / "score.py").read_bytes()
+    marker, beat = "hostile-beat-4711", tmp_path / "beat.txt"
+    sub = write_model(tmp_path / "hostile", HOSTILE.format(bundle=str(pristine_copy), marker=marker,
+                                                           beat="/app/output/beat.txt"))
+    result = run_submission(sub, pristine_copy, out_dir=tmp_path / "hostile_run", echo=False)
+    assert result.sandbox == "bwrap", "bubblewrap is needed for this test (.ci/run installs it)"
+    report = json.loads((tmp_path / "hostile_run" / "prediction" / "output" / "hostile.json").read_text())
+    assert report["rewrite_scoring"] in ("FileNotFoundError", "PermissionError", "OSError")
+    assert report["read_reference"] == "FileNotFoundError"
+    assert report["rewrite_ingestion"] in ("PermissionError", "OSError")
+    assert report["network"] != "done"
+    assert (pristine_copy / "scoring_program" / "score.py").read_bytes() == score_py
+    assert wait_until_gone(marker, seconds=2) == []   # gone with the step, before scoring ran
+    beat_file = tmp_path / "hostile_run" / "prediction" / "output" / "beat.txt"
+    if beat_file.exists():
+        last = beat_file.read_text()
+        time.sleep(1)
+        assert beat_file.read_text() == last
+    after = run_submission(ROOT / "sample_submission_tabular", pristine_copy, out_dir=tmp_path / "after",
+                           echo=False)
+    assert after.status == "Finished" and after.scores == innocent.scores
+
+
+@pytest.mark.slow
+def test_sigterm_ends_every_process_of_the_step(bundle_dir, tmp_path):
+    marker = "302.4711"
+    sub = write_model(tmp_path / "sleepy", f"""
+        import subprocess, time
+        class Model:
+            def fit(self, X, y):
+                subprocess.Popen(["sleep", "{marker}"], start_new_session=True)
+                time.sleep(300)
+            def predict_proba(self, X):
+                return [0.5] * len(X["ids"])
+    """)
+    run = subprocess.Popen([sys.executable, "-m", "hygieia", "run", str(sub), "--bundle", str(bundle_dir),
+                            "--out", str(tmp_path / "run")], cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert processes_with(marker), "the submission's child never started"
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=30) != 0
+    assert wait_until_gone(marker) == []
