@@ -306,9 +306,11 @@ def test_bundle_on_codabench_worker_matches_hygieia_run(codabench, phantom_prepa
     broken = tmp_path / "broken.zip"
     with zipfile.ZipFile(broken, "w") as archive:
         archive.writestr("model.py", "class Model:\n    def fit(self, X, y):\n"
-                                     "        raise ValueError('the lungs are on strike')\n")
-    cases = [("sample_submission", "Development"), ("sample_submission_tabular", "Development"),
-             ("sample_submission_tabular", "Final"), ("sample_submission", "Final"), ("broken", "Development")]
+                                     "        raise ValueError('the lungs are on strike')\n"
+                                     "    def predict_proba(self, X):\n        return [0.5] * len(X['ids'])\n")
+    cases = [("broken", "Development"), ("sample_submission", "Development"),
+             ("sample_submission_tabular", "Development"), ("sample_submission_tabular", "Final"),
+             ("sample_submission", "Final")]
     for name, phase in cases:
         limit = next(p for p in competition["phases"] if p["name"] == phase)["execution_time_limit"]
         work = tmp_path / f"{name}-{phase}"

@@ -69,6 +69,17 @@ def test_zips_are_unpacked_plainly_as_codabench_does(tmp_path):
     assert (tmp_path / "out" / "helpers" / "__init__.py").is_file()
 
 
+def test_a_zip_bomb_is_refused_before_it_is_unpacked(tmp_path):
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("model.py", "class Model: pass\n")
+        archive.writestr("weights.bin", b"\0" * 20_000_000)
+    with pytest.raises(HygieiaError, match=r"bomb\.zip: unpacks to 20 MB, more than the limit of 10 MB"):
+        unpack(tmp_path / "bomb.zip", tmp_path / "out", max_bytes=10_000_000)
+    with pytest.raises(HygieiaError, match="2 entries, more than the limit of 1"):
+        unpack(tmp_path / "bomb.zip", tmp_path / "out", max_entries=1)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_out_dir_is_replaced_only_when_this_worker_made_it(tmp_path):
     run = fresh_out_dir(tmp_path / "run")
     (run / "logs").mkdir()

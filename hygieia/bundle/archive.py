@@ -51,9 +51,22 @@ def safe_extract(archive: zipfile.ZipFile, dest: Path, source: str | Path) -> No
     archive.extractall(dest)
 
 
-def unpack(source: str | Path, dest: str | Path) -> None:
+def check_size(archive: zipfile.ZipFile, source, max_bytes: int | None, max_entries: int | None) -> None:
+    """Refuse, before extracting anything, a zip that would unpack past ``max_bytes`` or ``max_entries``."""
+    infos = archive.infolist()
+    if max_entries is not None and len(infos) > max_entries:
+        raise HygieiaError(f"{source}: {len(infos)} entries, more than the limit of {max_entries}")
+    total = sum(info.file_size for info in infos)
+    if max_bytes is not None and total > max_bytes:
+        raise HygieiaError(f"{source}: unpacks to {total / 1e6:.0f} MB, more than the limit of "
+                           f"{max_bytes / 1e6:.0f} MB")
+
+
+def unpack(source: str | Path, dest: str | Path, *, max_bytes: int | None = None,
+           max_entries: int | None = None) -> None:
     """Put ``source`` (a zip, or a folder that Codabench would zip first) into ``dest`` as the worker does:
-    a plain extract, nothing moved up a level (compute_worker.py, ``Run._get_bundle``)."""
+    a plain extract, nothing moved up a level (compute_worker.py, ``Run._get_bundle``). A zip that would
+    unpack past ``max_bytes`` or ``max_entries`` is refused before anything is written."""
     source, dest = Path(source), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     if source.is_dir():
@@ -64,6 +77,8 @@ def unpack(source: str | Path, dest: str | Path) -> None:
         return
     if not source.is_file():
         raise HygieiaError(f"{source}: not found")
+    with read_zip(source) as archive:
+        check_size(archive, source, max_bytes, max_entries)
     _extract(source, dest, label=source)
 
 

@@ -39,6 +39,8 @@ from hygieia.errors import HygieiaError
 
 TAIL_LINES = 12
 RUN_MARKER = ".hygieia-run"   # marks a folder this worker created, so that it may replace it
+MAX_SUBMISSION_BYTES = 2_000_000_000  # unpacked: far above a model's weights and code, far below a zip bomb
+MAX_SUBMISSION_ENTRIES = 100_000
 IMAGE_ENV = ("HYGIEIA_MOBILENET_WEIGHTS",)  # set by the competition's image (docker/Dockerfile)
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc")
 SANDBOXES = ("auto", "bwrap", "none")
@@ -397,7 +399,8 @@ def prediction_step(submission: Path, root: Path, task: dict, out_dir: Path, lim
     """The prediction step: the ingestion program runs the submission on the input data."""
     base = out_dir / "prediction"
     folders = {name: base / name for name in ("program", "ingested_program", "input_data", "output")}
-    unpack(submission, folders["ingested_program"])
+    unpack(submission, folders["ingested_program"], max_bytes=MAX_SUBMISSION_BYTES,
+           max_entries=MAX_SUBMISSION_ENTRIES)
     unpack(_bundle_path(root, task, "ingestion_program"), folders["program"])
     unpack(_bundle_path(root, task, "input_data"), folders["input_data"])
     if (folders["ingested_program"] / "metadata").exists() or (folders["ingested_program"] / "metadata.yaml").exists():
