@@ -225,22 +225,22 @@ def pristine_copy(bundle_dir, tmp_path) -> Path:
 
 
 @pytest.mark.slow
-def test_phantom_end_to_end_both_samples(phantom_prepared, tmp_path, monkeypatch):
+def test_phantom_end_to_end_both_samples(phantom_prepared, weights_path, tmp_path):
     """The real programs on the phantom: the CNN baseline (Grad-CAM) and the tabular example."""
-    monkeypatch.setenv("HYGIEIA_FAST", "1")
+    env = {"HYGIEIA_FAST": "1", "HYGIEIA_MOBILENET_WEIGHTS": str(weights_path)}
     bundle = build_bundle(phantom_prepared, tmp_path / "bundle.zip").path
     with zipfile.ZipFile(bundle) as archive:
         board = yaml.safe_load(archive.read("competition.yaml"))["leaderboards"][0]
         for name in ("sample_submission", "sample_submission_tabular"):
             (tmp_path / f"{name}.zip").write_bytes(archive.read(f"starting_kit/{name}.zip"))
     keys = [column["key"] for column in board["columns"]]
-    cnn = run_submission(tmp_path / "sample_submission.zip", bundle, out_dir=tmp_path / "cnn", echo=False)
+    cnn = run_submission(tmp_path / "sample_submission.zip", bundle, out_dir=tmp_path / "cnn", echo=False, env=env)
     assert cnn.status == "Finished", cnn.report()
     assert sorted(cnn.scores) == sorted(keys)
     ingestion = (tmp_path / "cnn" / "scoring" / "input" / "res" / "ingestion.json").read_text()
     assert "gradcam" in ingestion
     final = run_submission(tmp_path / "sample_submission_tabular.zip", bundle, phase="final",
-                           out_dir=tmp_path / "tab", echo=False)
+                           out_dir=tmp_path / "tab", echo=False, env=env)
     assert final.status == "Finished", final.report()
     assert sorted(final.scores) == sorted(keys) and final.phase == "Final"
     ref = (tmp_path / "tab" / "scoring" / "input" / "ref" / "labels.csv").read_text()
