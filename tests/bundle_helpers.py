@@ -12,6 +12,9 @@ from fakes import write_fake_dataset
 from hygieia.bundle.build import build_bundle
 
 
+TEST_IMAGE = "hygieia-tests/hygieia:0.1.0-cpu"  # a valid reference: `bundle check` refuses the placeholder
+
+
 def build_fake_bundle(tmp: Path, with_card: bool = True) -> Path:
     """Fake prepared data (60/20/20) with a small dataset card, built into ``tmp/bundle.zip``."""
     data = write_fake_dataset(tmp / "data")
@@ -21,7 +24,7 @@ def build_fake_bundle(tmp: Path, with_card: bool = True) -> Path:
         shutil.copy(Path(__file__).resolve().parents[1] / "logo.png", card / "counts.png")
         (card / "dataset_card.md").write_text("# Dataset card\n\n| split | n |\n|---|---|\n| train | 60 |\n\n"
                                               "![Counts per split](counts.png)\n")
-    build_bundle(data, tmp / "bundle.zip")
+    build_bundle(data, tmp / "bundle.zip", docker_image=TEST_IMAGE)
     return tmp / "bundle.zip"
 
 

@@ -166,9 +166,25 @@ def test_phases_without_index_keep_their_declaration_order(folder):
     assert any(e.startswith("error: phases[1].start: phases overlap") for e in errors(folder))
 
 
-def test_placeholder_docker_image_is_a_warning(folder):
+def test_placeholder_docker_image_is_an_error_unless_allowed(folder, capsys):
     edit_yaml(folder, lambda c: c.update(docker_image="USER/hygieia:0.1.0-cpu"))
-    findings = check_bundle(folder)
+    assert any(e.startswith("error: docker_image:") and "placeholder" in e for e in errors(folder))
+    findings = check_bundle(folder, allow_placeholder_image=True)
     assert not [f for f in findings if f.level == "error"]
     assert any(f.level == "warning" and f.where == "docker_image" and "placeholder" in f.message
                for f in findings)
+    assert run_cli("bundle", "check", str(folder)) == 1
+    assert run_cli("bundle", "check", "--allow-placeholder-image", str(folder)) == 0
+
+
+@pytest.mark.parametrize("image", ["", "Me/Hygieia:1", "me/hygieia:", "me//hygieia", "me/hygieia:1 2"])
+def test_invalid_or_missing_docker_image_is_an_error(folder, image):
+    edit_yaml(folder, lambda c: c.update(docker_image=image))
+    assert any(e.startswith("error: docker_image:") for e in errors(folder))
+
+
+@pytest.mark.parametrize("image", ["me/hygieia:0.1.0-cpu", "ghcr.io/me/hygieia:1", "localhost:5000/h",
+                                   "codalab/codalab-legacy:py37", f"me/h@sha256:{'a' * 64}"])
+def test_valid_docker_image_passes(folder, image):
+    edit_yaml(folder, lambda c: c.update(docker_image=image))
+    assert errors(folder) == []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,10 +16,10 @@ import pytest
 import yaml
 
 from bundle_helpers import build_fake_bundle, edit_yaml, extract
-from hygieia.bundle.archive import codabench_parent_dir, unpack_like_codabench
+from hygieia.bundle.archive import unpack
 from hygieia.bundle.build import build_bundle
-from hygieia.bundle.worker import (fresh_out_dir, program_env, read_scores, run_submission, substitute,
-                                   write_worker_metadata)
+from hygieia.bundle.worker import (RUN_MARKER, command_argv, fresh_out_dir, read_scores, run_submission,
+                                   step_env, substitute, time_limit, write_worker_metadata)
 from hygieia.errors import HygieiaError
 from hygieia.scoring.keys import SCORE_KEYS
 
@@ -37,47 +39,66 @@ def write_model(folder: Path, body: str) -> Path:
 
 
 def test_substitutions_follow_the_worker():
-    pred = {n: Path(f"/w/{n}") for n in ("program", "ingested_program", "input_data", "output")}
-    argv = substitute("python3 $ingestion_program/ingestion.py $input $output $ingestion_program "
-                      "$submission_program", kind="ingestion", folders=pred)
-    assert argv == [sys.executable, "-S", "/w/program/ingestion.py", "/w/input_data", "/w/output",
-                    "/w/program", "/w/ingested_program"]
-    score = {"program": Path("/s/program"), "input": Path("/s/input"), "output": Path("/s/output"),
-             "ref": Path("/s/input/ref"), "res": Path("/s/input/res")}
-    argv = substitute("python3 $program/score.py $input $output", kind="scoring", folders=score)
-    assert argv == [sys.executable, "-S", "/s/program/score.py", "/s/input", "/s/output"]
+    command = substitute("python3 $ingestion_program/ingestion.py $input $output $ingestion_program "
+                         "$submission_program", kind="ingestion")
+    assert command == ("python3 /app/program/ingestion.py /app/input_data /app/output /app/program "
+                       "/app/ingested_program")
+    assert substitute("python3 $program/score.py $input $output $hidden", kind="program") == \
+        "python3 /app/program/score.py /app/input /app/output /app/input/ref"
+    # without a sandbox, the /app mount points become the run's folders
+    mounts = {"/app/program": Path("/w/program"), "/app/input": Path("/w/input"), "/app/output": Path("/w/out")}
+    assert command_argv("python3 /app/program/score.py /app/input/ref '/app/output'", mounts) == \
+        [sys.executable, "-S", "/w/program/score.py", "/w/input/ref", "/w/out"]
 
 
-def test_parent_folder_rule():
-    assert codabench_parent_dir(["score.py", "metadata.yaml", "hygieia/x.py"], is_program=True) is None
-    assert codabench_parent_dir(["scoring_program/metadata.yaml", "scoring_program/s.py"], True) == "scoring_program"
-    assert codabench_parent_dir(["model.py", "helpers/a.py"], is_program=False) == "helpers"
-    assert codabench_parent_dir(["labels.csv", "boxes.csv"], is_program=False) is None
+def test_time_limit_is_capped_on_the_default_queue_only():
+    phase = {"execution_time_limit": 3600}
+    assert time_limit({}, phase) == 600
+    assert time_limit({"queue": "my-gpu-queue"}, phase) == 3600
+    assert time_limit({}, {"execution_time_limit": 45}) == 45 and time_limit({}, {}) == 600
 
 
-def test_wrapped_submission_is_unwrapped(tmp_path):
-    write_model(tmp_path / "sub" / "inner", "class Model: pass\n")
+def test_zips_are_unpacked_plainly_as_codabench_does(tmp_path):
+    """Nothing moves up a level: a wrapper folder stays, a helpers/ package stays beside model.py."""
     with zipfile.ZipFile(tmp_path / "s.zip", "w") as archive:
-        archive.write(tmp_path / "sub" / "inner" / "model.py", "inner/model.py")
-    assert unpack_like_codabench(tmp_path / "s.zip", tmp_path / "out", is_program=False) is None
-    assert (tmp_path / "out" / "model.py").is_file()
+        archive.writestr("model.py", "class Model: pass\n")
+        archive.writestr("helpers/__init__.py", "")
+        archive.writestr("inner/model.py", "")
+    unpack(tmp_path / "s.zip", tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["helpers", "inner", "model.py"]
+    assert (tmp_path / "out" / "helpers" / "__init__.py").is_file()
 
 
-def test_out_dir_is_replaced_only_when_it_is_a_previous_run(tmp_path):
-    (tmp_path / "run" / "logs").mkdir(parents=True)
-    assert list(fresh_out_dir(tmp_path / "run").iterdir()) == []
-    (tmp_path / "precious.txt").write_text("keep me")
+def test_a_zip_bomb_is_refused_before_it_is_unpacked(tmp_path):
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("model.py", "class Model: pass\n")
+        archive.writestr("weights.bin", b"\0" * 20_000_000)
+    with pytest.raises(HygieiaError, match=r"bomb\.zip: unpacks to 20 MB, more than the limit of 10 MB"):
+        unpack(tmp_path / "bomb.zip", tmp_path / "out", max_bytes=10_000_000)
+    with pytest.raises(HygieiaError, match="2 entries, more than the limit of 1"):
+        unpack(tmp_path / "bomb.zip", tmp_path / "out", max_entries=1)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_out_dir_is_replaced_only_when_this_worker_made_it(tmp_path):
+    run = fresh_out_dir(tmp_path / "run")
+    (run / "logs").mkdir()
+    assert sorted(p.name for p in fresh_out_dir(tmp_path / "run").iterdir()) == [RUN_MARKER]
+    (tmp_path / "mine" / "logs").mkdir(parents=True)  # the user's own logs/, not a run of ours
+    (tmp_path / "mine" / "logs" / "notes.txt").write_text("keep me")
     with pytest.raises(HygieiaError, match="is not a run folder"):
-        fresh_out_dir(tmp_path)
-    assert (tmp_path / "precious.txt").read_text() == "keep me"
+        fresh_out_dir(tmp_path / "mine")
+    assert (tmp_path / "mine" / "logs" / "notes.txt").read_text() == "keep me"
+    (tmp_path / "empty").mkdir()
+    assert fresh_out_dir(tmp_path / "empty") == tmp_path / "empty"
 
 
 def test_a_program_may_not_write_the_workers_metadata(tmp_path):
     fields = {"exitCode": 0, "elapsedTime": 1.5, "ingestionExitCode": None, "ingestionElapsedTime": None}
-    assert write_worker_metadata(tmp_path, "scoring", fields) is None
+    assert write_worker_metadata(tmp_path, fields) is None
     assert yaml.safe_load((tmp_path / "metadata").read_text()) == fields
-    error = write_worker_metadata(tmp_path, "scoring", fields)
-    assert error.startswith("scoring: the output directory already contains a metadata file")
+    error = write_worker_metadata(tmp_path, fields)
+    assert error.startswith("Error, the output directory already contains a metadata file")
 
 
 def test_scores_are_read_as_the_worker_reads_them(tmp_path):
@@ -95,19 +116,22 @@ def test_scores_are_read_as_the_worker_reads_them(tmp_path):
         read_scores(tmp_path)
 
 
-def test_program_environment_hides_the_project(tmp_path, bundle_dir):
-    """Under the worker's environment only a program folder's own copy of hygieia is importable."""
+def test_program_environment_hides_the_project_and_the_callers_settings(tmp_path, bundle_dir, monkeypatch):
+    """Only a program folder's own copy of hygieia is importable; no HYGIEIA_* of the caller passes."""
+    monkeypatch.setenv("HYGIEIA_FAST", "1")
+    monkeypatch.setenv("HYGIEIA_TIME_BUDGET", "5")
+    env = step_env(str(tmp_path), {"HYGIEIA_TIME_BUDGET": "30"}, sandboxed=False)
+    assert env["HYGIEIA_TIME_BUDGET"] == "30" and "HYGIEIA_FAST" not in env and env["PYTHONUNBUFFERED"] == "1"
     code = "import hygieia; print(hygieia.__file__)"
-    bare = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=program_env(tmp_path),
-                          capture_output=True, text=True)
+    bare = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert bare.returncode != 0 and "No module named 'hygieia'" in bare.stderr
     program = bundle_dir / "scoring_program"
-    vendored = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=program_env(program),
-                              capture_output=True, text=True)
+    vendored = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path,
+                              env=step_env(str(program), {}, sandboxed=False), capture_output=True, text=True)
     assert vendored.returncode == 0, vendored.stderr
     assert Path(vendored.stdout.strip()).resolve().is_relative_to(program.resolve())
     assert "numpy" in subprocess.run([sys.executable, "-S", "-c", "import numpy; print('numpy')"], cwd=tmp_path,
-                                     env=program_env(tmp_path), capture_output=True, text=True).stdout
+                                     env=env, capture_output=True, text=True).stdout
 
 
 @pytest.mark.slow
@@ -143,34 +167,6 @@ def test_failing_submission_shows_failed_with_its_error(bundle_dir, tmp_path, ca
     assert "status: Failed" in result.report()
 
 
-@pytest.mark.slow
-def test_submission_past_the_time_limit_is_stopped(pristine_copy, tmp_path):
-    """A model that sleeps, with a child process of its own: both are gone when the limit strikes."""
-    limit = 20
-    edit_yaml(pristine_copy, lambda c: c["phases"][0].update(execution_time_limit=limit))
-    pid_file = tmp_path / "child.pid"
-    sub = write_model(tmp_path / "sleepy", f"""
-        import subprocess, time
-        class Model:
-            def fit(self, X, y):
-                child = subprocess.Popen(["sleep", "300"])
-                open({str(pid_file)!r}, "w").write(str(child.pid))
-                time.sleep(300)
-            def predict_proba(self, X):
-                return [0.5] * len(X["ids"])
-    """)
-    result = run_submission(sub, pristine_copy, out_dir=tmp_path / "run", echo=False)
-    assert result.status == "Failed"
-    assert f"Execution Time Limit exceeded. Limit was {limit} seconds" in result.error
-    assert result.steps[0].timed_out and result.steps[0].elapsed < limit + 10
-    assert len(result.steps) == 1  # no scoring after a prediction step that ran out of time
-    child = int(pid_file.read_text())
-    deadline = time.monotonic() + 10
-    while running(child) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not running(child)
-
-
 def running(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie waiting to be reaped."""
     try:
@@ -180,29 +176,185 @@ def running(pid: int) -> bool:
     return state != "Z"
 
 
+def processes_with(marker: str) -> list[int]:
+    """Live processes (any pid namespace) whose command line holds ``marker``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes().decode(errors="replace") \
+                    and running(int(proc.name)):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def wait_until_gone(marker: str, seconds: float = 10) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return processes_with(marker)
+
+
+@pytest.mark.slow
+def test_submission_past_the_time_limit_is_stopped(pristine_copy, tmp_path):
+    """A model that sleeps, with a setsid child that holds the output pipes: the step ends at the limit
+    and every process of it is gone."""
+    limit, marker = 20, "301.123"
+    edit_yaml(pristine_copy, lambda c: c["phases"][0].update(execution_time_limit=limit))
+    sub = write_model(tmp_path / "sleepy", f"""
+        import subprocess, time
+        class Model:
+            def fit(self, X, y):
+                subprocess.Popen(["sleep", "{marker}"], start_new_session=True)  # inherits stdout/stderr
+                time.sleep(300)
+            def predict_proba(self, X):
+                return [0.5] * len(X["ids"])
+    """)
+    result = run_submission(sub, pristine_copy, out_dir=tmp_path / "run", echo=False)
+    assert result.status == "Failed"
+    assert f"Execution Time Limit exceeded. Limit was {limit} seconds" in result.error
+    assert result.steps[0].timed_out and result.steps[0].elapsed < limit + 10
+    assert len(result.steps) == 1  # no scoring after a prediction step that ran out of time
+    assert wait_until_gone(marker) == []
+
+
 @pytest.fixture
 def pristine_copy(bundle_dir, tmp_path) -> Path:
     return Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
 
 
 @pytest.mark.slow
-def test_phantom_end_to_end_both_samples(phantom_prepared, tmp_path, monkeypatch):
+def test_phantom_end_to_end_both_samples(phantom_prepared, weights_path, tmp_path):
     """The real programs on the phantom: the CNN baseline (Grad-CAM) and the tabular example."""
-    monkeypatch.setenv("HYGIEIA_FAST", "1")
+    env = {"HYGIEIA_FAST": "1", "HYGIEIA_MOBILENET_WEIGHTS": str(weights_path)}
     bundle = build_bundle(phantom_prepared, tmp_path / "bundle.zip").path
     with zipfile.ZipFile(bundle) as archive:
         board = yaml.safe_load(archive.read("competition.yaml"))["leaderboards"][0]
         for name in ("sample_submission", "sample_submission_tabular"):
             (tmp_path / f"{name}.zip").write_bytes(archive.read(f"starting_kit/{name}.zip"))
     keys = [column["key"] for column in board["columns"]]
-    cnn = run_submission(tmp_path / "sample_submission.zip", bundle, out_dir=tmp_path / "cnn", echo=False)
+    cnn = run_submission(tmp_path / "sample_submission.zip", bundle, out_dir=tmp_path / "cnn", echo=False, env=env)
     assert cnn.status == "Finished", cnn.report()
     assert sorted(cnn.scores) == sorted(keys)
     ingestion = (tmp_path / "cnn" / "scoring" / "input" / "res" / "ingestion.json").read_text()
     assert "gradcam" in ingestion
     final = run_submission(tmp_path / "sample_submission_tabular.zip", bundle, phase="final",
-                           out_dir=tmp_path / "tab", echo=False)
+                           out_dir=tmp_path / "tab", echo=False, env=env)
     assert final.status == "Finished", final.report()
     assert sorted(final.scores) == sorted(keys) and final.phase == "Final"
     ref = (tmp_path / "tab" / "scoring" / "input" / "ref" / "labels.csv").read_text()
     assert ref == (phantom_prepared / "reference_data" / "test" / "labels.csv").read_text()
+
+
+def test_no_sandbox_is_a_loud_warning(monkeypatch, capsys):
+    from hygieia.bundle import worker
+
+    assert worker.choose_sandbox("none") == "none"
+    assert "WARNING: no sandbox" in capsys.readouterr().err
+    monkeypatch.setattr(worker.shutil, "which", lambda name: None)  # bubblewrap not installed
+    assert worker.choose_sandbox("auto") == "none"
+    assert "Do not run untrusted code" in capsys.readouterr().err
+    with pytest.raises(HygieiaError, match="bubblewrap"):
+        worker.choose_sandbox("bwrap")
+
+
+def test_a_submissions_own_metadata_gets_a_warning(bundle_dir, tmp_path, capsys):
+    from hygieia.bundle.check import load_competition
+    from hygieia.bundle.worker import find_phase, find_task, prediction_step
+
+    sub = write_model(tmp_path / "sub", "class Model: pass\n")
+    (sub / "metadata").write_text("command: python3 -c 'print(1)'\n")
+    competition = load_competition(bundle_dir)
+    task = find_task(competition, find_phase(competition, "development"))
+    step, output = prediction_step(sub, bundle_dir, task, tmp_path / "run", 600)
+    assert "has its own metadata file" in capsys.readouterr().err
+    assert not (output / "model.py").exists()  # as Codabench: not copied into the output then
+    assert step.command.startswith("python3 /app/program/ingestion.py /app/input_data /app/output")
+
+
+HOSTILE = """
+import json, os, socket, subprocess, sys
+from pathlib import Path
+
+BUNDLE = Path({bundle!r})
+OUT = Path.cwd().parent / "output"   # the prediction output, under any layout
+
+def attempt(action):
+    try:
+        action()
+        return "done"
+    except Exception as err:
+        return type(err).__name__
+
+class Model:
+    def fit(self, X, y):
+        report = {{
+            "rewrite_scoring": attempt(lambda: (BUNDLE / "scoring_program" / "score.py").write_text("raise SystemExit(0)")),
+            "read_reference": attempt(lambda: (BUNDLE / "reference_data" / "valid" / "labels.csv").read_text()),
+            "rewrite_ingestion": attempt(lambda: Path("ingestion.py").write_text("")),
+            "network": attempt(lambda: socket.create_connection(("1.1.1.1", 53), timeout=3)),
+        }}
+        (OUT / "hostile.json").write_text(json.dumps(report))
+        code = "import time, pathlib\\nwhile True:\\n    pathlib.Path({beat!r}).write_text(str(time.time())); time.sleep(0.2)"
+        subprocess.Popen([sys.executable, "-c", code, "{marker}"], start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def predict_proba(self, X):
+        return [0.5] * len(X["ids"])
+"""
+
+
+@pytest.mark.slow
+def test_hostile_submission_reaches_nothing_under_the_sandbox(pristine_copy, tmp_path):
+    """Issue 14's hostile cases against the worker: rewrite the bundle's scoring program, read its
+    reference labels, rewrite the ingestion program, use the network, leave a process behind. Then an
+    innocent submission on the same bundle folder scores as it did before."""
+    innocent = run_submission(ROOT / "sample_submission_tabular", pristine_copy, out_dir=tmp_path / "before",
+                              echo=False)
+    assert innocent.status == "Finished", innocent.report()
+    score_py = (pristine_copy / "scoring_program" / "score.py").read_bytes()
+    marker, beat = "hostile-beat-4711", tmp_path / "beat.txt"
+    sub = write_model(tmp_path / "hostile", HOSTILE.format(bundle=str(pristine_copy), marker=marker,
+                                                           beat="/app/output/beat.txt"))
+    result = run_submission(sub, pristine_copy, out_dir=tmp_path / "hostile_run", echo=False)
+    assert result.sandbox == "bwrap", "bubblewrap is needed for this test (.ci/run installs it)"
+    report = json.loads((tmp_path / "hostile_run" / "prediction" / "output" / "hostile.json").read_text())
+    assert report["rewrite_scoring"] in ("FileNotFoundError", "PermissionError", "OSError")
+    assert report["read_reference"] == "FileNotFoundError"
+    assert report["rewrite_ingestion"] in ("PermissionError", "OSError")
+    assert report["network"] != "done"
+    assert (pristine_copy / "scoring_program" / "score.py").read_bytes() == score_py
+    assert wait_until_gone(marker, seconds=2) == []   # gone with the step, before scoring ran
+    beat_file = tmp_path / "hostile_run" / "prediction" / "output" / "beat.txt"
+    if beat_file.exists():
+        last = beat_file.read_text()
+        time.sleep(1)
+        assert beat_file.read_text() == last
+    after = run_submission(ROOT / "sample_submission_tabular", pristine_copy, out_dir=tmp_path / "after",
+                           echo=False)
+    assert after.status == "Finished" and after.scores == innocent.scores
+
+
+@pytest.mark.slow
+def test_sigterm_ends_every_process_of_the_step(bundle_dir, tmp_path):
+    marker = "302.4711"
+    sub = write_model(tmp_path / "sleepy", f"""
+        import subprocess, time
+        class Model:
+            def fit(self, X, y):
+                subprocess.Popen(["sleep", "{marker}"], start_new_session=True)
+                time.sleep(300)
+            def predict_proba(self, X):
+                return [0.5] * len(X["ids"])
+    """)
+    run = subprocess.Popen([sys.executable, "-m", "hygieia", "run", str(sub), "--bundle", str(bundle_dir),
+                            "--out", str(tmp_path / "run")], cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert processes_with(marker), "the submission's child never started"
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=30) != 0
+    assert wait_until_gone(marker) == []

@@ -1,4 +1,5 @@
-"""Zip files as the bundle needs them: deterministic to write, and unpacked the way Codabench's worker does.
+"""Zip files as the bundle needs them: deterministic to write, and unpacked the way Codabench's worker does
+(a plain extract).
 
 Deterministic: entries sorted by name, one fixed timestamp, fixed permissions, no directory entries,
 so the same inputs give the same bytes. Zips nested in a zip are stored, not compressed again.
@@ -16,8 +17,6 @@ from hygieia.errors import HygieiaError
 from hygieia.files import entries_outside, write_zip  # noqa: F401  (write_zip: part of this module's API)
 
 SKIPPED_NAMES = {"__pycache__", ".ipynb_checkpoints", ".DS_Store", ".pytest_cache"}
-# The compute worker looks for these names when it decides whether a program zip has a parent folder.
-META_DATA_FILES = ("metadata", "metadata.yaml")
 
 
 def folder_entries(folder: str | Path, prefix: str = "") -> dict[str, Path]:
@@ -52,52 +51,37 @@ def safe_extract(archive: zipfile.ZipFile, dest: Path, source: str | Path) -> No
     archive.extractall(dest)
 
 
-def codabench_parent_dir(names: list[str], is_program: bool) -> str | None:
-    """The folder that Codabench's compute worker strips when it unpacks a zip.
-
-    For an ingestion or scoring program: the first folder holding a ``metadata``/``metadata.yaml``
-    file. For anything else (data, a submission): the first path component of the first entry that
-    has a folder in it. The worker moves that folder's contents up one level.
-    """
-    for name in names:
-        if "/" not in name:
-            continue
-        if not is_program:
-            return name.split("/")[0]
-        if os.path.basename(name) in META_DATA_FILES:
-            return name.split("/")[0]
-    return None
+def check_size(archive: zipfile.ZipFile, source, max_bytes: int | None, max_entries: int | None) -> None:
+    """Refuse, before extracting anything, a zip that would unpack past ``max_bytes`` or ``max_entries``."""
+    infos = archive.infolist()
+    if max_entries is not None and len(infos) > max_entries:
+        raise HygieiaError(f"{source}: {len(infos)} entries, more than the limit of {max_entries}")
+    total = sum(info.file_size for info in infos)
+    if max_bytes is not None and total > max_bytes:
+        raise HygieiaError(f"{source}: unpacks to {total / 1e6:.0f} MB, more than the limit of "
+                           f"{max_bytes / 1e6:.0f} MB")
 
 
-def unpack_like_codabench(source: str | Path, dest: str | Path, *, is_program: bool) -> str | None:
-    """Put ``source`` (a zip, or a folder that Codabench would zip first) into ``dest`` as the worker does.
-
-    Returns the name of a folder that the worker's rule flattened although the zip had other
-    entries beside it (one sub-folder of a data zip with several: a layout that breaks), else None.
-    A single top folder, stripped as intended, returns None.
-    """
+def unpack(source: str | Path, dest: str | Path, *, max_bytes: int | None = None,
+           max_entries: int | None = None) -> None:
+    """Put ``source`` (a zip, or a folder that Codabench would zip first) into ``dest`` as the worker does:
+    a plain extract, nothing moved up a level (compute_worker.py, ``Run._get_bundle``). A zip that would
+    unpack past ``max_bytes`` or ``max_entries`` is refused before anything is written."""
     source, dest = Path(source), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     if source.is_dir():
         # Codabench zips a bundle's folder with shutil.make_archive before the worker gets it.
         with tempfile.TemporaryDirectory() as tmp:
             made = shutil.make_archive(os.path.join(tmp, "folder"), "zip", source)
-            return _unpack_zip(made, dest, is_program, label=source)
+            _extract(made, dest, label=source)
+        return
     if not source.is_file():
         raise HygieiaError(f"{source}: not found")
-    return _unpack_zip(source, dest, is_program, label=source)
+    with read_zip(source) as archive:
+        check_size(archive, source, max_bytes, max_entries)
+    _extract(source, dest, label=source)
 
 
-def _unpack_zip(zip_path, dest: Path, is_program: bool, label) -> str | None:
+def _extract(zip_path, dest: Path, label) -> None:
     with read_zip(zip_path) as archive:
-        names = archive.namelist()
         safe_extract(archive, dest, label)
-    parent = codabench_parent_dir(names, is_program)
-    if not parent:
-        return None
-    parent_path = dest / parent
-    for child in sorted(parent_path.iterdir()):
-        child.rename(dest / child.name)
-    parent_path.rmdir()
-    alone = all(name.split("/")[0] == parent for name in names)
-    return None if alone else parent

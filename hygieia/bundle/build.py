@@ -3,21 +3,25 @@
 Layout of the bundle (paths as competition.yaml names them)::
 
     competition.yaml, logo.png, pages/*.md        (the data page carries the dataset card)
-    ingestion_program/, scoring_program/          each with its own copy of the ``hygieia`` package,
-                                                  since Codabench mounts a program folder alone
-    input_data.zip                                input_data/ inside one top folder (see below)
+    ingestion_program/, scoring_program/          each with its own copy of the ``hygieia`` modules its
+                                                  entry point imports (Codabench mounts a folder alone);
+                                                  ingestion_program/budget.json: its time budget
+    input_data.zip                                train/ valid/ test/ at its root
     reference_data/valid/, reference_data/test/   what the scoring program compares against
     starting_kit/                                 notebook, sample submission zips, public data,
-                                                  both programs for local runs, the dataset card
+                                                  both programs for local runs, the dataset card, and
+                                                  the hygieia modules its notebook and helpers import
 
-The input data is a zip with one top folder because Codabench's compute worker moves the contents
-of the first folder it finds in a data zip up one level: a zip of ``train/ valid/ test/`` would
-lose one of them, while ``input_data/train ...`` comes out as intended.
+Codabench's compute worker unpacks every part with a plain extract (nothing moved up a level), so
+``input_data.zip`` holds the splits at its root, where the ingestion program looks for them.
+``ingestion_program/budget.json`` gives ingestion its time budget: a margin below the smallest time
+limit of the phases that run it (see ``time_budget``).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import re
 import sys
 import tempfile
@@ -29,6 +33,7 @@ import yaml
 
 from hygieia import dataset as ds
 from hygieia.bundle.archive import folder_entries, write_zip
+from hygieia.bundle.closure import import_closure
 from hygieia.bundle.pages import rendered_templates
 from hygieia.errors import HygieiaError
 from hygieia.scoring.keys import LEADERBOARD_COLUMNS, PRIMARY_KEY, SCORE_KEYS
@@ -36,6 +41,8 @@ from hygieia.submission.loading import zip_submission
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROGRAMS = ("ingestion_program", "scoring_program")
+DEFAULT_TIME_LIMIT = 600       # Codabench's default execution_time_limit (seconds)
+MAX_DEFAULT_QUEUE_LIMIT = 600  # its cap on the default queue (tasks.py MAX_EXECUTION_TIME_LIMIT)
 SAMPLE_SUBMISSIONS = ("sample_submission", "sample_submission_tabular")
 INPUT_ZIP = "input_data.zip"
 CARD_DIR = "card"
@@ -126,15 +133,41 @@ def card_markdown(data_dir: Path) -> str:
     return "\n\n" + text.strip() + "\n"
 
 
+ENTRY_POINTS = {"ingestion_program": "ingestion.py", "scoring_program": "score.py"}
+BUDGET_FILE = "budget.json"
+BUDGET_MARGIN = 0.9     # ingestion stops itself at 90 % of the step's limit, before the worker kills it
+
+
+def vendored_entries(root: Path, sources: list[Path], prefix: str) -> dict[str, Path]:
+    """The ``hygieia`` modules that ``sources`` import (see ``closure``), as ``prefix + hygieia/...``."""
+    files: set[Path] = set()
+    for source in sources:
+        files.update(import_closure(source, root))
+    return {f"{prefix}{path.relative_to(root).as_posix()}": path for path in sorted(files)}
+
+
 def program_entries(root: Path, program: str, prefix: str) -> dict[str, Path]:
-    """A program folder with the ``hygieia`` package vendored into it."""
+    """A program folder with the ``hygieia`` modules its entry point imports vendored into it."""
     folder = root / program
     entries = {name: path for name, path in folder_entries(folder, prefix).items()
                if not name.startswith(f"{prefix}hygieia/")}
     if not any(name == f"{prefix}metadata.yaml" for name in entries):
         raise HygieiaError(f"{folder}: metadata.yaml not found")
-    entries.update(folder_entries(root / "hygieia", f"{prefix}hygieia/"))
+    entries.update(vendored_entries(root, [folder / ENTRY_POINTS[program]], prefix))
     return entries
+
+
+def time_budget(competition: dict, ingestion_program: str = "ingestion_program") -> float:
+    """Ingestion's time budget in seconds: BUDGET_MARGIN of the smallest time limit the worker applies
+    (min(600, limit) on Codabench's default queue, the phase's own on a custom ``queue``) among the
+    phases whose task runs ``ingestion_program``."""
+    tasks = {t.get("index"): t for t in competition.get("tasks") or [] if isinstance(t, dict)}
+    limits = []
+    for phase in competition.get("phases") or []:
+        if any(tasks.get(i, {}).get("ingestion_program") == ingestion_program for i in phase.get("tasks") or []):
+            limit = int(phase.get("execution_time_limit") or DEFAULT_TIME_LIMIT)
+            limits.append(limit if competition.get("queue") else min(MAX_DEFAULT_QUEUE_LIMIT, limit))
+    return round(BUDGET_MARGIN * min(limits or [DEFAULT_TIME_LIMIT]), 1)
 
 
 def build_bundle(data_dir: str | Path, output: str | Path, *, root: str | Path = REPO_ROOT,
@@ -168,13 +201,13 @@ def build_bundle(data_dir: str | Path, output: str | Path, *, root: str | Path =
 
     for program in PROGRAMS:
         entries.update(program_entries(root, program, f"{program}/"))
-    entries.update(folder_entries(data_dir / ds.REFERENCE_DIR / "valid", "reference_data/valid/"))
-    entries.update(folder_entries(data_dir / ds.REFERENCE_DIR / "test", "reference_data/test/"))
+    entries[f"{PROGRAMS[0]}/{BUDGET_FILE}"] = json.dumps({"time_budget_s": time_budget(competition)}).encode()
+    entries.update(folder_entries(data_dir / ds.REFERENCE_DIR, f"{ds.REFERENCE_DIR}/"))
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        entries[INPUT_ZIP] = write_zip(tmp / INPUT_ZIP, folder_entries(data_dir / ds.INPUT_DIR, "input_data/"))
-        entries.update(starting_kit_entries(root, data_dir, tmp))
+        entries[INPUT_ZIP] = write_zip(tmp / INPUT_ZIP, folder_entries(data_dir / ds.INPUT_DIR))
+        entries.update(starting_kit_entries(root, data_dir, tmp, entries[f"{PROGRAMS[0]}/{BUDGET_FILE}"]))
         # The pages and the kit's README are templates, filled from the data (hygieia/bundle/pages.py).
         entries.update(rendered_templates(entries, data_dir, counts, side, competition))
         write_zip(output, entries)
@@ -182,17 +215,35 @@ def build_bundle(data_dir: str | Path, output: str | Path, *, root: str | Path =
     return BuildSummary(output, output.stat().st_size, counts, contents)
 
 
-def starting_kit_entries(root: Path, data_dir: Path, tmp: Path) -> dict[str, Path]:
+def kit_sources(kit: Path, tmp: Path) -> list[Path]:
+    """The kit's Python files, and its notebooks' code cells (magics and shell lines left out)."""
+    sources = sorted(p for p in kit.rglob("*.py") if "hygieia" not in p.relative_to(kit).parts)
+    for notebook in sorted(kit.glob("*.ipynb")):
+        try:
+            cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise HygieiaError(f"{notebook}: not a readable notebook ({err})") from err
+        code = "\n".join("".join(c.get("source", [])) for c in cells if c.get("cell_type") == "code")
+        lines = [line for line in code.splitlines() if not line.lstrip().startswith(("%", "!"))]
+        sources.append(tmp / f"{notebook.stem}_cells.py")
+        sources[-1].write_text("\n".join(lines), encoding="utf-8")
+    return sources
+
+
+def starting_kit_entries(root: Path, data_dir: Path, tmp: Path, budget: bytes) -> dict[str, Path | bytes]:
     kit = "starting_kit/"
-    entries = {}
+    entries: dict[str, Path | bytes] = {}
     if (root / "starting_kit").is_dir():
-        entries.update(folder_entries(root / "starting_kit", kit))
+        entries.update({name: path for name, path in folder_entries(root / "starting_kit", kit).items()
+                        if not name.startswith(f"{kit}hygieia/")})
+        # the kit's own copy of what its notebook and helpers import
+        entries.update(vendored_entries(root, kit_sources(root / "starting_kit", tmp), kit))
     for sample in SAMPLE_SUBMISSIONS:
         entries[f"{kit}{sample}.zip"] = zip_submission(root / sample, tmp / f"{sample}.zip")
     entries.update(folder_entries(data_dir / ds.INPUT_DIR, f"{kit}input_data/"))
     for program in PROGRAMS:
         entries.update(program_entries(root, program, f"{kit}{program}/"))
-    entries.update(folder_entries(root / "hygieia", f"{kit}hygieia/"))  # the kit's own copy, for its tools
+    entries[f"{kit}{PROGRAMS[0]}/{BUDGET_FILE}"] = budget
     if (data_dir / CARD_DIR).is_dir():
         entries.update(folder_entries(data_dir / CARD_DIR, f"{kit}dataset_card/"))
     return entries

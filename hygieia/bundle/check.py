@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from pathlib import Path
 import yaml
 from dateutil import parser as date_parser
 
-from hygieia.bundle.archive import read_zip, safe_extract, unpack_like_codabench
+from hygieia.bundle.archive import read_zip, safe_extract, unpack
 from hygieia.errors import HygieiaError
 
 MAX_KEY = 36            # Codabench's Column.key, Column.title and Leaderboard.key lengths
@@ -29,6 +30,13 @@ SORTINGS = ("asc", "desc")
 COMPUTATIONS = ("avg", "sum", "min", "max", "avg_rank")
 TASK_FILES = ("ingestion_program", "input_data", "scoring_program", "reference_data")
 KEYS_MODULE = Path("hygieia", "scoring", "keys.py")
+PLACEHOLDER_IMAGE = "USER/"   # the template's docker_image before an organizer names a real one
+# Docker's image reference grammar (distribution/reference): [host[:port]/]name[/name...][:tag][@digest],
+# every name component in lower case.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)"
+IMAGE_REFERENCE = re.compile(rf"^{_HOST}?{_COMPONENT}(?:/{_COMPONENT})*(?::[\w][\w.-]{{0,127}})?"
+                             r"(?:@sha256:[0-9a-f]{64})?$")
 
 
 @dataclass(frozen=True)
@@ -42,9 +50,10 @@ class Finding:
 
 
 class Checker:
-    def __init__(self, root: Path, competition):
+    def __init__(self, root: Path, competition, allow_placeholder_image: bool = False):
         self.root = root
         self.yaml = competition
+        self.allow_placeholder_image = allow_placeholder_image
         self.findings: list[Finding] = []
 
     def error(self, where: str, message: str) -> None:
@@ -125,12 +134,24 @@ class Checker:
                 if not str(page.get("title") or "").strip():
                     self.error(f"{where}.title", "missing or empty")
                 self.text_file(f"{where}.file ({page.get('title')})", page["file"])
-        image = str(c.get("docker_image") or "")
+        self.docker_image(str(c.get("docker_image") or ""))
+
+    def docker_image(self, image: str) -> None:
+        """An image the workers can pull: every submission fails on Codabench without one."""
+        how = "build and push the image (docker/README.md), then `hygieia bundle build --docker-image NAME`"
         if not image:
-            self.warn("docker_image", "missing: Codabench's default image has no torch/captum")
-        elif image.startswith("USER/"):
-            self.warn("docker_image", f"{image!r} is the template's placeholder: build and push the image "
-                      "(docker/README.md), then `hygieia bundle build --docker-image NAME`")
+            self.error("docker_image", f"missing: Codabench's default image (codalab/codalab-legacy:py37) has "
+                       f"no torch or Captum; {how}")
+        elif image.startswith(PLACEHOLDER_IMAGE):
+            if self.allow_placeholder_image:
+                self.warn("docker_image", f"{image!r} is the template's placeholder (allowed by "
+                          f"--allow-placeholder-image); {how}")
+            else:
+                self.error("docker_image", f"{image!r} is the template's placeholder, which no worker can pull; "
+                           f"{how} (or pass --allow-placeholder-image for a local check)")
+        elif not IMAGE_REFERENCE.match(image):
+            self.error("docker_image", f"{image!r} is not a valid Docker image reference "
+                       "([registry/]name[:tag], names in lower case)")
 
     def tasks(self) -> dict:
         tasks = self.yaml.get("tasks")
@@ -390,7 +411,7 @@ def read_score_keys(keys_file: Path) -> list[str]:
 def _program_folder(path: Path, tmp: Path) -> Path:
     if path.is_dir():
         return path
-    unpack_like_codabench(path, tmp / "program", is_program=True)
+    unpack(path, tmp / "program")
     return tmp / "program"
 
 
@@ -412,19 +433,19 @@ def load_competition(root: Path):
         raise HygieiaError(f"{path}: not valid YAML ({err})") from err
 
 
-def check_folder(root: Path) -> list[Finding]:
-    return Checker(root, load_competition(root)).run()
+def check_folder(root: Path, allow_placeholder_image: bool = False) -> list[Finding]:
+    return Checker(root, load_competition(root), allow_placeholder_image).run()
 
 
-def check_bundle(bundle: str | Path) -> list[Finding]:
+def check_bundle(bundle: str | Path, *, allow_placeholder_image: bool = False) -> list[Finding]:
     """All findings for a bundle zip or folder; errors first."""
     bundle = Path(bundle)
     if bundle.is_dir():
-        findings = check_folder(bundle)
+        findings = check_folder(bundle, allow_placeholder_image)
     elif bundle.is_file():
         with tempfile.TemporaryDirectory() as tmp, read_zip(bundle) as archive:
             safe_extract(archive, Path(tmp), bundle)
-            findings = check_folder(Path(tmp))
+            findings = check_folder(Path(tmp), allow_placeholder_image)
     else:
         raise HygieiaError(f"{bundle}: no such bundle zip or folder")
     return sorted(findings, key=lambda f: f.level != "error")

@@ -31,6 +31,8 @@ def register(subparsers) -> None:
     check.add_argument("bundle", metavar="BUNDLE",
                        type=argument(require_file_or_dir, "bundle"),
                        help="bundle zip or folder")
+    check.add_argument("--allow-placeholder-image", action="store_true",
+                       help="only warn about the template's USER/... docker_image (local checks, the demo)")
     check.set_defaults(func=_check)
 
     run = subparsers.add_parser("run", help="run a submission through a local Codabench worker",
@@ -45,7 +47,14 @@ def register(subparsers) -> None:
     run.add_argument("--phase", default="development", help="phase name: development or final")
     run.add_argument("--out", metavar="DIR",
                      type=argument(writable_dir, "working folder"),
-                     help="working folder (default runs/<submission>-<phase>)")
+                     help="working folder (default runs/<submission>-<phase>); "
+                     "an existing one must be empty or a previous run's")
+    run.add_argument("--env", action="append", default=[], metavar="K=V",
+                     help="an environment variable for both programs (repeatable); nothing else of this "
+                     "shell's environment reaches them, e.g. --env HYGIEIA_FAST=1")
+    run.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default="auto",
+                     help="isolate each step with bubblewrap (auto: when available, else plain processes "
+                     "with a warning; none: never)")
     run.set_defaults(func=_run)
 
     demo = subparsers.add_parser("demo", help="phantom -> prepare -> bundle -> check -> run, end to end",
@@ -74,7 +83,7 @@ def _build(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from hygieia.bundle.check import check_bundle, report
 
-    findings = check_bundle(args.bundle)
+    findings = check_bundle(args.bundle, allow_placeholder_image=args.allow_placeholder_image)
     print(report(findings, args.bundle))
     return 1 if any(f.level == "error" for f in findings) else 0
 
@@ -82,9 +91,22 @@ def _check(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from hygieia.bundle.worker import run_submission
 
-    result = run_submission(args.submission, args.bundle, phase=args.phase, out_dir=args.out)
+    result = run_submission(args.submission, args.bundle, phase=args.phase, out_dir=args.out,
+                            env=parse_env(args.env), sandbox=args.sandbox)
     print(result.report())
     return 0 if result.status == "Finished" else 1
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    from hygieia.errors import HygieiaError
+
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise HygieiaError(f"--env {pair!r}: expected K=V")
+        env[key] = value
+    return env
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -69,7 +69,7 @@ def run_demo(*, patients: int = 400, out: str | Path = "demo", weights: str | Pa
     print(summary.report(), file=sys.stderr)
 
     banner(4, "bundle check (Codabench's rules, offline)")
-    findings = check_bundle(out / "bundle.zip")
+    findings = check_bundle(out / "bundle.zip", allow_placeholder_image=True)  # no image is pulled locally
     print(report(findings, out / "bundle.zip"), file=sys.stderr)
     if any(f.level == "error" for f in findings):
         return 1
@@ -81,8 +81,9 @@ def run_demo(*, patients: int = 400, out: str | Path = "demo", weights: str | Pa
     settings = {} if full else {"HYGIEIA_FAST": "1"}
     if weights_path:
         settings[WEIGHTS_ENV] = str(weights_path.resolve())
-    with environment(**settings):
-        result = run_submission(submission, out / "bundle.zip", phase="development", out_dir=out / "run")
+    with environment(**settings):  # the weights path reaches the programs as the image's own setting
+        result = run_submission(submission, out / "bundle.zip", phase="development", out_dir=out / "run",
+                                env=settings)
 
     banner(6, f"scores (all stages took {time.monotonic() - started:.0f} s)")
     print(result.report())

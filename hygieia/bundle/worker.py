@@ -1,24 +1,25 @@
 """``hygieia run``: a local Codabench compute worker, to run a submission against a bundle before uploading.
 
-It does what Codabench's worker does for one submission in one phase, with folders in place of
-containers:
+It does what Codabench's worker (``compute_worker.py``) does for one submission in one phase, with a
+sandbox in place of each container (docs/bundle.md lists every point and the worker line it follows):
 
     prediction/  program/ (the ingestion program)  ingested_program/ (the submission)
                  input_data/  output/               -> ingestion's command, then `metadata`
     scoring/     program/ (the scoring program)  input/ref/  input/res/ (= prediction/output)
-                 output/                            -> scoring's command, then scores.json is read
+                 shared/  output/                   -> scoring's command, then scores.json is read
 
-Zips are unpacked with the worker's rule for a top folder; each metadata.yaml command gets the
-worker's ``$input $output $program $ingestion_program $submission_program ...`` substitutions and
-runs in its own process group under the phase's execution time limit, with ``python -S`` and
-PYTHONPATH = the program folder + this interpreter's site-packages: nothing of this repository is
-importable there, as in the competition's container.
+Each folder is mounted where the container would see it (``/app/program``, ``/app/output``...) by
+bubblewrap: nothing else of the machine's files is visible but the system and Python, no network, the
+program and its input read-only, and every process of the step ends with it. Without bubblewrap the
+steps run as plain processes with a loud warning. Every run unpacks its own copy of the bundle.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shlex
 import shutil
 import signal
 import site
@@ -31,13 +32,23 @@ from pathlib import Path
 
 import yaml
 
-from hygieia.bundle.archive import read_zip, safe_extract, unpack_like_codabench
+from hygieia.bundle.archive import read_zip, safe_extract, unpack
+from hygieia.bundle.build import DEFAULT_TIME_LIMIT, MAX_DEFAULT_QUEUE_LIMIT
 from hygieia.bundle.check import load_competition
 from hygieia.errors import HygieiaError
 
-DEFAULT_TIME_LIMIT = 600  # Codabench's default execution_time_limit, in seconds
-PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "CUDA_VISIBLE_DEVICES", "MPLBACKEND")
 TAIL_LINES = 12
+RUN_MARKER = ".hygieia-run"   # marks a folder this worker created, so that it may replace it
+MAX_SUBMISSION_BYTES = 2_000_000_000  # unpacked: far above a model's weights and code, far below a zip bomb
+MAX_SUBMISSION_ENTRIES = 100_000
+IMAGE_ENV = ("HYGIEIA_MOBILENET_WEIGHTS",)  # set by the competition's image (docker/Dockerfile)
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc")
+SANDBOXES = ("auto", "bwrap", "none")
+NO_SANDBOX_WARNING = """\
+run: WARNING: no sandbox (bubblewrap not found or not usable): the steps run as plain processes.
+run: WARNING: the submission can read this machine's files (reference data included), use the
+run: WARNING: network and leave processes behind. Do not run untrusted code this way; install
+run: WARNING: bubblewrap (apt-get install bubblewrap) for an isolated run."""
 
 
 @dataclass
@@ -65,9 +76,10 @@ class RunResult:
     row: list[tuple[str, str]] = field(default_factory=list)   # (column title, formatted value)
     detailed_results: Path | None = None
     steps: list[StepResult] = field(default_factory=list)
+    sandbox: str = "none"
 
     def report(self) -> str:
-        lines = [f"phase: {self.phase}", f"status: {self.status}"]
+        lines = [f"phase: {self.phase}", f"status: {self.status}", f"sandbox: {self.sandbox}"]
         if self.error:
             lines += ["error:"] + [f"  {line}" for line in self.error.splitlines()]
         if self.row:
@@ -82,43 +94,72 @@ class RunResult:
         return "\n".join(lines)
 
 
-def substitute(command: str, *, kind: str, folders: dict[str, Path]) -> list[str]:
-    """The worker's legacy ``$name`` substitutions, with this run's folders in place of /app/...
+@dataclass
+class Step:
+    """One container: its folders by mount point, its command (``/app`` paths), its limit."""
+    name: str
+    mounts: dict[str, Path]            # "/app/program" -> host folder
+    read_only: set[str]
+    command: str
+    limit: int
 
-    ``kind`` is "ingestion" (prediction step) or "scoring". As in the worker, the command is split
-    on spaces and run without a shell.
-    """
-    scoring = kind == "scoring"
+
+def substitute(command: str, *, kind: str) -> str:
+    """compute_worker.py ``replace_legacy_metadata_command``: ``$name`` -> the container's ``/app`` path.
+    ``kind`` is "ingestion" or "program" (the scoring program, or a submission with a command)."""
+    scoring = kind != "ingestion"
     replacements = [
-        ("$input", folders["input"] if scoring else folders["input_data"]),
-        ("$output", folders["output"]),
-        ("$program", folders["program"]),
-        ("$ingestion_program", folders["program"]),
-        ("$hidden", folders.get("ref", folders["program"].parent / "input" / "ref")),
-        ("$shared", folders.get("shared", folders["program"].parent / "shared")),
-        ("$submission_program", folders.get("ingested_program", folders["program"])),
-        ("$tmp", folders["output"]),
-        ("$predictions", folders["res"] if scoring else folders["output"]),
+        ("$input", "/app/input" if scoring else "/app/input_data"),
+        ("$output", "/app/output"),
+        ("$program", "/app/program"),
+        ("$ingestion_program", "/app/program"),
+        ("$hidden", "/app/input/ref"),
+        ("$shared", "/app/shared"),
+        ("$submission_program", "/app/ingested_program"),
+        ("$tmp", "/app/output"),
+        ("$predictions", "/app/input/res" if scoring else "/app/output"),
     ]
     for name, path in replacements:
-        command = command.replace(name, str(path))
-    argv = [part for part in command.split(" ") if part]
+        command = command.replace(name, path)
+    return command
+
+
+def command_argv(command: str, mounts: dict[str, Path] | None) -> list[str]:
+    """The container's argv (docker-py splits a string command with shlex), with ``python``/``python3``
+    as this interpreter without site (-S). ``mounts`` maps /app paths to host folders (no sandbox)."""
+    argv = shlex.split(command)
+    if mounts:
+        ordered = sorted(mounts, key=len, reverse=True)
+        argv = [_host_path(arg, ordered, mounts) for arg in argv]
     if argv and Path(argv[0]).name in ("python", "python3"):
         argv = [sys.executable, "-S"] + argv[1:]
     return argv
 
 
-def program_env(program_dir: Path) -> dict[str, str]:
-    """Only the program folder and third-party packages importable; HYGIEIA_* settings passed on."""
+def _host_path(arg: str, ordered: list[str], mounts: dict[str, Path]) -> str:
+    for point in ordered:
+        if arg == point or arg.startswith(point + "/"):
+            return str(mounts[point]) + arg[len(point):]
+    return arg
+
+
+def step_env(program_dir: str, extra: dict[str, str], *, sandboxed: bool) -> dict[str, str]:
+    """The container's environment: PYTHONUNBUFFERED and the proxy variables (compute_worker.py), the
+    image's own settings, PYTHONPATH = the program folder + third-party packages, and ``extra`` (the
+    organizer's ``--env``). Nothing else of the caller's environment, no HYGIEIA_* setting."""
     packages = [p for p in site.getsitepackages() if Path(p).is_dir()]
-    env = {k: v for k, v in os.environ.items() if k in PASSED_ENV or k.startswith("HYGIEIA_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(program_dir)] + packages)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("MPLBACKEND", "Agg")
+    env = {"PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
+           "HOME": "/tmp" if sandboxed else os.environ.get("HOME", "/tmp"),
+           "LANG": "C.UTF-8", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1",
+           "http_proxy": "", "https_proxy": "",
+           "PYTHONPATH": os.pathsep.join([program_dir] + packages)}
+    env.update({k: os.environ[k] for k in IMAGE_ENV + ("CUDA_VISIBLE_DEVICES",) if k in os.environ})
+    env.update(extra)
     return env
 
 
-def read_command(program_dir: Path, where: str) -> str:
+def read_command(program_dir: Path, where: str) -> str | None:
+    """The ``command`` of a program's metadata.yaml (else metadata); None when it has neither file."""
     for name in ("metadata.yaml", "metadata"):
         path = program_dir / name
         if path.is_file():
@@ -128,21 +169,84 @@ def read_command(program_dir: Path, where: str) -> str:
                 raise HygieiaError(f"{where}/{name}: not valid YAML ({err})") from err
             command = metadata.get("command") if isinstance(metadata, dict) else None
             if not command:
-                raise HygieiaError(f"{where}/{name}: no `command`")
+                raise HygieiaError(f"{where}/{name}: Program directory missing 'command' in metadata")
             return str(command)
-    raise HygieiaError(f"{where}: program folder has no metadata.yaml")
+    return None
 
 
-def run_step(name: str, argv: list[str], cwd: Path, env: dict, limit: float, log_dir: Path,
-             echo: bool) -> StepResult:
-    """Run one program in its own process group, teeing its output to log files; kill it at the limit."""
+# -- sandbox ----------------------------------------------------------------------------------------
+def bwrap_usable() -> bool:
+    path = shutil.which("bwrap")
+    if not path:
+        return False
+    probe = subprocess.run([path, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "true"],
+                           capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+def choose_sandbox(requested: str) -> str:
+    if requested not in SANDBOXES:
+        raise HygieiaError(f"--sandbox must be one of {list(SANDBOXES)}, got {requested!r}")
+    if requested == "none":
+        print(NO_SANDBOX_WARNING, file=sys.stderr, flush=True)
+        return "none"
+    if bwrap_usable():
+        return "bwrap"
+    if requested == "bwrap":
+        raise HygieiaError("--sandbox bwrap: bubblewrap (bwrap) is not installed or cannot create namespaces")
+    print(NO_SANDBOX_WARNING, file=sys.stderr, flush=True)
+    return "none"
+
+
+def bwrap_argv(step: Step, env: dict[str, str]) -> list[str]:
+    """bubblewrap around a step: the system and Python read-only, the step's folders at their /app
+    mount points, a private /tmp, no network, its own process tree that dies with the step."""
+    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm"]
+    for path in SYSTEM_PATHS:
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            argv += ["--ro-bind", path, path]
+    for prefix in sorted({sys.prefix, sys.base_prefix, os.path.realpath(sys.prefix),
+                          os.path.realpath(sys.base_prefix)}):
+        argv += ["--ro-bind", prefix, prefix]
+    for name in IMAGE_ENV:
+        if name in env and Path(env[name]).exists():
+            argv += ["--ro-bind", env[name], env[name]]
+    for device in sorted(glob.glob("/dev/nvidia*")):
+        argv += ["--dev-bind", device, device]
+    for point, folder in sorted(step.mounts.items()):
+        argv += ["--ro-bind" if point in step.read_only else "--bind", str(folder), point]
+    for key, value in sorted(env.items()):
+        argv += ["--setenv", key, value]
+    return argv + ["--chdir", "/app/program", "--"]
+
+
+def run_step(step: Step, sandbox: str, extra_env: dict[str, str], log_dir: Path, echo: bool) -> StepResult:
+    """Run one container's command, teeing its output to log files; kill all of it at the time limit."""
+    sandboxed = sandbox == "bwrap"
+    program = "/app/program" if sandboxed else str(step.mounts["/app/program"])
+    env = step_env(program, extra_env, sandboxed=sandboxed)
+    if sandboxed:
+        argv = bwrap_argv(step, env) + command_argv(step.command, None)
+        popen_env, cwd = None, None
+    else:
+        argv = command_argv(step.command, step.mounts)
+        popen_env, cwd = env, step.mounts["/app/program"]
+    return _supervise(step.name, argv, cwd, popen_env, step.limit, log_dir, echo)
+
+
+def _supervise(name: str, argv: list[str], cwd, env, limit: float, log_dir: Path, echo: bool) -> StepResult:
     log_dir.mkdir(parents=True, exist_ok=True)
     out_path, err_path = log_dir / f"{name}_stdout.txt", log_dir / f"{name}_stderr.txt"
     start = time.monotonic()
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
-    threads = [threading.Thread(target=_tee, args=(proc.stdout, out_path, sys.stdout if echo else None)),
-               threading.Thread(target=_tee, args=(proc.stderr, err_path, sys.stderr if echo else None))]
+    threads = [threading.Thread(target=_tee, args=(proc.stdout, out_path, sys.stdout if echo else None),
+                                daemon=True),
+               threading.Thread(target=_tee, args=(proc.stderr, err_path, sys.stderr if echo else None),
+                                daemon=True)]
     for thread in threads:
         thread.start()
     timed_out = False
@@ -150,15 +254,19 @@ def run_step(name: str, argv: list[str], cwd: Path, env: dict, limit: float, log
         proc.wait(timeout=limit)
     except subprocess.TimeoutExpired:
         timed_out = True
-        os.killpg(proc.pid, signal.SIGKILL)
+    finally:  # the end of the step, the time limit, SIGINT or SIGTERM: nothing of the step stays
+        _kill_group(proc.pid)
         proc.wait()
-    finally:
-        if proc.poll() is None:  # interrupted: leave nothing running
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    for thread in threads:
-        thread.join()
+    for thread in threads:  # a process outside the group may still hold the pipes: do not wait for it
+        thread.join(timeout=2)
     return StepResult(name, proc.returncode, time.monotonic() - start, timed_out, out_path, err_path)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _tee(stream, path: Path, echo) -> None:
@@ -174,6 +282,7 @@ def _tee(stream, path: Path, echo) -> None:
                 echo.flush()
 
 
+# -- the bundle and the run folder -------------------------------------------------------------------
 def find_phase(competition: dict, phase: str) -> dict:
     phases = competition.get("phases") or []
     for candidate in phases:
@@ -191,125 +300,173 @@ def find_task(competition: dict, phase: dict) -> dict:
     return tasks[indexes[0]]
 
 
-def bundle_folder(bundle: Path, out_dir: Path) -> Path:
+def time_limit(competition: dict, phase: dict) -> int:
+    """tasks.py: min(600, the phase's limit) on Codabench's default queue; the phase's own limit on a
+    competition's custom ``queue``."""
+    limit = int(phase.get("execution_time_limit") or DEFAULT_TIME_LIMIT)
+    return limit if competition.get("queue") else min(MAX_DEFAULT_QUEUE_LIMIT, limit)
+
+
+def copy_bundle(bundle: Path, out_dir: Path) -> Path:
+    """This run's own copy of the bundle: nothing a submission does reaches the original or a later run."""
+    folder = out_dir / "bundle"
     if bundle.is_dir():
-        return bundle
-    if not bundle.is_file():
+        shutil.copytree(bundle, folder, symlinks=False)
+    elif bundle.is_file():
+        with read_zip(bundle) as archive:
+            safe_extract(archive, folder, bundle)
+    else:
         raise HygieiaError(f"{bundle}: no such bundle zip or folder")
-    folder = out_dir / "bundle"  # out_dir is fresh: see fresh_out_dir
-    with read_zip(bundle) as archive:
-        safe_extract(archive, folder, bundle)
     return folder
 
 
-def unpack(source: Path, dest: Path, *, is_program: bool, what: str) -> None:
-    moved = unpack_like_codabench(source, dest, is_program=is_program)
-    if moved:
-        print(f"run: warning: as Codabench's worker does, the contents of {what}'s folder {moved}/ were "
-              "moved up one level although it had other entries beside it", file=sys.stderr)
-
-
-RUN_FOLDERS = {"bundle", "prediction", "scoring", "logs"}
-
-
 def fresh_out_dir(out_dir: Path) -> Path:
-    """An empty run folder, as an absolute path (commands run in the program folders get its paths);
-    a previous run's folder is replaced, anything else is refused."""
+    """An empty run folder, as an absolute path. Only a folder this worker made (it holds the run
+    marker) is replaced; an empty folder is used; anything else is refused, never deleted."""
     out_dir = out_dir.absolute()
-    if out_dir.exists():
-        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in RUN_FOLDERS)
-        if foreign:
-            raise HygieiaError(f"{out_dir} exists and is not a run folder (it holds {foreign[:3]}); "
-                               "choose another --out")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise HygieiaError(f"{out_dir} is a file, not a folder; choose another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not (out_dir / RUN_MARKER).is_file():
+            held = sorted(p.name for p in out_dir.iterdir())
+            raise HygieiaError(f"{out_dir} exists and is not a run folder of `hygieia run` (it holds "
+                               f"{held[:3]}); choose another --out")
         shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / RUN_MARKER).write_text("made by hygieia run; replaced by the next run in this folder\n")
     return out_dir
 
 
+# -- the run ----------------------------------------------------------------------------------------
+class _Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so that every step's process tree is killed on the way out."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def run_submission(submission: str | Path, bundle: str | Path, *, phase: str = "development",
-                   out_dir: str | Path | None = None, echo: bool = True) -> RunResult:
-    """Run ``submission`` (zip or folder) in ``phase`` of ``bundle`` (zip or folder), as Codabench would."""
+                   out_dir: str | Path | None = None, echo: bool = True, env: dict[str, str] | None = None,
+                   sandbox: str = "auto") -> RunResult:
+    """Run ``submission`` (zip or folder) in ``phase`` of ``bundle`` (zip or folder), as Codabench would.
+    ``env``: variables given to both programs (the caller's own environment is not passed on)."""
     submission, bundle = Path(submission), Path(bundle)
     if not submission.exists():
         raise HygieiaError(f"{submission}: no such submission zip or folder")
+    mode = choose_sandbox(sandbox)
     out_dir = fresh_out_dir(Path(out_dir) if out_dir else Path("runs") / f"{submission.stem}-{phase}")
-    root = bundle_folder(bundle, out_dir)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
+    try:
+        return _run(submission, copy_bundle(bundle, out_dir), phase, out_dir, echo, dict(env or {}), mode)
+    except _Terminated:
+        raise SystemExit(128 + signal.SIGTERM) from None
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(submission: Path, root: Path, phase: str, out_dir: Path, echo: bool, env: dict, mode: str):
     competition = load_competition(root)
     phase_yaml = find_phase(competition, phase)
     task = find_task(competition, phase_yaml)
-    limit = phase_yaml.get("execution_time_limit") or DEFAULT_TIME_LIMIT
-    result = RunResult("Failed", str(phase_yaml.get("name")), out_dir)
+    limit = time_limit(competition, phase_yaml)
+    result = RunResult("Failed", str(phase_yaml.get("name")), out_dir, sandbox=mode)
+    logs = out_dir / "logs"
 
-    prediction_output, ingestion = predict(submission, root, task, out_dir, limit, echo)
+    step, prediction_output = prediction_step(submission, root, task, out_dir, limit)
+    ingestion = run_step(step, mode, env, logs, echo)
     result.steps.append(ingestion)
     if ingestion.timed_out:
-        result.error = f"Execution Time Limit exceeded. Limit was {limit} seconds (ingestion)"
+        result.error = f"Execution Time Limit exceeded. Limit was {limit} seconds (prediction step)"
         return result
-    # No submission program runs on its own (the submission has no command), hence exitCode null.
-    result.error = write_worker_metadata(prediction_output, "ingestion", {
+    # The submission has no command of its own: its exit code is null (compute_worker.py push_output).
+    result.error = write_worker_metadata(prediction_output, {
         "exitCode": None, "elapsedTime": ingestion.elapsed,
         "ingestionExitCode": ingestion.exit_code, "ingestionElapsedTime": ingestion.elapsed})
     if result.error:
         return result
 
-    scoring_output, scoring = score(root, task, prediction_output, out_dir, limit, echo)
+    step, scoring_output = scoring_step(root, task, prediction_output, out_dir, limit)
+    scoring = run_step(step, mode, env, logs, echo)
     result.steps.append(scoring)
-    html = scoring_output / "detailed_results.html"
-    result.detailed_results = html if html.is_file() else None
+    result.detailed_results = detailed_results(scoring_output)
     return finish(result, competition, ingestion, scoring, prediction_output, scoring_output, limit)
 
 
-def predict(submission: Path, root: Path, task: dict, out_dir: Path, limit, echo: bool):
+def prediction_step(submission: Path, root: Path, task: dict, out_dir: Path, limit: int):
     """The prediction step: the ingestion program runs the submission on the input data."""
-    folders = {name: out_dir / "prediction" / name
-               for name in ("program", "ingested_program", "input_data", "output")}
-    unpack(submission, folders["ingested_program"], is_program=False, what="the submission")
-    unpack(_bundle_path(root, task, "ingestion_program"), folders["program"], is_program=True,
-           what="the ingestion program")
-    unpack(_bundle_path(root, task, "input_data"), folders["input_data"], is_program=False,
-           what="the input data")
-    folders["output"].mkdir(parents=True)
-    argv = substitute(read_command(folders["program"], "ingestion_program"), kind="ingestion", folders=folders)
-    step = run_step("ingestion", argv, folders["program"], program_env(folders["program"]), limit,
-                    out_dir / "logs", echo)
-    return folders["output"], step
+    base = out_dir / "prediction"
+    folders = {name: base / name for name in ("program", "ingested_program", "input_data", "output")}
+    unpack(submission, folders["ingested_program"], max_bytes=MAX_SUBMISSION_BYTES,
+           max_entries=MAX_SUBMISSION_ENTRIES)
+    unpack(_bundle_path(root, task, "ingestion_program"), folders["program"])
+    unpack(_bundle_path(root, task, "input_data"), folders["input_data"])
+    if (folders["ingested_program"] / "metadata").exists() or (folders["ingested_program"] / "metadata.yaml").exists():
+        print("run: warning: the submission has its own metadata file: Codabench runs its `command` in a "
+              "container of its own beside ingestion (and does not copy it into the output); this local "
+              "worker does not run it", file=sys.stderr, flush=True)
+        folders["output"].mkdir(parents=True)
+    else:
+        # compute_worker.py _run_program_directory: a submission without metadata is copied into the output
+        shutil.copytree(folders["ingested_program"], folders["output"])
+    command = read_command(folders["program"], "ingestion_program")
+    if command is None:
+        raise HygieiaError("ingestion_program: Program directory missing 'metadata.yaml/metadata'")
+    mounts = {f"/app/{name}": path for name, path in folders.items()}
+    step = Step("ingestion", mounts, {"/app/program", "/app/input_data"}, substitute(command, kind="ingestion"),
+                limit)
+    return step, folders["output"]
 
 
-def score(root: Path, task: dict, prediction_output: Path, out_dir: Path, limit, echo: bool):
+def scoring_step(root: Path, task: dict, prediction_output: Path, out_dir: Path, limit: int):
     """The scoring step: the scoring program compares the prediction output with the reference data."""
     base = out_dir / "scoring"
-    folders = {"program": base / "program", "input": base / "input", "ref": base / "input" / "ref",
-               "res": base / "input" / "res", "output": base / "output", "shared": base / "shared"}
-    unpack(_bundle_path(root, task, "scoring_program"), folders["program"], is_program=True,
-           what="the scoring program")
+    folders = {"program": base / "program", "input": base / "input", "output": base / "output",
+               "shared": base / "shared"}
+    unpack(_bundle_path(root, task, "scoring_program"), folders["program"])
     if task.get("reference_data"):
-        unpack(_bundle_path(root, task, "reference_data"), folders["ref"], is_program=False,
-               what="the reference data")
-    unpack(prediction_output, folders["res"], is_program=False, what="the prediction output")
+        unpack(_bundle_path(root, task, "reference_data"), folders["input"] / "ref")
+    unpack(prediction_output, folders["input"] / "res")
     folders["output"].mkdir(parents=True)
     folders["shared"].mkdir(parents=True)
-    argv = substitute(read_command(folders["program"], "scoring_program"), kind="scoring", folders=folders)
-    step = run_step("scoring", argv, folders["program"], program_env(folders["program"]), limit,
-                    out_dir / "logs", echo)
-    return folders["output"], step
+    command = read_command(folders["program"], "scoring_program")
+    if command is None:
+        raise HygieiaError("scoring_program: Program directory missing 'metadata.yaml/metadata'")
+    mounts = {f"/app/{name}": path for name, path in folders.items()}
+    step = Step("scoring", mounts, {"/app/program", "/app/input"}, substitute(command, kind="program"), limit)
+    return step, folders["output"]
+
+
+def detailed_results(output: Path) -> Path | None:
+    """detailed_results.html, else the first .html file (compute_worker.py get_detailed_results_file_path)."""
+    html = output / "detailed_results.html"
+    if html.is_file():
+        return html
+    others = sorted(output.glob("*.html"))
+    return others[0] if others else None
 
 
 def finish(result: RunResult, competition: dict, ingestion: StepResult, scoring: StepResult,
            prediction_output: Path, scoring_output: Path, limit) -> RunResult:
-    taken = write_worker_metadata(scoring_output, "scoring", {
-        "exitCode": scoring.exit_code, "elapsedTime": scoring.elapsed,
-        "ingestionExitCode": None, "ingestionElapsedTime": None})
     if scoring.timed_out:
-        result.error = f"Execution Time Limit exceeded. Limit was {limit} seconds (scoring)"
+        result.error = f"Execution Time Limit exceeded. Limit was {limit} seconds (scoring step)"
         return result
-    problems = [taken] if taken else []
+    problems = []
     if scoring.exit_code != 0:
+        # Codabench fails the run here, before it looks for a scores file: report scoring's own error.
         problems.append(f"the scoring program exited with code {scoring.exit_code}:\n{scoring.stderr_tail()}")
-    try:
-        result.scores = read_scores(scoring_output)
-    except HygieiaError as err:
-        problems.append(str(err))
-    result.row = leaderboard_row(competition, result.scores)
+    else:
+        try:
+            result.scores = read_scores(scoring_output)
+        except HygieiaError as err:
+            problems.append(str(err))
+        result.row = leaderboard_row(competition, result.scores)
+        taken = write_worker_metadata(scoring_output, {
+            "exitCode": scoring.exit_code, "elapsedTime": scoring.elapsed,
+            "ingestionExitCode": None, "ingestionElapsedTime": None})
+        problems += [taken] if taken else []
     if not problems:
         result.status = "Finished"
         return result
@@ -321,13 +478,13 @@ def finish(result: RunResult, competition: dict, ingestion: StepResult, scoring:
     return result
 
 
-def write_worker_metadata(output: Path, step: str, fields: dict) -> str | None:
+def write_worker_metadata(output: Path, fields: dict) -> str | None:
     """Write the worker's ``metadata`` into a step's output folder, or return the error Codabench gives
     when the program already wrote a file of that name there."""
     path = output / "metadata"
     if path.exists():
-        return (f"{step}: the output directory already contains a metadata file; it is reserved for the "
-                "worker's exitCode and elapsedTime, do not write to it")
+        return ("Error, the output directory already contains a metadata file. This file is used to store "
+                "exitCode and other data, do not write to this file manually.")
     path.write_text(yaml.safe_dump(fields))
     return None
 
@@ -350,6 +507,8 @@ def read_scores(output: Path) -> dict:
 
 
 def leaderboard_row(competition: dict, scores: dict) -> list[tuple[str, str]]:
+    """Each column of the leaderboard with the score of its key, as the server's score upload matches
+    them (api/views/submissions.py: keys without a column are dropped)."""
     row = []
     for board in competition.get("leaderboards") or []:
         for column in sorted(board.get("columns") or [], key=lambda c: c.get("index", 0)):
