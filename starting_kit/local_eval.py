@@ -23,7 +23,7 @@ from hygieia.bundle.worker import DEFAULT_TIME_LIMIT, run_submission
 from hygieia.errors import HygieiaError
 from hygieia.files import write_csv, write_json, write_npy, write_text
 from hygieia.prepare.prior import box_prior
-from hygieia.submission.ingestion import subset
+from hygieia.submission.child import subset
 from hygieia.submission.loading import forget_modules, import_model_class
 
 SEED = 0
@@ -140,7 +140,7 @@ def write_local_bundle(kit: Path, local: Path, folder: Path) -> Path:
     for program in PROGRAMS:
         shutil.copytree(kit / program, folder / program, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(local / ds.REFERENCE_DIR / "valid", folder / ds.REFERENCE_DIR / "valid")
-    write_zip(folder / INPUT_ZIP, folder_entries(local / ds.INPUT_DIR, f"{ds.INPUT_DIR}/"))
+    write_zip(folder / INPUT_ZIP, folder_entries(local / ds.INPUT_DIR))   # train/ valid/ test/ at its root
     competition = {
         "version": 2,
         "title": "Hygieia, local check",
@@ -166,6 +166,8 @@ def score_submission(kit: Path, submission: Path, data: Path, output: Path, *, h
     rows = split_rows(train["labels"], holdout, FAST_IMAGES if fast else None)
     local = write_local_dataset(train, rows, output.parent / f"{output.name}_data")
     bundle = write_local_bundle(kit, local, output.parent / f"{output.name}_bundle")
-    result = run_submission(submission, bundle, phase=PHASE, out_dir=output, echo=False)
+    # The worker passes none of this shell's HYGIEIA_* settings to the programs, as Codabench.
+    env = {"HYGIEIA_FAST": "1"} if fast else None
+    result = run_submission(submission, bundle, phase=PHASE, out_dir=output, echo=False, env=env)
     print(result.report())
     return result

@@ -11,6 +11,7 @@ import pytest
 from bundle_helpers import build_fake_bundle, edit_yaml, extract
 from hygieia.bundle.check import check_bundle
 from hygieia.bundle.commands import register
+from hygieia.scoring.keys import SCORE_KEYS
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def _long_key(c):
 
 
 def _bad_computation(c):
-    c["leaderboards"][0]["columns"].append({"title": "Mean", "key": "mean", "index": 9, "sorting": "desc",
+    c["leaderboards"][0]["columns"].append({"title": "Mean", "key": "mean", "index": len(SCORE_KEYS), "sorting": "desc",
                                             "computation": "avg", "computation_indexes": [0, 42]})
 
 
@@ -96,7 +97,7 @@ def _missing_path(c):
     (_missing_path, "tasks[1].reference_data", "reference_data/holdout does not exist in the bundle"),
     (_duplicate_key, "leaderboards[0].columns[1].key", "duplicate column key 'accuracy'"),
     (_long_key, "leaderboards[0].columns[1].key", "longer than 36 characters"),
-    (_bad_computation, "leaderboards[0].columns[9].computation_indexes", "column index 42 does not exist"),
+    (_bad_computation, f"leaderboards[0].columns[{len(SCORE_KEYS)}].computation_indexes", "column index 42 does not exist"),
     (_set_phase(0, "tasks", []), "phases[0].tasks", "must list at least one task"),
     (lambda c: c.update(version=1), "version", "must be 2"),
     (lambda c: c.update(solutions=[{"index": 0, "tasks": [0, 5], "path": "solution/"}]), "solutions[0].tasks",
@@ -132,8 +133,8 @@ def test_program_without_command(folder):
 
 
 def test_scoring_keys_must_equal_leaderboard_keys(folder):
-    keys = folder / "scoring_program" / "hygieia" / "scoring" / "keys.py"
-    keys.write_text(keys.read_text().replace('"pointing_game"', '"pointing_game_v2"'))
+    metrics = folder / "scoring_program" / "hygieia" / "scoring" / "metrics.py"   # keys.py derives from it
+    metrics.write_text(metrics.read_text().replace('Metric("pointing_game"', 'Metric("pointing_game_v2"'))
     found = errors(folder)
     assert any(e.startswith("error: leaderboards: columns do not match the keys scoring_program writes")
                and "['pointing_game_v2']" in e and "['pointing_game']" in e for e in found), found

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import pytest
 
 from hygieia.bundle.demo import run_demo, split_sizes
@@ -24,13 +26,17 @@ def test_too_few_patients_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "demo").exists()
 
 
-def test_cli_registers_every_bundle_command():
+def test_cli_registers_every_bundle_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("s.zip").write_bytes(b"")
+    Path("b.zip").write_bytes(b"")
+    Path("d").mkdir()
     parser = build_parser()
     args = parser.parse_args(["demo", "--patients", "200", "--out", "x"])
-    assert (args.patients, args.out, args.full) == (200, "x", False)
+    assert (args.patients, Path(args.out), args.full) == (200, Path("x"), False)
     assert parser.parse_args(["run", "s.zip", "--bundle", "b.zip", "--phase", "final"]).phase == "final"
-    assert parser.parse_args(["bundle", "build", "d", "-o", "b.zip"]).output == "b.zip"
-    assert parser.parse_args(["bundle", "check", "b.zip"]).bundle == "b.zip"
+    assert Path(parser.parse_args(["bundle", "build", "d", "-o", "out.zip"]).output) == Path("out.zip")
+    assert Path(parser.parse_args(["bundle", "check", "b.zip"]).bundle) == Path("b.zip")
 
 
 @pytest.mark.slow

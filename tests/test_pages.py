@@ -21,7 +21,7 @@ from hygieia.errors import HygieiaError
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (60, 25, 15)  # all different, so a swapped split shows
 # "N = 2,000", "2,000 images", "150 training images", "the 50 validation images" ...
-STATED_SIZE = re.compile(r"\bN = (\d[\d,]*)|(?<![\w,×])(\d[\d,]*) (?:(?:training|validation|test) )?(?:images|crops)\b")
+STATED_SIZE = re.compile(r"\bN = (\d[\d,]*)|(?<![\w,×])(?<!than )(?<!under )(\d[\d,]*) (?:(?:training|validation|test) )?(?:images|crops)\b")
 
 
 def stated_sizes(text: str) -> set[int]:
@@ -126,7 +126,9 @@ def test_the_phantom_marks_its_download_and_prepare_records_it(tmp_path):
     assert not read_tables(folder).phantom
     import pandas as pd
     table = pd.DataFrame({"split": ["train"], "label": [0], "age": [50], "sex": ["F"], "view_position": ["PA"]})
-    summary = {"ratio": [3, 2], "skipped": []}
+    counts = {split: {"normal": 1, "opacity": 0, "probes": 0} for split in ("train", "valid", "test")}
+    summary = {"ratio": [3, 2], "skipped": [], "counts": counts, "hidden_ap_share": None,
+               "hidden_ap_share_used": None, "best_fixed_map": {"ratio": None}}
     assert "synthetic data" in card_text(table, summary, 0, phantom=True)
     assert "synthetic" not in card_text(table, summary, 0, phantom=False)
 

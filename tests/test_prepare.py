@@ -246,9 +246,11 @@ def test_cli_reports_errors(tmp_path, capsys):
     assert prepare_main([str(rsna), str(tmp_path / "out"), "--train", "5000"]) == 2
     err = capsys.readouterr().err
     assert "not enough patients" in err and "618 Normal and 522 Lung Opacity" in err
-    assert prepare_main([str(rsna), str(tmp_path / "out"), "--weights", str(tmp_path / "none.pth"),
-                         "--train", "5", "--valid", "2", "--test", "2"]) == 2
-    assert "none.pth (from --weights) does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:   # checked while parsing: one line, exit 2
+        prepare_main([str(rsna), str(tmp_path / "out"), "--weights", str(tmp_path / "none.pth"),
+                      "--train", "5", "--valid", "2", "--test", "2"])
+    assert exit_info.value.code == 2
+    assert "weights file" in (err := capsys.readouterr().err) and "none.pth: not found" in err
 
 
 @pytest.mark.slow

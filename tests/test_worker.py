@@ -314,7 +314,7 @@ def test_hostile_submission_reaches_nothing_under_the_sandbox(pristine_copy, tmp
                               echo=False)
     assert innocent.status == "Finished", innocent.report()
     score_py = (pristine_copy / "scoring_program" / "score.py").read_bytes()
-    marker, beat = "hostile-beat-4711", tmp_path / "beat.txt"
+    marker = "hostile-beat-4711"
     sub = write_model(tmp_path / "hostile", HOSTILE.format(bundle=str(pristine_copy), marker=marker,
                                                            beat="/app/output/beat.txt"))
     result = run_submission(sub, pristine_copy, out_dir=tmp_path / "hostile_run", echo=False)

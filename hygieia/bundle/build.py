@@ -20,9 +20,7 @@ limit of the phases that run it (see ``time_budget``).
 
 from __future__ import annotations
 
-import base64
 import json
-import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -34,7 +32,7 @@ import yaml
 from hygieia import dataset as ds
 from hygieia.bundle.archive import folder_entries, write_zip
 from hygieia.bundle.closure import import_closure
-from hygieia.bundle.pages import rendered_templates
+from hygieia.bundle.pages import inline_figures, rendered_templates
 from hygieia.errors import HygieiaError
 from hygieia.scoring.keys import LEADERBOARD_COLUMNS, PRIMARY_KEY, SCORE_KEYS
 from hygieia.submission.loading import zip_submission
@@ -122,14 +120,7 @@ def card_markdown(data_dir: Path) -> str:
               file=sys.stderr)
         return "\n\n## Dataset card\n\nNo dataset card was produced for this data.\n"
 
-    def inline(match: re.Match) -> str:
-        figure = card_dir / match.group(2)
-        if not figure.is_file():
-            raise HygieiaError(f"{card}: figure {match.group(2)} not found in {card_dir}")
-        data = base64.b64encode(figure.read_bytes()).decode("ascii")
-        return f"![{match.group(1)}](data:image/png;base64,{data})"
-
-    text = re.sub(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)", inline, card.read_text(encoding="utf-8"))
+    text = inline_figures(card.read_text(encoding="utf-8"), card_dir, card)
     return "\n\n" + text.strip() + "\n"
 
 

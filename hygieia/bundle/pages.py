@@ -9,6 +9,7 @@ A bundle built from the phantom gets a notice on each of them that its data are 
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 import math
@@ -124,6 +125,22 @@ def render(text: str, values: dict[str, str], where: str) -> str:
     return PLACEHOLDER.sub(fill, text)
 
 
+FIGURE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
+
+
+def inline_figures(text: str, folder: Path, where) -> str:
+    """``text`` with each ``![alt](relative.png)`` inlined as a data URI: Codabench stores a page as
+    text only, so a page cannot link to a file of the bundle."""
+    def inline(match: re.Match) -> str:
+        figure = folder / match.group(2)
+        if not figure.is_file():
+            raise HygieiaError(f"{where}: figure {match.group(2)} not found in {folder}")
+        data = base64.b64encode(figure.read_bytes()).decode("ascii")
+        return f"![{match.group(1)}](data:image/png;base64,{data})"
+
+    return FIGURE.sub(inline, text)
+
+
 def rendered_templates(entries: dict[str, Path | bytes], data_dir: Path, counts: dict[str, int], side: int,
                        competition: dict) -> dict[str, bytes]:
     """The bundle's template entries, filled (and marked synthetic for a phantom-built bundle)."""
@@ -135,6 +152,8 @@ def rendered_templates(entries: dict[str, Path | bytes], data_dir: Path, counts:
             continue
         text = source.decode("utf-8") if isinstance(source, bytes) else Path(source).read_text(encoding="utf-8")
         text = render(text, values, name)
+        if not isinstance(source, bytes):
+            text = inline_figures(text, Path(source).parent, name)
         if notice:
             title, _, rest = text.partition("\n")  # the notice goes under the page's title
             text = f"{title}\n\n{notice}{rest.lstrip()}" if title.startswith("# ") else notice + text
