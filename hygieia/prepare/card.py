@@ -100,7 +100,7 @@ def design_text(summary: dict) -> list[str]:
     fixed = (f"On the hidden opacity crops the best fixed map (the training boxes' mean mask, "
              f"`box_prior.npy`) scores activation_in_box {best['activation_in_box']:.3f} against a mean "
              f"box share of {best['box_share']:.3f}: {best['ratio']:.2f} × the share "
-             f"({best['images']} crops)." if best["ratio"] is not None else "No hidden opacity crop.")
+             f"({best['images']} hidden opacity crops)." if best["ratio"] is not None else "No hidden opacity crop.")
     return ["## Design", "",
             "**Windows.** Each crop is a square window whose side is a fixed multiple of an opacity box's "
             "larger side, placed so that the box's centre lands at a uniformly random point of the window "
