@@ -1,6 +1,7 @@
 """The scores that cannot be gamed: box-blind maps at chance, worst-group accuracy, the shortcut gap,
 the metric table, all-zero maps, and the Final phase's aggregates-only outputs."""
 
+import io
 import json
 import re
 import shutil
@@ -262,3 +263,13 @@ def test_box_blind_map_values_pinned_on_a_centred_box():
     regressed = blind_maps.box_regressor_maps(meta.set_index("id"), boxes, meta.iloc[:1], (SIZE, SIZE))
     result = xp.explain_image(regressed[0], box, prior)
     assert result["activation_over_prior"] == pytest.approx(0.0) and result["pointing_game"] == 1.0
+
+
+def test_an_empty_view_field_is_its_own_group_not_an_empty_one():
+    # the starting kit's local hold-out has no view position: read from CSV, the field is NaN,
+    # which never equals itself, so grouping on the raw values made empty groups and crashed
+    meta = pd.read_csv(io.StringIO("id,view_position\na,\nb,AP\nc,\n"))
+    values = groups.column_values(meta, "view_position")
+    assert list(values) == ["missing", "AP", "missing"]
+    rows = groups.group_rows(np.array([0, 1, 1]), np.array([0.2, 0.8, 0.6]), np.array([0, 1, 1]), values)
+    assert [(row["group"], row["n"], row["accuracy"]) for row in rows] == [("AP", 1, 1.0), ("missing", 2, 1.0)]

@@ -18,6 +18,11 @@ WORST_GROUP_COLUMN = "view_position"
 CLASS_NAMES = {0: "normal", 1: "opacity"}
 
 
+def column_values(meta, column: str) -> np.ndarray:
+    """A metadata column as group names; an empty field (NaN, never equal to itself) is "missing"."""
+    return meta[column].astype(object).fillna("missing").astype(str).to_numpy()
+
+
 def class_by(truth: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Group names class × value, e.g. "opacity / AP"."""
     return np.array([f"{CLASS_NAMES[int(y)]} / {v}" for y, v in zip(truth, values)])

@@ -150,9 +150,10 @@ def bias_results(ref: dict, run: dict, scored: np.ndarray, explanation: dict) ->
     predicted = run["predictions"]["label"].to_numpy()[scored]
     position = {image_id: k for k, image_id in enumerate(meta.index)}
     inside = {position[row["id"]]: row["activation_in_box"] for row in explanation["images"]}
-    result = {column: groups.group_rows(truth, proba, predicted, meta[column].astype(str).to_numpy(), inside)
+    values = {column: groups.column_values(meta, column) for column in groups.BIAS_COLUMNS}
+    result = {column: groups.group_rows(truth, proba, predicted, values[column], inside)
               for column in groups.BIAS_COLUMNS}
-    view = meta[groups.WORST_GROUP_COLUMN].astype(str).to_numpy()
+    view = values[groups.WORST_GROUP_COLUMN]
     result["class_view_position"] = groups.group_rows(truth, proba, predicted, groups.class_by(truth, view),
                                                       inside)
     return result
@@ -185,7 +186,7 @@ def compute_results(ref: dict, run: dict, ref_dir: str | Path = "", progress: bo
     classification["ci"] = cls.bootstrap_classification(truth, proba, predicted)
     classification["roc"] = cls.roc_points(truth, proba)
     explanation = explanation_results(ref, run, scored, progress)
-    view = ref["meta"].loc[ref["ids"]][groups.WORST_GROUP_COLUMN].astype(str).to_numpy()[scored]
+    view = groups.column_values(ref["meta"].loc[ref["ids"]], groups.WORST_GROUP_COLUMN)[scored]
     worst = groups.worst_group_accuracy(truth, predicted, groups.class_by(truth, view))
     gap = shortcut.shortcut_gap(ref["labels"], run["predictions"]["label"].to_numpy(), ref["probes"])
     blind = blind_results(ref, scored)
