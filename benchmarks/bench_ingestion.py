@@ -140,7 +140,7 @@ def main() -> None:
     for stage in ("load", "import", "fit", "predict", "explain"):
         print(f"  {stage:8s} {durations[stage]:7.1f} s")
     n_predicted = counts["valid"] + counts["test"]
-    print(f"  fit {counts['train'] / durations['fit']:.0f} train images/s; predict "
+    print(f"  fit {args.sizes[0] / durations['fit']:.0f} train images/s; predict "
           f"{n_predicted / durations['predict']:.0f} images/s; explain {counts['heatmaps']} heatmaps, "
           f"{counts['heatmaps'] / max(durations['explain'], 1e-9):.0f} images/s")
     for kind, index in (("wall", 0), ("CPU", 1)):
