@@ -6,7 +6,13 @@ load / import / fit / predict / explain, and the Grad-CAM cost per image relativ
 pass of the same module (targets: total < 300 s, Grad-CAM < 3x forward). Writes a bar chart
 ``ingestion_benchmark.png`` and the run's outputs into ``--out``.
 
-    python benchmarks/bench_ingestion.py [--sizes 10000 2000 2000] [--out DIR]
+The cost of off-box probes: the same ingestion is run a second time on data whose valid and test
+splits also hold probes (``--probe-share`` of each split's positives, 0.1 as ``hygieia prepare``
+does by default), and the ratio of the two totals is printed (target: probes add < 20%). Probes add
+predictions and maps, not training. The fake probes hold no blob, so the baseline calls few of them
+positive and explains few; the printed upper bound prices every probe at one prediction and one map.
+
+    python benchmarks/bench_ingestion.py [--sizes 10000 2000 2000] [--probe-share 0.1] [--out DIR]
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from hygieia.submission.loading import import_model_class  # noqa: E402
 
 SAMPLE = ROOT / "sample_submission"
 TARGET_TOTAL_S, TARGET_RATIO = 300.0, 3.0
+TARGET_PROBE_SHARE = 0.20   # the most that probes may add to ingestion's time
+POSITIVE_SHARE = 0.4        # tests/fakes.py's splits are 3:2 normal:opacity
 
 
 def forward_and_gradcam_seconds(images: np.ndarray, batch_size: int = 64) -> dict:
@@ -69,11 +77,41 @@ def plot(durations: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def ingest(data_dir: Path, output: Path) -> tuple[dict, float]:
+    """One ingestion of the sample submission: its report and the CPU seconds of this process tree."""
+    cpu = time.process_time()
+    report = run_ingestion(data_dir / ds.INPUT_DIR, output, SAMPLE, time_budget_s=3600)
+    if report["status"] != "ok":
+        sys.exit(f"ingestion of {data_dir} failed: {report['error']['message']}")
+    return report, time.process_time() - cpu
+
+
+def probe_cost(plain: dict, probed: dict, n_probes: int) -> None:
+    """Print what the probes added: measured, by stage, and the upper bound (every probe predicted
+    and explained at the run's own per-image rates)."""
+    base, more = plain["durations"], probed["durations"]
+    ratio = more["total"] / base["total"]
+    print(f"probes: {n_probes} per scored split ({probed['counts']['valid'] - plain['counts']['valid']} "
+          f"valid items added); ingestion {base['total']:.1f} s without, {more['total']:.1f} s with: ratio "
+          f"{ratio:.3f} (added {ratio - 1:+.1%}; target < {TARGET_PROBE_SHARE:.0%}: "
+          f"{'ok' if ratio - 1 < TARGET_PROBE_SHARE else 'MISSED'})")
+    for stage in ("load", "import", "fit", "predict", "explain"):
+        print(f"  {stage:8s} {base[stage]:7.1f} s -> {more[stage]:7.1f} s")
+    counts = plain["counts"]
+    per_prediction = base["predict"] / (counts["valid"] + counts["test"])
+    per_map = base["explain"] / max(counts["heatmaps"], 1)
+    bound = 2 * n_probes * (per_prediction + per_map) / base["total"]
+    print(f"  upper bound (every probe predicted and explained): {bound:+.1%} "
+          f"({per_prediction * 1e3:.1f} ms/prediction, {per_map * 1e3:.1f} ms/map)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs=3, default=(10_000, 2_000, 2_000), metavar=("TRAIN", "VALID", "TEST"))
     parser.add_argument("--out", type=Path, default=None, help="folder for data and outputs (default: a temporary one)")
     parser.add_argument("--ratio-images", type=int, default=256, help="images for the forward/Grad-CAM ratio")
+    parser.add_argument("--probe-share", type=float, default=0.1,
+                        help="probes per scored split as a share of its positives (0: skip the probe run)")
     args = parser.parse_args()
     os.environ.pop("HYGIEIA_FAST", None)
     out = args.out or Path(tempfile.mkdtemp(prefix="hygieia-bench-ingestion-"))
@@ -83,15 +121,16 @@ def main() -> None:
     write_fake_dataset(out / "data", sizes=tuple(args.sizes))
     print(f"fake data {args.sizes} written in {time.perf_counter() - start:.1f} s", flush=True)
 
-    cpu = time.process_time()
-    report = run_ingestion(out / "data" / ds.INPUT_DIR, out / "output", SAMPLE, time_budget_s=3600)
-    cpu = time.process_time() - cpu
-    if report["status"] != "ok":
-        sys.exit(f"ingestion failed: {report['error']['message']}")
+    report, cpu = ingest(out / "data", out / "output")
     durations, counts = report["durations"], report["counts"]
     images = ds.load_input_split(out / "data" / ds.INPUT_DIR, "valid")["images"][:args.ratio_images]
     costs = forward_and_gradcam_seconds(images)
     load_after = os.getloadavg()
+    n_probes = round(args.probe_share * POSITIVE_SHARE * args.sizes[1])
+    if n_probes:
+        write_fake_dataset(out / "data_probes", sizes=tuple(args.sizes), probes=n_probes)
+        probed, _ = ingest(out / "data_probes", out / "output_probes")
+        load_probes = os.getloadavg()
 
     total = durations["total"]
     print(f"device {report['device']}; load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
@@ -101,7 +140,7 @@ def main() -> None:
     for stage in ("load", "import", "fit", "predict", "explain"):
         print(f"  {stage:8s} {durations[stage]:7.1f} s")
     n_predicted = counts["valid"] + counts["test"]
-    print(f"  fit {counts['train'] / durations['fit']:.0f} train images/s; predict "
+    print(f"  fit {args.sizes[0] / durations['fit']:.0f} train images/s; predict "
           f"{n_predicted / durations['predict']:.0f} images/s; explain {counts['heatmaps']} heatmaps, "
           f"{counts['heatmaps'] / max(durations['explain'], 1e-9):.0f} images/s")
     for kind, index in (("wall", 0), ("CPU", 1)):
@@ -109,6 +148,9 @@ def main() -> None:
         ratio = gradcam / forward
         print(f"{kind}: forward {forward * 1e3:.2f} ms/image, Grad-CAM {gradcam * 1e3:.2f} ms/image: ratio "
               f"{ratio:.2f}x (target < {TARGET_RATIO:.0f}x: {'ok' if ratio < TARGET_RATIO else 'MISSED'})")
+    if n_probes:
+        print(f"load average after the probe run {load_probes[0]:.2f}")
+        probe_cost(report, probed, n_probes)
     title = (f"baseline ingestion {args.sizes}: {total:.0f} s on {report['device']}, "
              f"load {load_before[0]:.1f}-{load_after[0]:.1f}")
     plot(durations, out / "ingestion_benchmark.png", title)

@@ -19,10 +19,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hygieia import dataset as ds  # noqa: E402
+from hygieia.errors import DataError  # noqa: E402
 from hygieia.scoring import blind_maps, groups  # noqa: E402
 from hygieia.scoring import classification as cls  # noqa: E402
 from hygieia.scoring import explanation as xp  # noqa: E402
@@ -32,6 +34,18 @@ from hygieia.scoring.metrics import EXPLANATION_KEYS  # noqa: E402
 def training_prior(data_dir: Path, shape: tuple[int, int]) -> np.ndarray:
     boxes = ds.read_table(data_dir / ds.INPUT_DIR / "train" / ds.BOXES, ds.BOX_COLUMNS)
     return np.mean([xp.box_mask(b, shape) for b in ds.boxes_by_id(boxes).values()], axis=0).astype(np.float32)
+
+
+def training_meta(data_dir: Path) -> pd.DataFrame:
+    """The training split's metadata with its view position, which models do not get: the organizers'
+    ``private/samples.csv`` has it (the box regressor may use it, as a model could infer it)."""
+    meta = ds.read_table(data_dir / ds.INPUT_DIR / "train" / ds.META, ds.INPUT_META_COLUMNS).set_index("id")
+    samples = data_dir / "private" / "samples.csv"
+    if not samples.is_file():
+        raise DataError(f"{samples}: missing; the training films' view position comes from prepare's private "
+                        "samples table")
+    views = ds.read_table(samples, ["id", "view"]).set_index("id")["view"]
+    return meta.assign(view_position=views.reindex(meta.index).to_numpy())
 
 
 def reference(data_dir: Path, split: str) -> dict:
@@ -61,7 +75,7 @@ def split_report(data_dir: Path, split: str) -> dict:
         maps[name] = {k: float(v.mean()) for k, v in scores.items()}
         maps[name]["activation_over_prior_ci"] = cls.bootstrap_mean(scores["activation_over_prior"])
     train = data_dir / ds.INPUT_DIR / "train"
-    train_meta = ds.read_table(train / ds.META, ds.META_COLUMNS).set_index("id")
+    train_meta = training_meta(data_dir)
     train_boxes = ds.read_table(train / ds.BOXES, ds.BOX_COLUMNS)
     regressed = blind_maps.box_regressor_maps(train_meta, train_boxes, ref["meta"].loc[positives], ref["shape"])
     rows = [xp.explain_image(m, b, prior) for m, b in zip(regressed, boxes)]
