@@ -95,7 +95,7 @@ def experiment(tmp_path_factory, weights_path):
     from hygieia.experiment.shortcut import ShortcutConfig, run_experiment
 
     config = ShortcutConfig(out=tmp_path_factory.mktemp("shortcut"), patients=100, strengths=(1.0,),
-                            stress_strength=None, weights=weights_path, fast=True)
+                            lung_strengths=(), weights=weights_path, fast=True)
     results = run_experiment(config)
     return config, results
 
