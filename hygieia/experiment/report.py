@@ -187,6 +187,7 @@ TRUST_KEYS = ("worst_group_accuracy", "shortcut_gap", "activation_over_prior", "
 NO_HEATMAPS = {"features"}
 # A separation at least this good (with the Grad-CAM score near 0.5) is the experiment's goal.
 GOAL_AUROC = 0.9
+GRAD_CAM_BLIND = 0.65  # an activation_in_box AUROC at or below this does not separate them
 
 
 def model_scores(results: Results) -> pd.DataFrame:
@@ -258,8 +259,9 @@ def separation_findings(models: pd.DataFrame, table: pd.DataFrame) -> list[str]:
                      f"(within a data version: {per_version}).")
     grad_cam = table.set_index("key").loc["activation_in_box", "auroc"]
     best = ranked.iloc[0]
-    met = best["auroc"] >= GOAL_AUROC and np.isfinite(grad_cam) and abs(grad_cam - 0.5) <= 0.15
-    lines.append(f"Goal (a score with AUROC ≥ {GOAL_AUROC} where Grad-CAM's activation_in_box is near 0.5): "
+    met = best["auroc"] >= GOAL_AUROC and np.isfinite(grad_cam) and grad_cam <= GRAD_CAM_BLIND
+    lines.append(f"Goal (a score with AUROC ≥ {GOAL_AUROC} where Grad-CAM's activation_in_box does not separate "
+                 f"them, AUROC ≤ {GRAD_CAM_BLIND}): "
                  f"{'**met**' if met else '**not met**'} — the best score is `{best['key']}` at {fmt(best['auroc'])}, "
                  f"activation_in_box is at {fmt(grad_cam)}.")
     return lines
