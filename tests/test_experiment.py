@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from hygieia import dataset as ds
 from hygieia.experiment import counterfactual as cf
-from hygieia.experiment.report import Results, findings
+from hygieia.experiment.report import Results, findings, separation, separation_auroc
 from hygieia.scoring.explanation import box_mask
 
 # Resampling (Lanczos) and the phantom's JPEG blocks let a marker change pixels this close to its box.
@@ -88,6 +88,29 @@ def test_findings_follow_the_numbers():
     assert "40.0%" in removes and "1.0%" in removes
 
 
+def test_separation_auroc_follows_each_metrics_direction():
+    uses = np.array([True, True, False, False, False])
+    gap = np.array([0.4, 0.3, 0.0, 0.1, np.nan])  # higher is worse; the NaN model is left out
+    assert separation_auroc(uses, gap, "asc") == 1.0
+    assert separation_auroc(uses, gap, "desc") == 0.0  # the same numbers read as higher-is-better
+    # users 0.2, 0.9 against others 0.5, 0.5, 0.1: two of the six pairs have the user lower
+    assert separation_auroc(uses, np.array([0.2, 0.9, 0.5, 0.5, 0.1]), "desc") == pytest.approx(2 / 6)
+    assert np.isnan(separation_auroc(uses, np.array([np.nan, np.nan, 0.1, 0.2, 0.3]), "asc"))  # one kind left
+
+
+def test_separation_counts_only_models_that_have_the_score():
+    models = pd.DataFrame({"version": ["crops", "crops", "whole", "whole"], "train": ["clean", "lung-1"] * 2,
+                           "uses_marker": [False, True, False, True]})
+    for key in ("accuracy", "worst_group_accuracy", "fbeta2", "recall", "precision", "auroc", "activation_over_prior",
+                "activation_in_box", "iou_95", "cc_map", "pointing_game"):
+        models[key] = [0.9, 0.5, 0.8, 0.6]
+    models["shortcut_gap"] = [0.0, 0.5, np.nan, np.nan]  # whole images hold no probe
+    table = separation(models).set_index("key")
+    assert table.loc["shortcut_gap", ["users", "non-users"]].tolist() == [1, 1]
+    assert table.loc["shortcut_gap", "auroc"] == 1.0 and np.isnan(table.loc["shortcut_gap", "auroc whole"])
+    assert table.loc["accuracy", ["users", "non-users", "auroc"]].tolist() == [2, 2, 1.0]
+
+
 # ------------------------------------------------------------------------------- end to end (slow)
 
 @pytest.fixture(scope="module")
@@ -95,7 +118,7 @@ def experiment(tmp_path_factory, weights_path):
     from hygieia.experiment.shortcut import ShortcutConfig, run_experiment
 
     config = ShortcutConfig(out=tmp_path_factory.mktemp("shortcut"), patients=100, strengths=(1.0,),
-                            stress_strength=None, weights=weights_path, fast=True)
+                            lung_strengths=(), weights=weights_path, fast=True)
     results = run_experiment(config)
     return config, results
 
@@ -106,14 +129,15 @@ def test_report_has_every_version_table_and_figure(experiment):
     report = config.out / "report"
     markdown = (report / "report.md").read_text()
     page = (report / "report.html").read_text()
-    for heading in ("## Setup", "## What the numbers show", "## Classification", "## Explanations"):
+    for heading in ("## Setup", "## Which scores catch the marker", "## What the numbers show",
+                    "## Classification", "## Explanations"):
         assert heading in markdown
     for version in ("crops", "whole", "features"):
         assert f"| {version} | corner-1 |" in markdown and f"| {version} | clean |" in markdown
-    for figure in ("accuracy.png", "flip_rate.png", "explanations.png", "examples.png"):
+    for figure in ("separation.png", "accuracy.png", "flip_rate.png", "explanations.png", "examples.png"):
         assert (report / "figures" / figure).stat().st_size > 1000
         assert f"figures/{figure}" in markdown
-    assert page.count("data:image/png;base64,") == 4 and 'src="figures' not in page
+    assert page.count("data:image/png;base64,") == 5 and 'src="figures' not in page
     # One row per version x training variant x evaluation set; the clean model has no confounded set.
     counts = results.groupby(["version", "train"]).size()
     assert counts.to_dict() == {(v, t): (2 if t == "clean" else 3)
@@ -123,6 +147,38 @@ def test_report_has_every_version_table_and_figure(experiment):
     # whole-image model is an explained image showing one.
     whole = results[(results["version"] == "whole") & (results["eval"] == "confounded")]
     assert whole["marker_images"].gt(0).all()
+
+
+@pytest.mark.slow
+def test_every_model_reports_the_scoring_programs_own_scores(experiment):
+    """The scores × models table holds what scores.json says, for every model; the hidden sets of
+    the crops carry probes, the box prior and split.json, the whole images no probe."""
+    import json
+
+    config, _ = experiment
+    models = pd.read_csv(config.out / "report" / "models.csv")
+    assert len(models) == 6 and set(models["version"]) == {"crops", "whole", "features"}
+    for row in models.itertuples(index=False):
+        own = "clean" if row.train == "clean" else "confounded"
+        run = config.out / "runs" / row.version / row.train
+        scores = json.loads((run / "scores" / own / "scores.json").read_text())
+        for key in ("worst_group_accuracy", "accuracy"):
+            assert getattr(row, key) == pytest.approx(scores[key])
+        if row.version == "whole":
+            assert np.isnan(row.shortcut_gap) and "shortcut_gap" not in scores
+        else:
+            assert row.shortcut_gap == pytest.approx(scores["shortcut_gap"]) and row.n_probes > 0
+        if row.version == "features":  # no heatmaps: the explanation columns are no score
+            assert np.isnan(row.activation_over_prior)
+        else:
+            assert row.activation_over_prior == pytest.approx(scores["activation_over_prior"])
+        reference = run / "ref" / own
+        assert (reference / ds.BOX_PRIOR).is_file() and (reference / ds.SPLIT_INFO).is_file()
+        probes = ds.read_table(reference / ds.LABELS, ds.REFERENCE_LABEL_COLUMNS)["probe"].astype(int)
+        assert (probes.sum() > 0) == (row.version != "whole")
+    separated = pd.read_csv(config.out / "report" / "separation.csv")
+    assert set(separated["key"]) >= {"worst_group_accuracy", "shortcut_gap", "activation_over_prior",
+                                     "activation_in_box"}
 
 
 def _prepared(config, name, subdir=""):

@@ -19,30 +19,38 @@ def strengths(text: str) -> tuple[float, ...]:
     return values
 
 
-def stress(text: str) -> float | None:
-    if text.strip().lower() == "none":
-        return None
-    values = strengths(text)
-    if len(values) != 1:
-        raise argparse.ArgumentTypeError(f"expected one number in [0, 1] or 'none', got {text!r}")
-    return values[0]
+def optional_strengths(text: str) -> tuple[float, ...]:
+    return () if text.strip().lower() == "none" else strengths(text)
+
+
+def share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from err
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
 
 
 def register(subparsers) -> None:
     experiment = subparsers.add_parser("experiment", help="experiments on the competition's design")
     commands = experiment.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
     parser = commands.add_parser(
-        "shortcut", help="does cropping remove a marker shortcut, and does the explanation score catch it?",
+        "shortcut", help="does cropping remove a marker shortcut, and which trust scores catch it?",
         description="Train the baseline on phantom data with a burnt-in marker correlated with the label, "
                     "on crops, whole images and features, through the real ingestion and scoring programs; "
-                    "report accuracy on clean and confounded tests, counterfactual flip rates and "
-                    "explanation scores. Phantoms and prepared data are cached in OUT/cache.")
+                    "report every score of the scoring program on clean and confounded tests, "
+                    "counterfactual flip rates, and how well each score separates the models that use the "
+                    "marker from those that do not. Phantoms and prepared data are cached in OUT/cache.")
     parser.add_argument("--patients", type=int, default=1500, help="phantom patients (default 1500)")
     parser.add_argument("--strengths", type=strengths, default=(0.5, 0.8, 0.95, 1.0),
                         help="marker strengths P, comma-separated (default 0.5,0.8,0.95,1.0)")
-    parser.add_argument("--stress-strength", type=stress, default=0.95,
-                        help="strength of the stress case with the marker inside the lung region (default 0.95; "
-                             "'none' skips it)")
+    parser.add_argument("--lung-strengths", type=optional_strengths, default=(0.8, 1.0),
+                        help="strengths of the marker inside a lung field, where crop windows and off-box "
+                             "probes can show it, comma-separated (default 0.8,1.0; 'none' skips them)")
+    parser.add_argument("--probe-share", type=share, default=0.5,
+                        help="off-box probes per hidden split, as a share of its opacities (default 0.5)")
     parser.add_argument("--out",
                         type=argument(writable_dir, "output folder"), default=Path("shortcut_experiment"),
                         help="output folder (default ./shortcut_experiment); the report is OUT/report/")
@@ -60,7 +68,8 @@ def shortcut(args) -> int:
     if args.weights is not None and not args.weights.is_file():
         raise HygieiaError(f"--weights {args.weights}: file not found")
     config = ShortcutConfig(out=args.out, patients=args.patients, strengths=args.strengths,
-                            stress_strength=args.stress_strength, seed=args.seed, weights=args.weights,
+                            lung_strengths=args.lung_strengths, probe_share=args.probe_share,
+                            seed=args.seed, weights=args.weights,
                             fast=args.fast, workers=args.workers)
     run_experiment(config)
     print(f"report: {Path(args.out) / 'report' / 'report.md'} and report.html")

@@ -12,6 +12,7 @@ import pandas as pd
 
 from hygieia import dataset as ds
 from hygieia.files import write_csv, write_text
+from hygieia.scoring.metrics import BY_KEY, METRICS
 
 # A model "uses the marker" when pasting it onto negatives flips this many more predictions than it
 # flips for the clean-trained model of the same data version.
@@ -36,8 +37,8 @@ class Results:
         self.versions = [v for v in VERSION_TITLES if v in set(table["version"])]
         corner = table[(table["position"] == "corner") & table["strength"].notna()]
         self.strengths = sorted(set(corner["strength"]))
-        lung = table[table["position"] == "lung"]
-        self.stress = float(lung["strength"].iloc[0]) if len(lung) else None
+        self.lung_strengths = sorted(set(table.loc[table["position"] == "lung", "strength"].dropna()))
+        self.stress = max(self.lung_strengths) if self.lung_strengths else None  # the strongest lung marker
 
     def get(self, version: str, train: str, eval_set: str, key: str) -> float:
         row = self.table[(self.table["version"] == version) & (self.table["train"] == train)
@@ -177,6 +178,115 @@ def caught_findings(results: Results) -> list[str]:
     return lines
 
 
+# ------------------------------------------------------------------- which scores catch the marker
+
+# The trust scores shown per model (every metric of the scoring program enters the separation table).
+TRUST_KEYS = ("worst_group_accuracy", "shortcut_gap", "activation_over_prior", "activation_in_box", "iou_95",
+              "cc_map", "pointing_game")
+# The tabular sample submission offers no heatmap: its explanation columns are constants, not scores.
+NO_HEATMAPS = {"features"}
+# A separation at least this good (with the Grad-CAM score near 0.5) is the experiment's goal.
+GOAL_AUROC = 0.9
+GRAD_CAM_BLIND = 0.65  # an activation_in_box AUROC at or below this does not separate them
+
+
+def model_scores(results: Results) -> pd.DataFrame:
+    """One row per trained model (data version × training variant): every score of the scoring program
+    on the model's own test distribution (the confounded set; the clean set for the clean-trained
+    control), its flip rate, its reliance (flip rate − the clean control's) and whether it uses the
+    marker (reliance above ``RELIANCE``). Scores a model cannot have are NaN: explanation scores of a
+    model without heatmaps, the shortcut gap of a set without probes (whole images)."""
+    rows = []
+    for version, train in results.table[["version", "train"]].drop_duplicates().itertuples(index=False):
+        own = "clean" if train == "clean" else "confounded"
+        row = {"version": version, "train": train, "flip_rate": results.flip(version, train),
+               "reliance": reliance(results, version, train)}
+        for metric in METRICS:
+            defined = not (metric.family == "explanation" and version in NO_HEATMAPS)
+            row[metric.key] = results.get(version, train, own, metric.key) if defined else float("nan")
+        row["probes_showing_marker"] = results.get(version, train, own, "probes_showing_marker")
+        row["n_probes"] = results.get(version, train, own, "n_probes")
+        row["uses_marker"] = bool(row["reliance"] > RELIANCE)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def separation_auroc(uses: np.ndarray, values: np.ndarray, sorting: str) -> float:
+    """AUROC of a score as a detector of marker use: a model that uses the marker should score worse,
+    so the suspicion is −value for a higher-is-better score (``desc``), +value otherwise. NaN when the
+    models measured are all of one kind."""
+    from sklearn.metrics import roc_auc_score
+
+    keep = np.isfinite(values)
+    uses, values = np.asarray(uses, bool)[keep], np.asarray(values, np.float64)[keep]
+    if uses.all() or not uses.any():
+        return float("nan")
+    return float(roc_auc_score(uses, -values if sorting == "desc" else values))
+
+
+def separation(models: pd.DataFrame) -> pd.DataFrame:
+    """Per metric of the scoring program: how well it separates the marker users from the other models,
+    over every model that has the score and within each data version, with the counts."""
+    versions = [v for v in VERSION_TITLES if v in set(models["version"])]
+    rows = []
+    for metric in METRICS:
+        measured = models[np.isfinite(models[metric.key].to_numpy(np.float64))]
+        row = {"key": metric.key, "worse when": "lower" if metric.sorting == "desc" else "higher",
+               "users": int(measured["uses_marker"].sum()), "non-users": int((~measured["uses_marker"]).sum()),
+               "auroc": separation_auroc(measured["uses_marker"], measured[metric.key].to_numpy(np.float64),
+                                         metric.sorting)}
+        for version in versions:
+            mine = measured[measured["version"] == version]
+            row[f"auroc {version}"] = separation_auroc(mine["uses_marker"], mine[metric.key].to_numpy(np.float64),
+                                                       metric.sorting)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def separation_findings(models: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """Which scores catch the marker users, by the AUROC rule, with the counts."""
+    users, others = int(models["uses_marker"].sum()), int((~models["uses_marker"]).sum())
+    lines = [f"Of the {len(models)} models, {users} use the marker (flip rate more than {RELIANCE:.0%} above the "
+             f"clean-trained model of their data version) and {others} do not."]
+    ranked = table[np.isfinite(table["auroc"])].sort_values("auroc", ascending=False)
+    if ranked.empty:
+        return lines + ["No score can be judged: the models are all of one kind."]
+    versions = [c for c in table.columns if c.startswith("auroc ")]
+    for _, row in ranked.iterrows():
+        per_version = ", ".join(f"{c.split(' ', 1)[1]} {fmt(row[c])}" for c in versions)
+        lines.append(f"`{row['key']}` ({BY_KEY[row['key']].title}, worse when {row['worse when']}) separates them "
+                     f"with AUROC **{fmt(row['auroc'])}** over {row['users']} users and {row['non-users']} non-users "
+                     f"(within a data version: {per_version}).")
+    grad_cam = table.set_index("key").loc["activation_in_box", "auroc"]
+    best = ranked.iloc[0]
+    met = best["auroc"] >= GOAL_AUROC and np.isfinite(grad_cam) and grad_cam <= GRAD_CAM_BLIND
+    lines.append(f"Goal (a score with AUROC ≥ {GOAL_AUROC} where Grad-CAM's activation_in_box does not separate "
+                 f"them, AUROC ≤ {GRAD_CAM_BLIND}): "
+                 f"{'**met**' if met else '**not met**'} — the best score is `{best['key']}` at {fmt(best['auroc'])}, "
+                 f"activation_in_box is at {fmt(grad_cam)}.")
+    return lines
+
+
+def model_table(models: pd.DataFrame) -> pd.DataFrame:
+    """The scores × models table of the report."""
+    table = models[["version", "train"]].rename(columns={"train": "trained on"})
+    table["flip rate (control)"] = [f"{fmt(f, True)} ({fmt(f - r, True)})" for f, r in
+                                    zip(models["flip_rate"], models["reliance"])]
+    table["uses marker"] = np.where(models["uses_marker"], "**yes**", "no")
+    for key in ("accuracy", *TRUST_KEYS):
+        table[key] = [fmt(v) for v in models[key]]
+    table["probes (showing marker)"] = [f"{_count(n)} ({fmt(s, True)})" for n, s in
+                                        zip(models["n_probes"], models["probes_showing_marker"])]
+    return table
+
+
+def separation_table(table: pd.DataFrame) -> pd.DataFrame:
+    shown = table.copy()
+    for column in [c for c in shown.columns if c.startswith("auroc")]:
+        shown[column] = [fmt(v) for v in shown[column]]
+    return shown
+
+
 # -------------------------------------------------------------------------------------- tables
 
 def classification_table(results: Results) -> pd.DataFrame:
@@ -282,6 +392,27 @@ def plot_explanations(results: Results, path: Path) -> Path | None:
                                            ("counterfactual", "marker_mass", "mass on marker (counterf.)")])
         ax.set_ylim(0, 1.02)
     axes[0][0].set_ylabel("score (dashed: clean-trained model)")
+    axes[0][0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_separation(models: pd.DataFrame, path: Path) -> Path:
+    """Each trust score of every model, marker users against the others, coloured by data version."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(TRUST_KEYS), figsize=(2.3 * len(TRUST_KEYS), 3.4), squeeze=False)
+    colours = dict(zip(VERSION_TITLES, ("tab:blue", "tab:orange", "tab:green")))
+    jitter = np.random.default_rng(0).uniform(-0.12, 0.12, len(models))
+    for ax, key in zip(axes[0], TRUST_KEYS):
+        for version, colour in colours.items():
+            mine = (models["version"] == version).to_numpy()
+            ax.scatter(models["uses_marker"].to_numpy(int)[mine] + jitter[mine], models[key].to_numpy()[mine],
+                       s=18, color=colour, label=VERSION_TITLES[version])
+        ax.set_xticks([0, 1], ["no", "yes"])
+        ax.set_xlim(-0.5, 1.5)
+        ax.set_xlabel("uses the marker")
+        ax.set_title(key, fontsize=8)
+        ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     return _save(fig, path)
 
@@ -398,10 +529,10 @@ def render(blocks: list[tuple], folder: Path) -> tuple[str, str]:
 
 def command_line(config) -> str:
     """The command that reproduces this run (the weights path aside)."""
-    stress = "none" if config.stress_strength is None else f"{config.stress_strength:g}"
+    lung_strengths = ",".join(f"{p:g}" for p in config.lung_strengths) or "none"
     return (f"hygieia experiment shortcut --patients {config.patients} "
-            f"--strengths {','.join(f'{p:g}' for p in config.strengths)} --stress-strength {stress} "
-            f"--seed {config.seed}" + (" --fast" if config.fast else ""))
+            f"--strengths {','.join(f'{p:g}' for p in config.strengths)} --lung-strengths {lung_strengths} "
+            f"--probe-share {config.probe_share:g} --seed {config.seed}" + (" --fast" if config.fast else ""))
 
 
 def setup_text(config, results: Results) -> list[str]:
@@ -413,7 +544,14 @@ def setup_text(config, results: Results) -> list[str]:
             f"same patients and ids in every variant.",
             f"Marker strengths P (share of opacity images carrying it; 1−P of the normals carry it): "
             f"{', '.join(f'{p:g}' for p in results.strengths)} at the film's edge"
-            + (f"; stress case: marker inside the lung region at P = {results.stress:g}." if results.stress is not None else "."),
+            + (f"; {', '.join(f'{p:g}' for p in results.lung_strengths)} inside a lung field, where crop windows "
+               "and off-box probes can show it." if results.lung_strengths else "."),
+            f"Off-box probes (windows cut from opacity films away from every box, served as ordinary test "
+            f"items, marked only in the reference data): {config.probe_share:g} per test opacity, in the crops "
+            "and features test sets. A probe of a marked opacity film whose window holds the marker shows the "
+            "marker without the opacity. Whole images hold no probe (a whole film shows its boxes). The "
+            "features of a probe are those of its whole film (opacity included), so the features' shortcut "
+            "gap measures the opacity as well as any shortcut.",
             f"Data versions: **crops** ({config.crop}×{config.crop} around the lung region, the competition's data), "
             f"**whole images** (the radiograph at {config.full_size}×{config.full_size}, the original design's Table 2 "
             "setting) and **features** (the 1280 MobileNetV2 features, computed from the whole radiograph).",
@@ -435,8 +573,27 @@ def write_report(config, table: pd.DataFrame) -> Path:
     figures = folder / "figures"
     results = Results(table, {"crops": config.crop, "whole": config.full_size})
     write_csv(folder / "results.csv", table)
-    blocks = [("h1", "Hygieia shortcut experiment: does cropping remove a marker shortcut?"),
+    models = model_scores(results)
+    separated = separation(models)
+    write_csv(folder / "models.csv", models)
+    write_csv(folder / "separation.csv", separated)
+    blocks = [("h1", "Hygieia shortcut experiment: does cropping remove a marker shortcut, and which scores "
+                     "catch it?"),
               ("h2", "Setup"), ("list", setup_text(config, results)),
+              ("h2", "Which scores catch the marker"), ("list", separation_findings(models, separated)),
+              ("p", "Every score below is the scoring program's (scores.json), on the model's own test "
+                    "distribution: the confounded test, or the clean test for the clean-trained control. "
+                    "Flip rate: predictions changed by pasting the marker onto the negatives (in brackets, the "
+                    "clean-trained control's). Probes: off-box probes in that test set, and the share of them "
+                    "whose window shows the marker. — : the model cannot have the score (no heatmaps for the "
+                    "features; no probes in whole images)."),
+              ("table", model_table(models)),
+              ("p", "Separation: AUROC of each score as a detector of the marker users (the score's direction "
+                    "from the metric table: a user should score worse), over every model that has the score "
+                    "and within each data version; users and non-users are the models counted."),
+              ("table", separation_table(separated)),
+              ("figure", plot_separation(models, figures / "separation.png"),
+               "Each trust score of every model: marker users (right) against the others (left)"),
               ("h2", "What the numbers show"), ("list", findings(results)),
               ("h2", "Classification"), ("table", classification_table(results)),
               ("figure", plot_accuracy(results, figures / "accuracy.png"),

@@ -1,5 +1,5 @@
-"""The shortcut experiment: does cropping remove a burnt-in marker shortcut, and does the explanation
-score catch a model that uses it?
+"""The shortcut experiment: does cropping remove a burnt-in marker shortcut, and which of the scoring
+program's trust scores catch a model that uses it?
 
 Phantom variants share patients, classes, boxes and anatomy (same seed); they differ only in the
 marker. A variant at strength P puts the marker on a share P of opacity images and 1-P of the others.
@@ -14,6 +14,12 @@ program on three test sets of the same patients:
 The flip rate is the share of test images whose predicted label differs between clean and
 counterfactual; only negatives differ between the two, by the marker alone. (In the results table each
 set's ``flip_rate`` compares it with the clean set; the counterfactual row's is the one reported.)
+Every score of the clean and confounded sets (worst-group accuracy, shortcut gap, activation over
+prior, the Grad-CAM columns...) is read from the scoring program's scores.json and
+detailed_scores.json, never recomputed. The hidden sets hold ``prepare``'s off-box probes (a larger
+share than the competition's, ``probe_share``, so that the shortcut gap is measured on enough of
+them); a lung-field marker can fall inside a probe's window, so a probe from a marked opacity film
+shows the marker without the opacity. Whole images hold no probe (a whole film shows its boxes).
 The marker's mass share is the share of a heatmap on the marker box, mapped from the phantom's
 ``phantom_markers.csv`` into crop or whole-image pixels with ``private/samples.csv``'s windows.
 """
@@ -81,7 +87,8 @@ class ShortcutConfig:
     out: Path
     patients: int = 1500
     strengths: tuple[float, ...] = (0.5, 0.8, 0.95, 1.0)
-    stress_strength: float | None = 0.95  # None: no stress case
+    lung_strengths: tuple[float, ...] = (0.8, 1.0)  # the marker inside a lung field; () for none
+    probe_share: float = 0.5
     seed: int = 0
     weights: Path | None = None
     fast: bool = False
@@ -95,7 +102,9 @@ class ShortcutConfig:
     def check(self) -> None:
         if self.patients < 20:
             raise HygieiaError(f"--patients must be at least 20, got {self.patients}")
-        for p in (*self.strengths, *([] if self.stress_strength is None else [self.stress_strength])):
+        if not 0.0 < self.probe_share <= 1.0:
+            raise HygieiaError(f"the probe share must lie in (0, 1], got {self.probe_share:g}")
+        for p in (*self.strengths, *self.lung_strengths):
             if not 0.0 <= p <= 1.0:
                 raise HygieiaError(f"confounder strengths must lie in [0, 1], got {p:g}")
         if not self.strengths:
@@ -115,10 +124,10 @@ VERSION_NAMES = ("crops", "whole", "features")
 
 
 def training_variants(config: ShortcutConfig) -> list[Variant]:
-    """The clean control, the marker at each strength at the film's edge, and the in-crop stress case."""
+    """The clean control, the marker at each strength at the film's edge, then inside a lung field."""
     corner = [Variant("marker", float(p), "corner") for p in config.strengths]
-    stress = [] if config.stress_strength is None else [Variant("marker", float(config.stress_strength), "lung")]
-    return [CLEAN, *corner, *stress]
+    lung = [Variant("marker", float(p), "lung") for p in config.lung_strengths]
+    return [CLEAN, *corner, *lung]
 
 
 def counterfactual_of(variant: Variant) -> Variant:
@@ -152,15 +161,14 @@ def phantom(config: ShortcutConfig, variant: Variant) -> Path:
         staging, patients=config.patients, seed=config.seed, workers=config.workers, **variant.phantom_args()))
 
 
-def split_sizes(phantom_dir: Path, test_fraction: float) -> dict[str, int]:
+def split_sizes(phantom_dir: Path, test_fraction: float, probe_share: float) -> dict[str, int]:
     """Train/valid/test sizes at 3:2 that use every Normal and Lung Opacity patient they can, less the
     opacity films ``prepare`` needs for its off-box probes (with a margin for films without room)."""
-    from hygieia.prepare.select import DEFAULT_PROBE_SHARE
     from hygieia.rsna.tables import NORMAL, OPACITY, read_tables
 
     classes = read_tables(phantom_dir).patients["class"].value_counts()
     opacities = int(classes.get(OPACITY, 0))
-    probe_films = int(np.ceil(1.5 * DEFAULT_PROBE_SHARE * opacities * (test_fraction + 0.05)))
+    probe_films = int(np.ceil(1.5 * probe_share * opacities * (test_fraction + 0.05)))
     total = 5 * min(int(classes.get(NORMAL, 0)) // 3, (opacities - probe_films) // 2)
     test = int(round(total * test_fraction))
     valid = max(5, int(round(total * 0.05)))
@@ -179,11 +187,12 @@ def prepared(config: ShortcutConfig, variant: Variant) -> Path:
     # one id secret for every variant: the counterfactual matches a patient's crops across them by id
     id_secret = f"shortcut-experiment-ids-seed-{config.seed}".ljust(32, "-")
     key = {"phantom": str(source), **config.sizes, "crop": config.crop, "full_size": config.full_size,
-           "seed": config.seed, "id_secret": id_secret, "weights": str(config.weights) if config.weights else None}
+           "seed": config.seed, "id_secret": id_secret, "probe_share": config.probe_share,
+           "weights": str(config.weights) if config.weights else None}
     folder = config.out / "cache" / "prepared" / source.name
     return _cached(folder, key, lambda staging: prepare(
         source, staging, **config.sizes, crop=config.crop, full_size=config.full_size, seed=config.seed,
-        id_secret=id_secret, weights=config.weights, progress=False))
+        id_secret=id_secret, probe_share=config.probe_share, weights=config.weights, progress=False))
 
 
 # ------------------------------------------------------------------------- one training + its scores
@@ -267,7 +276,8 @@ def results_subset(output: Path, ids: list[str], out: Path) -> None:
 
 
 def score(run_dir: Path, name: str, output: Path, env: dict) -> dict:
-    """Run the scoring program on one evaluation set; its scores.json."""
+    """Run the scoring program on one evaluation set: its scores.json, with the probe counts and rates
+    of detailed_scores.json's shortcut section."""
     score_input = run_dir / "score_input" / name
     shutil.rmtree(score_input, ignore_errors=True)
     shutil.copytree(run_dir / "ref" / name, score_input / "ref")
@@ -276,7 +286,12 @@ def score(run_dir: Path, name: str, output: Path, env: dict) -> dict:
     scores = run_dir / "scores" / name
     _run([sys.executable, str(SCORING / "score.py"), str(score_input), str(scores)],
          run_dir / f"score_{name}.log", env, f"scoring of {run_dir} ({name})")
-    return json.loads((scores / "scores.json").read_text())
+    shortcut = json.loads((scores / "detailed_scores.json").read_text())["shortcut"]
+    return {**json.loads((scores / "scores.json").read_text()),
+            **{key: shortcut[key] for key in PROBE_KEYS}}
+
+
+PROBE_KEYS = ("n_probes", "probe_positive_rate", "false_positive_rate")
 
 
 def load_heatmaps(output: Path) -> dict[str, np.ndarray]:
@@ -299,16 +314,19 @@ def marker_boxes_of_run(config: ShortcutConfig, version: Version, variants: dict
     return pd.DataFrame(rows, columns=ds.BOX_COLUMNS)
 
 
-def marker_summary(name: str, markers: pd.DataFrame, heatmaps: dict[str, np.ndarray], size: int) -> dict:
+def marker_summary(name: str, markers: pd.DataFrame, heatmaps: dict[str, np.ndarray], size: int,
+                   probe_ids: list[str]) -> dict:
     """For one evaluation set: mean share of heatmap mass on the marker over the explained images
-    showing one, their count, and the share of the image the marker covers (what a uniform map puts there)."""
+    showing one, their count, the share of the image the marker covers (what a uniform map puts
+    there), and the share of the set's probes that show the marker."""
     mine = markers[markers["id"].str.startswith(name + "-")]
     boxes = ds.boxes_by_id(mine)
     shares = cf.marker_mass({i: heatmaps[i] for i in boxes if i in heatmaps}, boxes)
     areas = [box_mask(b, (size, size)).mean() for b in boxes.values()]
     return {"marker_mass": float(shares.mean()) if len(shares) else float("nan"),
             "marker_images": int(len(shares)),
-            "marker_area": float(np.mean(areas)) if areas else float("nan")}
+            "marker_area": float(np.mean(areas)) if areas else float("nan"),
+            "probes_showing_marker": float(np.mean([i in boxes for i in probe_ids])) if probe_ids else float("nan")}
 
 
 def run_one(config: ShortcutConfig, version: Version, train: Variant) -> list[dict]:
@@ -332,19 +350,23 @@ def run_one(config: ShortcutConfig, version: Version, train: Variant) -> list[di
     write_csv(run_dir / "marker_boxes.csv", markers)
     heatmaps = load_heatmaps(output)
     size = config.full_size if version.whole else config.crop
-    clean_labels = _set_labels(predictions, "clean")
     rows = []
     for name in variants:
-        truth = ds.read_table(run_dir / "ref" / name / ds.LABELS, ds.LABEL_COLUMNS)
+        reference = ds.read_table(run_dir / "ref" / name / ds.LABELS, ds.REFERENCE_LABEL_COLUMNS)
+        is_probe = reference["probe"].astype(int) == 1
+        probe_ids = reference.loc[is_probe, "id"].tolist()
+        truth = reference.loc[~is_probe, ds.LABEL_COLUMNS]  # flips and counterfactual scores leave probes out
         # The counterfactual set needs only predictions; the scoring program scores the other two.
         scores = (classification_scores(truth, predictions) if name == "counterfactual"
                   else score(run_dir, name, output, env))
+        untagged = truth["id"].str.split("-", n=1).str[1]
+        clean_labels = _set_labels(predictions, "clean").loc[untagged]
         labels = _set_labels(predictions, name)
-        negatives = truth.loc[truth["label"] == 0, "id"].str.split("-", n=1).str[1]
+        negatives = untagged[truth["label"].to_numpy() == 0]
         rows.append({"version": version.name, "train": train.name, "position": train.position,
                      "strength": train.strength if train.confounder != "none" else float("nan"),
                      "eval": name, **{k: _number(v) for k, v in scores.items()},
-                     **marker_summary(name, markers, heatmaps, size),
+                     **marker_summary(name, markers, heatmaps, size, probe_ids),
                      "flip_rate": cf.flip_rate(clean_labels, labels),
                      "flip_rate_negatives": cf.flip_rate(clean_labels.loc[negatives], labels)})
     write_json(rows_file, _json_safe(rows))
@@ -380,6 +402,7 @@ def _json_safe(rows: list[dict]) -> list[dict]:
 
 def _config_key(config: ShortcutConfig) -> dict:
     return {"patients": config.patients, "seed": config.seed, "fast": config.fast, "sizes": config.sizes,
+            "probe_share": config.probe_share,
             "full_size": config.full_size, "crop": config.crop,
             "weights": str(config.weights) if config.weights else None}
 
@@ -396,7 +419,7 @@ def run_experiment(config: ShortcutConfig) -> pd.DataFrame:
             raise HygieiaError(f"{program}: not found; the experiment runs the bundle's programs from a "
                                "source checkout of Hygieia")
     config.out = Path(config.out)
-    config.sizes = split_sizes(phantom(config, CLEAN), config.test_fraction)
+    config.sizes = split_sizes(phantom(config, CLEAN), config.test_fraction, config.probe_share)
     trains = training_variants(config)
     needed = {CLEAN, *trains, *[counterfactual_of(v) for v in trains]}
     for variant in tqdm(sorted(needed, key=lambda v: v.name), desc="phantoms + prepare", unit="variant",
