@@ -156,15 +156,21 @@ def _check_probes(path: Path, labels: pd.DataFrame) -> np.ndarray:
     return probes
 
 
-def read_split_info(path: str | Path) -> dict:
-    """``split.json``: {"split": "valid"|"test", "final": bool}."""
+def read_json(path: str | Path, missing: str = "") -> object:
+    """A JSON file's value; DataError naming the file when it is absent (``missing`` says why it
+    should be there) or not valid JSON."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: file not found (prepare writes it; it says which phase this split scores)")
+        raise DataError(f"{path}: file not found{f' ({missing})' if missing else ''}")
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not valid JSON ({err})") from err
+
+
+def read_split_info(path: str | Path) -> dict:
+    """``split.json``: {"split": "valid"|"test", "final": bool}."""
+    info = read_json(path, "prepare writes it; it says which phase this split scores")
     if not isinstance(info, dict) or info.get("split") not in SCORED_SPLITS \
             or not isinstance(info.get("final"), bool):
         raise DataError(f"{path}: expected {{\"split\": \"valid\"|\"test\", \"final\": true|false}}, got {info!r}")

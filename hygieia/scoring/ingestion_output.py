@@ -8,7 +8,6 @@ Only the reference split's ids are scored; rows of the other split are expected 
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 
@@ -45,12 +44,7 @@ def _some(values, limit: int = 5) -> str:
 
 def read_ingestion_report(res_dir: Path) -> dict:
     path = res_dir / INGESTION_REPORT
-    if not path.is_file():
-        raise DataError(f"{path}: file not found (did ingestion run?)")
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from err
+    report = ds.read_json(path, "did ingestion run?")
     if not isinstance(report, dict):
         raise DataError(f"{path}: expected a JSON object")
     return report
