@@ -115,20 +115,43 @@ def test_view_only_and_constant_rules_score_worst_group_accuracy_zero():
     assert result["value"] == min(result["groups"].values()) and result["ci"][0] <= result["value"] <= result["ci"][1]
 
 
-def test_shortcut_gap_separates_a_film_reader_from_an_opacity_reader():
-    rng = np.random.default_rng(8)
+def shortcut_split(seed=8):
+    """300 normals (20 % AP), 200 opacities and 100 probes from opacity films (75 % AP), as leftover
+    opacity films are; a marker burnt into every opacity film."""
+    rng = np.random.default_rng(seed)
     truth = np.r_[np.zeros(300, int), np.ones(200, int), np.ones(100, int)]
     probes = np.r_[np.zeros(500, int), np.ones(100, int)]
-    ap = rng.random(600) < np.where(truth == 1, 0.75, 0.2)
-    reads_film = ap.astype(int)                                    # calls AP films positive
+    view = np.where(rng.random(600) < np.where(truth == 1, 0.75, 0.2), "AP", "PA")
+    return rng, truth, probes, view
+
+
+def test_shortcut_gap_catches_a_film_cue_and_not_an_opacity_reader():
+    rng, truth, probes, view = shortcut_split()
+    reads_marker = np.where(truth == 1, rng.random(600) < 0.9, rng.random(600) < 0.1).astype(int)
     reads_opacity = np.where(probes == 1, rng.random(600) < 0.1,   # calls probes like normals
                              np.where(truth == 1, rng.random(600) < 0.8, rng.random(600) < 0.1)).astype(int)
-    film = shortcut.shortcut_gap(truth, reads_film, probes)
-    opacity = shortcut.shortcut_gap(truth, reads_opacity, probes)
-    assert film["value"] > 0.4 and film["ci"][0] > 0.3
+    marker = shortcut.shortcut_gap(truth, reads_marker, probes, view)
+    opacity = shortcut.shortcut_gap(truth, reads_opacity, probes, view)
+    assert marker["value"] > 0.7 and marker["ci"][0] > 0.6
     assert abs(opacity["value"]) < 0.1 and opacity["ci"][0] < 0 < opacity["ci"][1]
-    none = shortcut.shortcut_gap(truth[:500], reads_film[:500], probes[:500])
+    assert [row["stratum"] for row in marker["strata"]] == ["AP", "PA"] and marker["n_unmatched"] == 0
+    none = shortcut.shortcut_gap(truth[:500], reads_marker[:500], probes[:500], view[:500])
     assert none["value"] is None and "no off-box probe" in none["reason"]
+
+
+def test_shortcut_gap_matches_views_so_the_view_alone_makes_no_gap():
+    _, truth, probes, view = shortcut_split()
+    reads_view = (view == "AP").astype(int)
+    unmatched = shortcut.shortcut_gap(truth, reads_view, probes)
+    matched = shortcut.shortcut_gap(truth, reads_view, probes, view)
+    # unmatched, the gap is the difference of the probes' and the normals' AP shares
+    share = (view[probes == 1] == "AP").mean() - (view[(truth == 0)] == "AP").mean()
+    assert unmatched["value"] == pytest.approx(share) and share > 0.4
+    assert matched["value"] == 0 and matched["ci"] == [0.0, 0.0]
+    only_ap_normals = np.where((truth == 0) & (view == "PA"), "AP", view)
+    lonely = shortcut.shortcut_gap(truth, reads_view, probes, only_ap_normals)
+    assert lonely["n_unmatched"] == (view[probes == 1] == "PA").sum() > 0
+    assert lonely["n_probes"] - lonely["n_unmatched"] == (view[probes == 1] == "AP").sum()
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +210,10 @@ def test_probes_are_left_out_of_the_other_metrics(dataset, run_dir):
     gap = results["shortcut"]
     called = run["predictions"]["label"].to_numpy()
     assert gap["probe_positive_rate"] == pytest.approx(called[ref["probes"] == 1].mean())
+    view = ref["meta"].loc[ref["ids"], "view_position"].to_numpy()
+    matched = shortcut.shortcut_gap(ref["labels"], called, ref["probes"], view)   # probes matched on view
+    assert gap["value"] == pytest.approx(matched["value"], abs=1e-6) and gap["strata"][0]["n_normal"] > 0
+    assert {row["stratum"] for row in gap["strata"]} <= {"AP", "PA"}
     assert results["scores"]["shortcut_gap"] == pytest.approx(gap["value"], abs=1e-6)
     assert set(results["chance"]) == set(SCORE_KEYS) and results["chance"]["activation_over_prior"] == 0.0
 

@@ -26,6 +26,7 @@ The marker's mass share is the share of a heatmap on the marker box, mapped from
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -336,7 +337,8 @@ def run_one(config: ShortcutConfig, version: Version, train: Variant) -> list[di
         variants.pop("confounded")
     roots = {name: prepared(config, v) / version.subdir for name, v in variants.items()}
     run_dir = config.out / "runs" / version.name / train.name
-    key = {"config": _config_key(config), "version": asdict(version), "train": asdict(train)}
+    key = {"config": _config_key(config), "version": asdict(version), "train": asdict(train),
+           "code": _programs_digest()}
     rows_file = run_dir / "rows.json"
     if rows_file.is_file() and (run_dir / CACHE_KEY_FILE).is_file() and \
             json.loads((run_dir / CACHE_KEY_FILE).read_text()) == key:
@@ -405,6 +407,16 @@ def _config_key(config: ShortcutConfig) -> dict:
             "probe_share": config.probe_share,
             "full_size": config.full_size, "crop": config.crop,
             "weights": str(config.weights) if config.weights else None}
+
+
+def _programs_digest() -> str:
+    """A digest of the code that trains and scores a run (ingestion, scoring, the sample submissions),
+    so that a cached run is redone when that code changes."""
+    digest = hashlib.sha256()
+    folders = [ROOT / "hygieia" / "submission", ROOT / "hygieia" / "scoring", *SUBMISSIONS.values()]
+    for path in sorted(p for folder in folders for p in folder.rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------ the whole run

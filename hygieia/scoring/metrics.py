@@ -57,7 +57,8 @@ METRICS = (
            "groups"),
     Metric("shortcut_gap", "Shortcut gap", "asc", (-1, 1), CLASSIFICATION + ("probes",),
            "0 (a rule that ignores the film calls probes and normal films positive alike)",
-           "share of off-box probes called positive − false-positive rate on normal films",
+           "mean over off-box probes of (called positive − false-positive rate on normal films of the "
+           "probe's view)",
            "hygieia.scoring.shortcut:shortcut_gap", "shortcut", nullable=True),
     Metric("fbeta2", "F-beta (2)", "desc", (0, 1), CLASSIFICATION,
            "the prevalence (calling positive at random at the prevalence's rate)",

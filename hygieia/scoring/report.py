@@ -301,15 +301,23 @@ def shortcut_section(results: dict) -> str:
     gap = results["shortcut"]
     parts = ["<h2>Shortcut gap</h2><p class='note'>Some hidden items are off-box probes: windows cut "
              "from an opacity film away from every box. They show no opacity, so a model that reads the "
-             "opacity calls them positive about as often as it calls normal films positive. Probes are "
-             "left out of every other metric.</p>"]
+             "opacity calls them positive about as often as it calls normal films positive. Each probe is "
+             "compared with the normal films of its own view (AP with AP, PA with PA), so the view alone "
+             "makes no gap. Probes are left out of every other metric.</p>"]
     if gap["value"] is None:
         parts.append(f"<p class='error'>Not measured: {html.escape(gap['reason'])}.</p>")
         return "".join(parts)
-    parts.append(_table(["", "value"], [
-        ["probes called positive", f"{gap['probe_positive_rate']:.4f} (of {gap['n_probes']})"],
-        ["normal films called positive", f"{gap['false_positive_rate']:.4f} (of {gap['n_normal']})"],
-        ["shortcut gap", f"{gap['value']:.4f} {_interval(gap['ci'])}"]]))
+    rows = [[f"view {row['stratum']}", row["n_probes"], f"{row['probe_positive_rate']:.4f}",
+             row["n_normal"], "—" if row["false_positive_rate"] is None else f"{row['false_positive_rate']:.4f}"]
+            for row in gap["strata"]]
+    rows.append(["all (probe-weighted)", gap["n_probes"] - gap["n_unmatched"], f"{gap['probe_positive_rate']:.4f}",
+                 gap["n_normal"], f"{gap['false_positive_rate']:.4f}"])
+    parts.append(_table(["", "probes", "probes called positive", "normal films",
+                         "normal films called positive"], rows))
+    if gap["n_unmatched"]:
+        parts.append(f"<p class='note'>{gap['n_unmatched']} probes have no normal film of their view and "
+                     "are left out.</p>")
+    parts.append(f"<p><b>shortcut gap</b> {gap['value']:.4f} {_interval(gap['ci'])}</p>")
     return "".join(parts)
 
 

@@ -186,9 +186,9 @@ def compute_results(ref: dict, run: dict, ref_dir: str | Path = "", progress: bo
     classification["ci"] = cls.bootstrap_classification(truth, proba, predicted)
     classification["roc"] = cls.roc_points(truth, proba)
     explanation = explanation_results(ref, run, scored, progress)
-    view = groups.column_values(ref["meta"].loc[ref["ids"]], groups.WORST_GROUP_COLUMN)[scored]
-    worst = groups.worst_group_accuracy(truth, predicted, groups.class_by(truth, view))
-    gap = shortcut.shortcut_gap(ref["labels"], run["predictions"]["label"].to_numpy(), ref["probes"])
+    view = groups.column_values(ref["meta"].loc[ref["ids"]], groups.WORST_GROUP_COLUMN)
+    worst = groups.worst_group_accuracy(truth, predicted, groups.class_by(truth, view[scored]))
+    gap = shortcut.shortcut_gap(ref["labels"], run["predictions"]["label"].to_numpy(), ref["probes"], view)
     blind = blind_results(ref, scored)
     values = {**{k: classification[k] for k in mt.CLASSIFICATION_KEYS}, **explanation["means"],
               "worst_group_accuracy": worst["value"], "shortcut_gap": gap["value"]}

@@ -1,9 +1,15 @@
-"""The shortcut gap: do off-box probes get called positive more often than normal films?
+"""The shortcut gap: do off-box probes get called positive more often than normal films of the same view?
 
 A probe is a window cut from a Lung Opacity film away from every box: it shows no opacity, only the
 film around it (its view, devices, markers, exposure). A model that reads the opacity calls probes
 positive about as often as normal films (gap near 0); a model that reads the film calls them positive
 like the opacity films they come from (gap up to its recall minus its false-positive rate).
+
+Each probe is compared with the normal films of its own stratum (the film's view position): probes
+come from the opacity films left over after the hidden splits are drawn, which are mostly AP, while
+the hidden normals are view-balanced. Without the matching, a rule that reads only the view would
+score the difference of the two AP shares, an artefact of how probes are drawn, not a measurement.
+In a view-balanced split the view carries no label; reliance on it shows in worst-group accuracy.
 """
 
 from __future__ import annotations
@@ -13,27 +19,60 @@ import numpy as np
 from hygieia.scoring import classification as cls
 
 
-def shortcut_gap(truth: np.ndarray, predicted: np.ndarray, probes: np.ndarray) -> dict:
-    """Probes' positive rate − false-positive rate on normal (non-probe) films, with its 95% bootstrap
-    interval (resampling probes and normal films). ``value`` None, with ``reason``, when the split
-    holds no probe or no normal film."""
+def shortcut_gap(truth: np.ndarray, predicted: np.ndarray, probes: np.ndarray,
+                 strata: np.ndarray | None = None) -> dict:
+    """Mean over probes of (probe called positive − false-positive rate on the normal, non-probe films
+    of the probe's stratum), with its 95% bootstrap interval (resampling probes and normal films).
+
+    Probes of a stratum without normal films cannot be matched: they are counted in ``n_unmatched``
+    and left out. ``value`` None, with ``reason``, when no probe can be matched."""
     probes = np.asarray(probes).astype(bool)
     normal = (np.asarray(truth) == 0) & ~probes
     called = np.asarray(predicted).astype(np.float64)
-    result = {"n_probes": int(probes.sum()), "n_normal": int(normal.sum()), "value": None, "ci": None,
-              "probe_positive_rate": None, "false_positive_rate": None, "reason": None}
-    if not probes.any() or not normal.any():
+    strata = np.full(len(probes), "all") if strata is None else np.asarray(strata).astype(str)
+    if not len(strata) == len(probes) == len(called) == len(normal):
+        raise ValueError("shortcut_gap: truth, predicted, probes and strata differ in length")
+    rows = [stratum_row(name, called, probes & (strata == name), normal & (strata == name))
+            for name in sorted(set(strata[probes]))]
+    matched = [row for row in rows if row["n_normal"] > 0]
+    result = {"n_probes": int(probes.sum()), "n_normal": int(normal.sum()),
+              "n_unmatched": int(sum(row["n_probes"] for row in rows if row["n_normal"] == 0)),
+              "strata": rows, "value": None, "ci": None, "probe_positive_rate": None,
+              "false_positive_rate": None, "reason": None}
+    if not matched:
         result["reason"] = ("this split holds no off-box probe, so the shortcut gap is not measured"
-                            if not probes.any() else "this split holds no normal film")
+                            if not probes.any() else "no probe has a normal film of its view to compare with")
         return result
-    result["probe_positive_rate"] = float(called[probes].mean())
-    result["false_positive_rate"] = float(called[normal].mean())
+    weight = np.array([row["n_probes"] for row in matched], dtype=np.float64)
+    result["probe_positive_rate"] = float(weight @ [r["probe_positive_rate"] for r in matched] / weight.sum())
+    result["false_positive_rate"] = float(weight @ [r["false_positive_rate"] for r in matched] / weight.sum())
     result["value"] = result["probe_positive_rate"] - result["false_positive_rate"]
-    used = np.flatnonzero(probes | normal)
-    counts = cls.bootstrap_counts(len(used)).astype(np.float64)
-    is_probe, hits = probes[used].astype(np.float64), called[used]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        gaps = ((counts @ (is_probe * hits)) / (counts @ is_probe)
-                - (counts @ ((1 - is_probe) * hits)) / (counts @ (1 - is_probe)))
-    result["ci"] = cls.percentile_interval(gaps)
+    result["ci"] = bootstrap_interval(called, [(probes & (strata == r["stratum"]), normal & (strata == r["stratum"]))
+                                               for r in matched])
     return result
+
+
+def stratum_row(name: str, called: np.ndarray, probes: np.ndarray, normal: np.ndarray) -> dict:
+    return {"stratum": str(name), "n_probes": int(probes.sum()), "n_normal": int(normal.sum()),
+            "probe_positive_rate": float(called[probes].mean()),
+            "false_positive_rate": float(called[normal].mean()) if normal.any() else None}
+
+
+def bootstrap_interval(called: np.ndarray, masks: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
+    """Resample every probe and normal film used; in each resample, strata left without a normal film
+    drop out with their probes."""
+    used = np.flatnonzero(np.logical_or.reduce([p | n for p, n in masks]))
+    counts = cls.bootstrap_counts(len(used)).astype(np.float64)
+    hits = called[used]
+    probe_sum = np.zeros(len(counts))
+    gap_sum = np.zeros(len(counts))
+    for probe_mask, normal_mask in masks:
+        is_probe, is_normal = probe_mask[used].astype(np.float64), normal_mask[used].astype(np.float64)
+        n_probe, n_normal = counts @ is_probe, counts @ is_normal
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fpr = (counts @ (is_normal * hits)) / n_normal
+        kept = n_normal > 0
+        gap_sum[kept] += (counts @ (is_probe * hits))[kept] - n_probe[kept] * fpr[kept]
+        probe_sum[kept] += n_probe[kept]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cls.percentile_interval(gap_sum / probe_sum)
