@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy
 
 REPOSITORY = "hygieia-tests/python-no-torch"   # not a bundle's docker_image: tests choose it explicitly
-RECIPE = 2                                     # bump when the layout below changes
+RECIPE = 3                                     # bump when the layout below changes
 # What ingestion, scoring (figures included) and the tabular sample import, with their wheels' libraries.
 PACKAGES = ("numpy", "numpy.libs", "pandas", "dateutil", "scipy", "scipy.libs", "sklearn",
             "scikit_learn.libs", "joblib", "threadpoolctl.py", "matplotlib", "mpl_toolkits", "contourpy",
@@ -74,7 +74,7 @@ def build_image(tag: str) -> None:
     argv = ["docker", "import"] + [arg for change in changes for arg in ("--change", change)] + ["-", tag]
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        with tarfile.open(fileobj=proc.stdin, mode="w|") as tar:
+        with _Rootfs.open(fileobj=proc.stdin, mode="w|") as tar:
             write_rootfs(tar)
     finally:
         proc.stdin.close()
@@ -187,6 +187,25 @@ def shared_libraries(binaries: list[Path], trees: list[Path]) -> list[tuple[Path
             arcname = f"{str(multiarch).lstrip('/')}/{path.name}"
         libraries.append((path.resolve(), arcname))
     return sorted(set(libraries), key=lambda pair: pair[1])
+
+
+class _Rootfs(tarfile.TarFile):
+    """A tar whose every folder has its own entry: folders the unpacking would create for a file are
+    not searchable without the capabilities that compute_worker.py drops."""
+
+    def addfile(self, tarinfo, fileobj=None):
+        known = self.__dict__.setdefault("_folders", set())
+        parts = tarinfo.name.split("/")[:-1]
+        for end in range(1, len(parts) + 1):
+            folder = "/".join(parts[:end])
+            if folder not in known:
+                known.add(folder)
+                info = tarfile.TarInfo(folder)
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                super().addfile(info)
+        if tarinfo.isdir():
+            known.add(tarinfo.name)
+        super().addfile(tarinfo, fileobj)
 
 
 def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
