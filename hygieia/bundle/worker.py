@@ -53,8 +53,8 @@ CODABENCH_CAP_DROP = ("AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"
 NO_SANDBOX_WARNING = """\
 run: WARNING: no sandbox (neither Docker nor bubblewrap usable): the steps run as plain processes.
 run: WARNING: the submission can read this machine's files (reference data included), use the
-run: WARNING: network and leave processes behind. Do not run untrusted code this way; install
-run: WARNING: bubblewrap (apt-get install bubblewrap) for an isolated run."""
+run: WARNING: network and leave processes behind. Do not run untrusted code this way: run it in the
+run: WARNING: competition's Docker image, or install bubblewrap (apt-get install bubblewrap)."""
 
 
 @dataclass
