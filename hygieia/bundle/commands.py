@@ -52,9 +52,16 @@ def register(subparsers) -> None:
     run.add_argument("--env", action="append", default=[], metavar="K=V",
                      help="an environment variable for both programs (repeatable); nothing else of this "
                      "shell's environment reaches them, e.g. --env HYGIEIA_FAST=1")
-    run.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default="auto",
-                     help="isolate each step with bubblewrap (auto: when available, else plain processes "
-                     "with a warning; none: never)")
+    run.add_argument("--sandbox", choices=("auto", "docker", "bwrap", "none"), default="auto",
+                     help="isolate each step: docker (a `docker run` per step in the competition's image, "
+                     "as Codabench does; the image must be present locally), bwrap (bubblewrap around this "
+                     "machine's Python), none (plain processes, with a warning); auto (default): docker when "
+                     "the daemon answers and the image is present, else bwrap, else none")
+    run.add_argument("--docker-image", metavar="NAME",
+                     help="the image for --sandbox docker/auto instead of competition.yaml's docker_image")
+    run.add_argument("--gpus", action="store_true",
+                     help="give the containers every GPU (docker run --gpus all, as Codabench's GPU workers "
+                     "do); bubblewrap always shows this machine's /dev/nvidia*")
     run.set_defaults(func=_run)
 
     demo = subparsers.add_parser("demo", help="phantom -> prepare -> bundle -> check -> run, end to end",
@@ -92,7 +99,8 @@ def _run(args: argparse.Namespace) -> int:
     from hygieia.bundle.worker import run_submission
 
     result = run_submission(args.submission, args.bundle, phase=args.phase, out_dir=args.out,
-                            env=parse_env(args.env), sandbox=args.sandbox)
+                            env=parse_env(args.env), sandbox=args.sandbox, docker_image=args.docker_image,
+                            gpus=args.gpus)
     print(result.report())
     return 0 if result.status == "Finished" else 1
 

@@ -1,17 +1,19 @@
 """``hygieia run``: a local Codabench compute worker, to run a submission against a bundle before uploading.
 
-It does what Codabench's worker (``compute_worker.py``) does for one submission in one phase, with a
-sandbox in place of each container (docs/bundle.md lists every point and the worker line it follows):
+It does what Codabench's worker (``compute_worker.py``) does for one submission in one phase, each step
+in a container or a sandbox (docs/bundle.md lists every point and the worker line it follows):
 
     prediction/  program/ (the ingestion program)  ingested_program/ (the submission)
                  input_data/  output/               -> ingestion's command, then `metadata`
     scoring/     program/ (the scoring program)  input/ref/  input/res/ (= prediction/output)
                  shared/  output/                   -> scoring's command, then scores.json is read
 
-Each folder is mounted where the container would see it (``/app/program``, ``/app/output``...) by
-bubblewrap: nothing else of the machine's files is visible but the system and Python, no network, the
-program and its input read-only, and every process of the step ends with it. Without bubblewrap the
-steps run as plain processes with a loud warning. Every run unpacks its own copy of the bundle.
+Each folder is mounted where the container would see it (``/app/program``, ``/app/output``...): by
+``docker run`` in the competition's image when a Docker daemon answers and the image is present locally,
+else by bubblewrap around this machine's Python. Either way nothing else of the machine's files is
+visible (bubblewrap: but the system and Python), no network, the program and its input read-only, and
+every process of the step ends with it. Without either the steps run as plain processes with a loud
+warning. Every run unpacks its own copy of the bundle.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,12 +46,15 @@ MAX_SUBMISSION_BYTES = 2_000_000_000  # unpacked: far above a model's weights an
 MAX_SUBMISSION_ENTRIES = 100_000
 IMAGE_ENV = ("HYGIEIA_MOBILENET_WEIGHTS",)  # set by the competition's image (docker/Dockerfile)
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc")
-SANDBOXES = ("auto", "bwrap", "none")
+SANDBOXES = ("auto", "docker", "bwrap", "none")
+# compute_worker.py:963-978: the capabilities Codabench drops from every competition container
+CODABENCH_CAP_DROP = ("AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+                      "NET_BIND_SERVICE", "NET_RAW", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT")
 NO_SANDBOX_WARNING = """\
-run: WARNING: no sandbox (bubblewrap not found or not usable): the steps run as plain processes.
+run: WARNING: no sandbox (neither Docker nor bubblewrap usable): the steps run as plain processes.
 run: WARNING: the submission can read this machine's files (reference data included), use the
-run: WARNING: network and leave processes behind. Do not run untrusted code this way; install
-run: WARNING: bubblewrap (apt-get install bubblewrap) for an isolated run."""
+run: WARNING: network and leave processes behind. Do not run untrusted code this way: run it in the
+run: WARNING: competition's Docker image, or install bubblewrap (apt-get install bubblewrap)."""
 
 
 @dataclass
@@ -59,6 +65,7 @@ class StepResult:
     timed_out: bool
     stdout: Path
     stderr: Path
+    container: str | None = None                 # the step's docker container name (docker sandbox)
 
     def stderr_tail(self, lines: int = TAIL_LINES) -> str:
         text = self.stderr.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
@@ -76,10 +83,12 @@ class RunResult:
     row: list[tuple[str, str]] = field(default_factory=list)   # (column title, formatted value)
     detailed_results: Path | None = None
     steps: list[StepResult] = field(default_factory=list)
-    sandbox: str = "none"
+    sandbox: str = "none"                        # "docker", "bwrap" or "none"
+    image: str | None = None                     # the docker image the steps ran in
 
     def report(self) -> str:
-        lines = [f"phase: {self.phase}", f"status: {self.status}", f"sandbox: {self.sandbox}"]
+        sandbox = f"docker ({self.image})" if self.sandbox == "docker" else self.sandbox
+        lines = [f"phase: {self.phase}", f"status: {self.status}", f"sandbox: {sandbox}"]
         if self.error:
             lines += ["error:"] + [f"  {line}" for line in self.error.splitlines()]
         if self.row:
@@ -184,18 +193,91 @@ def bwrap_usable() -> bool:
     return probe.returncode == 0
 
 
-def choose_sandbox(requested: str) -> str:
+@dataclass(frozen=True)
+class Sandbox:
+    kind: str                  # "docker", "bwrap" or "none"
+    image: str | None = None   # docker: the image every step runs in
+    gpus: bool = False         # docker: --gpus all
+
+
+def docker_problem(image: str | None) -> str | None:
+    """Why the steps cannot run in ``image`` under Docker here, or None when they can."""
+    if not image:
+        return "competition.yaml names no docker_image and no --docker-image was given"
+    if not shutil.which("docker"):
+        return "the docker command is not installed"
+    try:
+        info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True,
+                              text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "the Docker daemon did not answer `docker info` within 30 s"
+    if info.returncode != 0:
+        cause = (info.stderr.strip().splitlines() or ["no message"])[-1]
+        return f"the Docker daemon does not answer ({cause})"
+    found = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], capture_output=True,
+                           timeout=60)
+    if found.returncode != 0:
+        return (f"the image {image} is not present locally (docker pull {image}, or build it: "
+                "docker/README.md; --docker-image NAME names another)")
+    return None
+
+
+def choose_sandbox(requested: str, image: str | None = None, gpus: bool = False) -> Sandbox:
+    """docker when asked or (auto) usable, else bubblewrap, else plain processes with a loud warning."""
     if requested not in SANDBOXES:
         raise HygieiaError(f"--sandbox must be one of {list(SANDBOXES)}, got {requested!r}")
     if requested == "none":
         print(NO_SANDBOX_WARNING, file=sys.stderr, flush=True)
-        return "none"
+        return Sandbox("none")
+    if requested in ("auto", "docker"):
+        problem = docker_problem(image)
+        if problem is None:
+            return Sandbox("docker", image, gpus)
+        if requested == "docker":
+            raise HygieiaError(f"--sandbox docker: {problem}")
+        print(f"run: not using Docker: {problem}", file=sys.stderr, flush=True)
     if bwrap_usable():
-        return "bwrap"
+        return Sandbox("bwrap")
     if requested == "bwrap":
         raise HygieiaError("--sandbox bwrap: bubblewrap (bwrap) is not installed or cannot create namespaces")
     print(NO_SANDBOX_WARNING, file=sys.stderr, flush=True)
-    return "none"
+    return Sandbox("none")
+
+
+def docker_argv(step: Step, image: str, name: str, extra: dict[str, str], *, gpus: bool = False,
+                user: str | None = None) -> list[str]:
+    """``docker run`` for a step, as compute_worker.py creates its container (working dir, environment,
+    dropped capabilities, no-new-privileges, host user namespace), plus what Codabench leaves to its
+    machines: only the step's folders, the program and its input read-only, no network, the caller's
+    user (files it can delete), and the image as present locally (no pull)."""
+    user = user or f"{os.getuid()}:{os.getgid()}"
+    argv = ["docker", "run", "--name", name, "--pull", "never", "--network", "none", "--user", user,
+            "--userns", "host", "--security-opt", "no-new-privileges", "--workdir", "/app/program"]
+    for capability in CODABENCH_CAP_DROP:
+        argv += ["--cap-drop", capability]
+    env = {"PYTHONUNBUFFERED": "1", "http_proxy": "", "https_proxy": "", **extra}
+    for key, value in env.items():
+        argv += ["--env", f"{key}={value}"]
+    for point, folder in sorted(step.mounts.items()):
+        fields = ["type=bind", f"source={folder}", f"target={point}"]
+        fields += ["readonly"] if point in step.read_only else []
+        argv += ["--mount", ",".join(_csv_field(field) for field in fields)]
+    if gpus:
+        argv += ["--gpus", "all"]
+    return argv + [image] + shlex.split(step.command)
+
+
+def _csv_field(text: str) -> str:
+    """One field of --mount's comma-separated value, quoted when the path holds a comma or a quote."""
+    return '"' + text.replace('"', '""') + '"' if ("," in text or '"' in text) else text
+
+
+def remove_container(name: str) -> None:
+    """``docker rm -f``: kill the container (every process of its PID namespace) and remove it; a
+    container that was never created is not an error."""
+    done = subprocess.run(["docker", "rm", "--force", name], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0 and "No such container" not in done.stderr:
+        print(f"run: warning: docker rm -f {name} failed: {done.stderr.strip()}", file=sys.stderr, flush=True)
 
 
 def bwrap_argv(step: Step, env: dict[str, str]) -> list[str]:
@@ -223,9 +305,17 @@ def bwrap_argv(step: Step, env: dict[str, str]) -> list[str]:
     return argv + ["--chdir", "/app/program", "--"]
 
 
-def run_step(step: Step, sandbox: str, extra_env: dict[str, str], log_dir: Path, echo: bool) -> StepResult:
+def run_step(step: Step, sandbox: Sandbox, extra_env: dict[str, str], log_dir: Path,
+             echo: bool) -> StepResult:
     """Run one container's command, teeing its output to log files; kill all of it at the time limit."""
-    sandboxed = sandbox == "bwrap"
+    if sandbox.kind == "docker":
+        name = f"hygieia-{step.name}-{uuid.uuid4().hex[:12]}"
+        argv = docker_argv(step, sandbox.image, name, extra_env, gpus=sandbox.gpus)
+        result = _supervise(step.name, argv, None, None, step.limit, log_dir, echo,
+                            cleanup=lambda: remove_container(name))
+        result.container = name
+        return result
+    sandboxed = sandbox.kind == "bwrap"
     program = "/app/program" if sandboxed else str(step.mounts["/app/program"])
     env = step_env(program, extra_env, sandboxed=sandboxed)
     if sandboxed:
@@ -237,7 +327,8 @@ def run_step(step: Step, sandbox: str, extra_env: dict[str, str], log_dir: Path,
     return _supervise(step.name, argv, cwd, popen_env, step.limit, log_dir, echo)
 
 
-def _supervise(name: str, argv: list[str], cwd, env, limit: float, log_dir: Path, echo: bool) -> StepResult:
+def _supervise(name: str, argv: list[str], cwd, env, limit: float, log_dir: Path, echo: bool,
+               cleanup=None) -> StepResult:
     log_dir.mkdir(parents=True, exist_ok=True)
     out_path, err_path = log_dir / f"{name}_stdout.txt", log_dir / f"{name}_stderr.txt"
     start = time.monotonic()
@@ -255,6 +346,8 @@ def _supervise(name: str, argv: list[str], cwd, env, limit: float, log_dir: Path
     except subprocess.TimeoutExpired:
         timed_out = True
     finally:  # the end of the step, the time limit, SIGINT or SIGTERM: nothing of the step stays
+        if cleanup is not None:
+            cleanup()
         _kill_group(proc.pid)
         proc.wait()
     for thread in threads:  # a process outside the group may still hold the pipes: do not wait for it
@@ -348,18 +441,24 @@ def _on_sigterm(signum, frame):
 
 def run_submission(submission: str | Path, bundle: str | Path, *, phase: str = "development",
                    out_dir: str | Path | None = None, echo: bool = True, env: dict[str, str] | None = None,
-                   sandbox: str = "auto") -> RunResult:
+                   sandbox: str = "auto", docker_image: str | None = None, gpus: bool = False) -> RunResult:
     """Run ``submission`` (zip or folder) in ``phase`` of ``bundle`` (zip or folder), as Codabench would.
-    ``env``: variables given to both programs (the caller's own environment is not passed on)."""
+    ``env``: variables given to both programs (the caller's own environment is not passed on).
+    ``sandbox``: auto (docker, else bwrap, else none), docker, bwrap or none; ``docker_image`` replaces
+    competition.yaml's ``docker_image``; ``gpus``: docker's ``--gpus all``."""
     submission, bundle = Path(submission), Path(bundle)
     if not submission.exists():
         raise HygieiaError(f"{submission}: no such submission zip or folder")
-    mode = choose_sandbox(sandbox)
+    if sandbox not in SANDBOXES:
+        raise HygieiaError(f"--sandbox must be one of {list(SANDBOXES)}, got {sandbox!r}")
     out_dir = fresh_out_dir(Path(out_dir) if out_dir else Path("runs") / f"{submission.stem}-{phase}")
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
-        return _run(submission, copy_bundle(bundle, out_dir), phase, out_dir, echo, dict(env or {}), mode)
+        root = copy_bundle(bundle, out_dir)
+        image = docker_image or load_competition(root).get("docker_image")
+        mode = choose_sandbox(sandbox, str(image) if image else None, gpus)
+        return _run(submission, root, phase, out_dir, echo, dict(env or {}), mode)
     except _Terminated:
         raise SystemExit(128 + signal.SIGTERM) from None
     finally:
@@ -367,12 +466,12 @@ def run_submission(submission: str | Path, bundle: str | Path, *, phase: str = "
             signal.signal(signal.SIGTERM, previous)
 
 
-def _run(submission: Path, root: Path, phase: str, out_dir: Path, echo: bool, env: dict, mode: str):
+def _run(submission: Path, root: Path, phase: str, out_dir: Path, echo: bool, env: dict, mode: Sandbox):
     competition = load_competition(root)
     phase_yaml = find_phase(competition, phase)
     task = find_task(competition, phase_yaml)
     limit = time_limit(competition, phase_yaml)
-    result = RunResult("Failed", str(phase_yaml.get("name")), out_dir, sandbox=mode)
+    result = RunResult("Failed", str(phase_yaml.get("name")), out_dir, sandbox=mode.kind, image=mode.image)
     logs = out_dir / "logs"
 
     step, prediction_output = prediction_step(submission, root, task, out_dir, limit)
