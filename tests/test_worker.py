@@ -336,9 +336,9 @@ def test_hostile_submission_reaches_nothing_under_the_sandbox(pristine_copy, tmp
     assert after.status == "Finished" and after.scores == innocent.scores
 
 
-@pytest.mark.slow
-def test_sigterm_ends_every_process_of_the_step(bundle_dir, tmp_path):
-    marker = "302.4711"
+def start_sleepy_run(bundle_dir, tmp_path, marker: str, *options: str) -> subprocess.Popen:
+    """``hygieia run`` of a model whose fit starts a setsid'd ``sleep marker`` and sleeps; returns once
+    that child runs."""
     sub = write_model(tmp_path / "sleepy", f"""
         import subprocess, time
         class Model:
@@ -349,12 +349,19 @@ def test_sigterm_ends_every_process_of_the_step(bundle_dir, tmp_path):
                 return [0.5] * len(X["ids"])
     """)
     run = subprocess.Popen([sys.executable, "-m", "hygieia", "run", str(sub), "--bundle", str(bundle_dir),
-                            "--out", str(tmp_path / "run")], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            "--out", str(tmp_path / "run"), *options], cwd=ROOT, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert processes_with(marker), "the submission's child never started"
+    return run
+
+
+@pytest.mark.slow
+def test_sigterm_ends_every_process_of_the_step(bundle_dir, tmp_path):
+    marker = "302.4711"
+    run = start_sleepy_run(bundle_dir, tmp_path, marker)
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=30) != 0
     assert wait_until_gone(marker) == []

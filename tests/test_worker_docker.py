@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -181,25 +180,10 @@ def test_time_limit_kills_the_container_and_its_setsid_child(pristine_copy, tmp_
 @pytest.mark.docker
 @pytest.mark.slow
 def test_sigterm_removes_the_container(bundle_dir, tmp_path, test_image):  # noqa: F811
-    from test_worker import processes_with
+    from test_worker import start_sleepy_run
 
     marker = "304.4711"
-    sub = write_model(tmp_path / "sleepy", f"""
-        import subprocess, time
-        class Model:
-            def fit(self, X, y):
-                subprocess.Popen(["sleep", "{marker}"], start_new_session=True)
-                time.sleep(300)
-            def predict_proba(self, X):
-                return [0.5] * len(X["ids"])
-    """)
-    run = subprocess.Popen([sys.executable, "-m", "hygieia", "run", str(sub), "--bundle", str(bundle_dir),
-                            "--out", str(tmp_path / "run"), "--sandbox", "docker", "--docker-image", test_image],
-                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not processes_with(marker) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert processes_with(marker), "the submission's child never started"
+    run = start_sleepy_run(bundle_dir, tmp_path, marker, "--sandbox", "docker", "--docker-image", test_image)
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=60) != 0
     assert wait_until_gone(marker) == []
