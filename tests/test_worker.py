@@ -196,13 +196,9 @@ def wait_until_gone(marker: str, seconds: float = 10) -> list[int]:
     return processes_with(marker)
 
 
-@pytest.mark.slow
-def test_submission_past_the_time_limit_is_stopped(pristine_copy, tmp_path):
-    """A model that sleeps, with a setsid child that holds the output pipes: the step ends at the limit
-    and every process of it is gone."""
-    limit, marker = 20, "301.123"
-    edit_yaml(pristine_copy, lambda c: c["phases"][0].update(execution_time_limit=limit))
-    sub = write_model(tmp_path / "sleepy", f"""
+def write_sleepy_model(folder: Path, marker: str) -> Path:
+    """A model whose fit starts a setsid'd ``sleep marker`` (holding the output pipes) and sleeps 300 s."""
+    return write_model(folder, f"""
         import subprocess, time
         class Model:
             def fit(self, X, y):
@@ -211,6 +207,15 @@ def test_submission_past_the_time_limit_is_stopped(pristine_copy, tmp_path):
             def predict_proba(self, X):
                 return [0.5] * len(X["ids"])
     """)
+
+
+@pytest.mark.slow
+def test_submission_past_the_time_limit_is_stopped(pristine_copy, tmp_path):
+    """A model that sleeps, with a setsid child that holds the output pipes: the step ends at the limit
+    and every process of it is gone."""
+    limit, marker = 20, "301.123"
+    edit_yaml(pristine_copy, lambda c: c["phases"][0].update(execution_time_limit=limit))
+    sub = write_sleepy_model(tmp_path / "sleepy", marker)
     result = run_submission(sub, pristine_copy, out_dir=tmp_path / "run", echo=False)
     assert result.status == "Failed"
     assert f"Execution Time Limit exceeded. Limit was {limit} seconds" in result.error
@@ -339,15 +344,7 @@ def test_hostile_submission_reaches_nothing_under_the_sandbox(pristine_copy, tmp
 def start_sleepy_run(bundle_dir, tmp_path, marker: str, *options: str) -> subprocess.Popen:
     """``hygieia run`` of a model whose fit starts a setsid'd ``sleep marker`` and sleeps; returns once
     that child runs."""
-    sub = write_model(tmp_path / "sleepy", f"""
-        import subprocess, time
-        class Model:
-            def fit(self, X, y):
-                subprocess.Popen(["sleep", "{marker}"], start_new_session=True)
-                time.sleep(300)
-            def predict_proba(self, X):
-                return [0.5] * len(X["ids"])
-    """)
+    sub = write_sleepy_model(tmp_path / "sleepy", marker)
     run = subprocess.Popen([sys.executable, "-m", "hygieia", "run", str(sub), "--bundle", str(bundle_dir),
                             "--out", str(tmp_path / "run"), *options], cwd=ROOT, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)

@@ -19,7 +19,8 @@ from docker_image import docker_problem, ensure_image
 from hygieia.bundle import worker
 from hygieia.bundle.worker import CODABENCH_CAP_DROP, Step, docker_argv, run_submission
 from hygieia.errors import HygieiaError
-from test_worker import HOSTILE, ROOT, bundle_dir, pristine_copy, wait_until_gone, write_model  # noqa: F401
+from test_worker import (HOSTILE, ROOT, bundle_dir, pristine_copy, start_sleepy_run,  # noqa: F401
+                         wait_until_gone, write_model, write_sleepy_model)
 
 
 def prediction_step(tmp_path: Path) -> Step:
@@ -159,15 +160,7 @@ def test_time_limit_kills_the_container_and_its_setsid_child(pristine_copy, tmp_
 
     limit, marker = 20, "303.4711"
     edit_yaml(pristine_copy, lambda c: c["phases"][0].update(execution_time_limit=limit))
-    sub = write_model(tmp_path / "sleepy", f"""
-        import subprocess, time
-        class Model:
-            def fit(self, X, y):
-                subprocess.Popen(["sleep", "{marker}"], start_new_session=True)  # inherits stdout/stderr
-                time.sleep(300)
-            def predict_proba(self, X):
-                return [0.5] * len(X["ids"])
-    """)
+    sub = write_sleepy_model(tmp_path / "sleepy", marker)
     result = run_submission(sub, pristine_copy, out_dir=tmp_path / "run", echo=False, sandbox="docker",
                             docker_image=test_image)
     assert result.status == "Failed" and result.sandbox == "docker"
@@ -180,8 +173,6 @@ def test_time_limit_kills_the_container_and_its_setsid_child(pristine_copy, tmp_
 @pytest.mark.docker
 @pytest.mark.slow
 def test_sigterm_removes_the_container(bundle_dir, tmp_path, test_image):  # noqa: F811
-    from test_worker import start_sleepy_run
-
     marker = "304.4711"
     run = start_sleepy_run(bundle_dir, tmp_path, marker, "--sandbox", "docker", "--docker-image", test_image)
     run.send_signal(signal.SIGTERM)
