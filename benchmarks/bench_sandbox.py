@@ -24,7 +24,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from bundle_helpers import build_fake_bundle, extract  # noqa: E402
 from docker_image import docker_problem, ensure_image  # noqa: E402
-from hygieia.bundle.worker import Step, bwrap_argv, docker_argv, run_submission, step_env  # noqa: E402
+from hygieia.bundle.sandbox import Step, bwrap_argv, docker_argv, step_env  # noqa: E402
+from hygieia.bundle.worker import run_submission  # noqa: E402
 
 
 def timed(argv: list[str]) -> float:

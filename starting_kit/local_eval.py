@@ -18,8 +18,8 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from hygieia import dataset as ds
 from hygieia.bundle.archive import folder_entries, write_zip
-from hygieia.bundle.build import INPUT_ZIP, PROGRAMS, leaderboard_columns
-from hygieia.bundle.worker import DEFAULT_TIME_LIMIT, run_submission
+from hygieia.bundle.build import DEFAULT_TIME_LIMIT, INPUT_ZIP, PROGRAMS, leaderboard_columns
+from hygieia.bundle.worker import run_submission
 from hygieia.errors import HygieiaError
 from hygieia.files import write_csv, write_json, write_npy, write_text
 from hygieia.prepare.prior import box_prior

@@ -18,8 +18,9 @@ import yaml
 from bundle_helpers import build_fake_bundle, edit_yaml, extract
 from hygieia.bundle.archive import unpack
 from hygieia.bundle.build import build_bundle
-from hygieia.bundle.worker import (RUN_MARKER, command_argv, fresh_out_dir, read_scores, run_submission,
-                                   step_env, substitute, time_limit, write_worker_metadata)
+from hygieia.bundle.sandbox import command_argv, step_env
+from hygieia.bundle.worker import (RUN_MARKER, fresh_out_dir, read_scores, run_submission, substitute, time_limit,
+                                   write_worker_metadata)
 from hygieia.errors import HygieiaError
 from hygieia.scoring.keys import NULLABLE_KEYS, SCORE_KEYS
 
@@ -253,15 +254,15 @@ def test_phantom_end_to_end_both_samples(phantom_prepared, weights_path, tmp_pat
 
 
 def test_no_sandbox_is_a_loud_warning(monkeypatch, capsys):
-    from hygieia.bundle import worker
+    from hygieia.bundle import sandbox
 
-    assert worker.choose_sandbox("none").kind == "none"
+    assert sandbox.choose_sandbox("none").kind == "none"
     assert "WARNING: no sandbox" in capsys.readouterr().err
-    monkeypatch.setattr(worker.shutil, "which", lambda name: None)  # bubblewrap not installed
-    assert worker.choose_sandbox("auto").kind == "none"
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)  # bubblewrap not installed
+    assert sandbox.choose_sandbox("auto").kind == "none"
     assert "Do not run untrusted code" in capsys.readouterr().err
     with pytest.raises(HygieiaError, match="bubblewrap"):
-        worker.choose_sandbox("bwrap")
+        sandbox.choose_sandbox("bwrap")
 
 
 def test_a_submissions_own_metadata_gets_a_warning(bundle_dir, tmp_path, capsys):

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from docker_image import docker_problem, ensure_image
-from hygieia.bundle import worker
-from hygieia.bundle.worker import CODABENCH_CAP_DROP, Step, docker_argv, run_submission
+from hygieia.bundle import sandbox
+from hygieia.bundle.sandbox import CODABENCH_CAP_DROP, Step, docker_argv
+from hygieia.bundle.worker import run_submission
 from hygieia.errors import HygieiaError
 from test_worker import (HOSTILE, ROOT, bundle_dir, pristine_copy, start_sleepy_run,  # noqa: F401
                          wait_until_gone, write_model, write_sleepy_model)
@@ -65,16 +66,16 @@ def test_a_path_with_a_comma_is_quoted_in_the_mount(tmp_path):
 
 
 def test_auto_says_in_one_line_why_docker_was_not_used(monkeypatch, capsys):
-    monkeypatch.setattr(worker, "bwrap_usable", lambda: True)
-    assert worker.choose_sandbox("auto", None).kind == "bwrap"
+    monkeypatch.setattr(sandbox, "bwrap_usable", lambda: True)
+    assert sandbox.choose_sandbox("auto", None).kind == "bwrap"
     assert capsys.readouterr().err == ("run: not using Docker: competition.yaml names no docker_image and no "
                                        "--docker-image was given\n")
-    real_which = worker.shutil.which
-    monkeypatch.setattr(worker.shutil, "which", lambda name: None if name == "docker" else real_which(name))
-    assert worker.choose_sandbox("auto", "me/hygieia:1").kind == "bwrap"
+    real_which = sandbox.shutil.which
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None if name == "docker" else real_which(name))
+    assert sandbox.choose_sandbox("auto", "me/hygieia:1").kind == "bwrap"
     assert "not using Docker: the docker command is not installed" in capsys.readouterr().err
     with pytest.raises(HygieiaError, match="--sandbox docker: the docker command is not installed"):
-        worker.choose_sandbox("docker", "me/hygieia:1")
+        sandbox.choose_sandbox("docker", "me/hygieia:1")
 
 
 # -- under a Docker daemon --------------------------------------------------------------------------
