@@ -16,6 +16,12 @@ A prepared dataset (``hygieia prepare`` output) is laid out as::
     reference_data/{valid,test}/split.json       {"split": "valid"|"test", "final": bool}: Final-phase
                                                  runs show aggregates only (no id, no per-image row)
 
+Ingestion's output folder (``ingestion → scoring``) holds ``predictions.csv`` (PREDICTION_COLUMNS, every
+valid and test id), ``heatmaps.npz`` (``ids`` and ``maps`` (K, H, W) float16 in [0, 1], each map
+divided by its own maximum, for the predicted positives of valid and test) and ``ingestion.json``
+(status, stage, error, explanation method, counts ...); on Codabench the worker adds ``metadata``.
+A failed run is ``IngestionFailed``, whichever side finds it.
+
 ``probe`` is 1 for an off-box probe (a window cut from a Lung Opacity film away from every box; its
 ``label`` is 1, it has no box) and 0 otherwise. Probes are ordinary items on the input side; scoring
 leaves them out of the classification metrics and uses them for the shortcut gap.
@@ -28,12 +34,14 @@ y down, origin at the top-left corner of the top-left pixel), as floats.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from hygieia.errors import DataError
+from hygieia.errors import DataError, HygieiaError
+from hygieia.files import npz_headers
 
 SPLITS = ("train", "valid", "test")
 SCORED_SPLITS = ("valid", "test")
@@ -57,6 +65,22 @@ LABEL_COLUMNS = ["id", "label"]
 REFERENCE_LABEL_COLUMNS = ["id", "label", "probe"]
 BOX_COLUMNS = ["id", "x", "y", "width", "height"]
 N_FEATURES = 1280
+
+PREDICTIONS = "predictions.csv"
+HEATMAPS = "heatmaps.npz"
+INGESTION_REPORT = "ingestion.json"
+WORKER_METADATA = "metadata"  # Codabench's worker writes it after ingestion; a submission must not
+PREDICTION_COLUMNS = ["id", "proba", "label"]
+EXPLANATION_METHODS = ("explain", "gradcam")
+
+
+class IngestionFailed(HygieiaError):
+    """An ingestion run that failed: raised by ingestion, and by scoring when ingestion reported it.
+    ``traceback`` holds the failing process's own traceback when there is one."""
+
+    def __init__(self, message: str, traceback: str | None = None):
+        super().__init__(message)
+        self.traceback = traceback
 
 
 def read_table(path: str | Path, columns: list[str], **read_options) -> pd.DataFrame:
@@ -210,3 +234,68 @@ def boxes_by_id(boxes: pd.DataFrame) -> dict[str, np.ndarray]:
     order = np.argsort(codes, kind="stable")
     coords = boxes[["x", "y", "width", "height"]].to_numpy(np.float64)[order]
     return dict(zip(ids, np.split(coords, np.flatnonzero(np.diff(codes[order])) + 1)))
+
+
+def first_ids(ids, bad: np.ndarray, limit: int = 3) -> str:
+    """The first ``limit`` ids where ``bad`` is true, for a message."""
+    return ", ".join(str(ids[i]) for i in np.flatnonzero(bad)[:limit])
+
+
+def check_heatmaps(maps: np.ndarray, ids, shape: tuple[int, int], what: str, images: str = "images") -> None:
+    """The rules every heatmap meets, wherever it comes from: one (H, W) map per id, finite and
+    non-negative. DataError otherwise, beginning with ``what`` (e.g. "Model.explain returned") and
+    naming the first ids at fault among the ``images`` (e.g. "valid images")."""
+    expected = (len(ids), *shape)
+    if maps.shape != expected:
+        raise DataError(f"{what} heatmaps of shape {maps.shape} for {len(ids)} {images}; expected {expected}")
+    bad = ~np.isfinite(maps).all(axis=(1, 2))
+    if bad.any():
+        raise DataError(f"{what} NaN or infinite heatmaps for {bad.sum()} {images} (first ids: {first_ids(ids, bad)})")
+    negative = (maps < 0).any(axis=(1, 2))
+    if negative.any():
+        raise DataError(f"{what} negative heatmap values for {negative.sum()} {images} (min {maps.min():.4g}; "
+                        f"first ids: {first_ids(ids, negative)})")
+
+
+def read_heatmaps(path: str | Path, shape: tuple[int, int], limit: int | None = None,
+                  name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``heatmaps.npz`` as ingestion stores it: (ids (K,) str, maps (K, H, W) float16 in [0, 1]), each
+    id once; DataError naming the file (``name``, default its path) otherwise. A file whose headers hold
+    more than ``limit`` maps (the predicted positives) is refused before any map is loaded."""
+    path = Path(path)
+    name = name or str(path)
+    if not path.is_file():
+        raise DataError(f"{name}: file not found")
+    try:
+        headers = npz_headers(path)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{name}: not a readable .npz archive ({err})") from err
+    if "ids" not in headers or "maps" not in headers:
+        raise DataError(f"{name}: expected arrays 'ids' and 'maps', found {sorted(headers)}")
+    (ids_shape, _), (maps_shape, maps_dtype) = headers["ids"], headers["maps"]
+    count = max(ids_shape[:1] + maps_shape[:1], default=0)
+    if limit is not None and count > limit:
+        raise DataError(f"{name}: {count} heatmaps for {limit} predicted positive(s) in {PREDICTIONS}; "
+                        f"refused before loading them")
+    if len(maps_shape) != 3 or maps_shape[1:] != tuple(shape):
+        raise DataError(f"{name}: maps must have shape (K, {shape[0]}, {shape[1]}) like the images; got {maps_shape}")
+    if maps_dtype != np.float16:
+        raise DataError(f"{name}: maps must be float16 (each map divided by its maximum), got dtype {maps_dtype}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            ids, maps = archive["ids"], archive["maps"]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{name}: not a readable .npz archive ({err})") from err
+    if ids.ndim != 1 or len(ids) != len(maps):
+        raise DataError(f"{name}: {ids.size} ids for {len(maps)} maps")
+    ids = ids.astype(str)
+    duplicated = pd.Index(ids).duplicated()
+    if duplicated.any():
+        raise DataError(f"{name}: duplicate id(s) {first_ids(ids, duplicated)}")
+    check_heatmaps(maps, ids, tuple(shape), f"{name}:")
+    above = (maps > 1).any(axis=(1, 2))
+    if above.any():
+        raise DataError(f"{name}: heatmap values above 1 for {above.sum()} images (each map is divided by its "
+                        f"maximum; first ids: {first_ids(ids, above)})")
+    return ids, maps
+

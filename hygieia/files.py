@@ -111,6 +111,20 @@ def _add_zip_entry(archive: zipfile.ZipFile, name: str, source: Path | bytes) ->
         shutil.copyfileobj(src, dst, 1 << 20)
 
 
+def check_zip_limits(archive: zipfile.ZipFile, source, *, max_bytes: int | None, max_entries: int | None,
+                     hint: str = "") -> None:
+    """HygieiaError, before anything is extracted, for a zip of more than ``max_entries`` entries or
+    ``max_bytes`` uncompressed bytes, as its directory declares them (None: no limit); ``hint`` ends the
+    message (where to change the limit)."""
+    infos = archive.infolist()
+    if max_entries is not None and len(infos) > max_entries:
+        raise HygieiaError(f"{source}: {len(infos)} entries, more than the limit of {max_entries}" + hint)
+    declared = sum(info.file_size for info in infos)
+    if max_bytes is not None and declared > max_bytes:
+        raise HygieiaError(f"{source}: {declared / 1e6:.1f} MB uncompressed, more than the limit of "
+                           f"{max_bytes / 1e6:.1f} MB" + hint)
+
+
 def extract_zip(zip_path: str | Path, dest: str | Path, *, max_bytes: int, max_entries: int,
                 skip=lambda name: False, limit_hint: str = "") -> Path:
     """Unzip ``zip_path`` into ``dest``, bounded: HygieiaError past ``max_entries`` entries or
@@ -122,13 +136,7 @@ def extract_zip(zip_path: str | Path, dest: str | Path, *, max_bytes: int, max_e
     try:
         with zipfile.ZipFile(zip_path) as archive:
             infos = archive.infolist()
-            if len(infos) > max_entries:
-                raise HygieiaError(f"{zip_path}: {len(infos)} entries, more than the limit of {max_entries}"
-                                   + limit_hint)
-            declared = sum(info.file_size for info in infos)
-            if declared > max_bytes:
-                raise HygieiaError(f"{zip_path}: {declared / 1e6:.1f} MB uncompressed, more than the limit "
-                                   f"of {max_bytes / 1e6:.1f} MB" + limit_hint)
+            check_zip_limits(archive, zip_path, max_bytes=max_bytes, max_entries=max_entries, hint=limit_hint)
             outside = entries_outside(archive, dest)
             if outside:
                 raise HygieiaError(f"{zip_path}: entry {outside[0]!r} points outside the zip")

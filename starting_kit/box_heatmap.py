@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from hygieia.dataset import boxes_by_id
-from hygieia.scoring.explanation import activation_in_box, box_mask
+from hygieia.boxes import box_mask, mass_share
 
 POOL = 4  # the network sees the crop at a quarter of its side: each output cell covers 4x4 pixels
 
@@ -74,4 +74,4 @@ class BoxHeatmap:
 
 
 def mean_activation_in_box(heatmaps, masks: np.ndarray) -> float:
-    return float(np.mean([activation_in_box(heatmap, mask) for heatmap, mask in zip(heatmaps, masks)]))
+    return float(np.mean(mass_share(heatmaps, masks)))

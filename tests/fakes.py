@@ -52,7 +52,7 @@ def add_probes(data: dict, n_probes: int, rng: np.random.Generator) -> np.ndarra
 
 def box_prior(boxes: pd.DataFrame, size: int) -> np.ndarray:
     """The training boxes' mean mask (one mask per positive image)."""
-    from hygieia.scoring.explanation import box_mask
+    from hygieia.boxes import box_mask
 
     masks = [box_mask(b, (size, size)) for b in ds.boxes_by_id(boxes).values()]
     return np.mean(masks, axis=0).astype(np.float32)

@@ -96,6 +96,13 @@ def test_leaderboard_columns_come_from_the_scoring_keys(bundle):
     assert "60 images" in competition["phases"][0]["description"]
 
 
+def test_scoring_program_carries_its_columns_for_the_check(bundle):
+    """bundle check reads the keys the scoring program writes from plain JSON: no bundle code runs."""
+    with zipfile.ZipFile(bundle) as archive:
+        for prefix in ("", "starting_kit/"):
+            assert json.loads(archive.read(f"{prefix}scoring_program/leaderboard.json")) == LEADERBOARD_COLUMNS
+
+
 def test_data_page_inlines_the_dataset_card(bundle):
     with zipfile.ZipFile(bundle) as archive:
         page = archive.read("pages/data.md").decode()

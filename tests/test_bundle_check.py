@@ -133,16 +133,18 @@ def test_program_without_command(folder):
 
 
 def test_scoring_keys_must_equal_leaderboard_keys(folder):
-    metrics = folder / "scoring_program" / "hygieia" / "scoring" / "metrics.py"   # keys.py derives from it
-    metrics.write_text(metrics.read_text().replace('Metric("pointing_game"', 'Metric("pointing_game_v2"'))
+    columns = folder / "scoring_program" / "leaderboard.json"   # written by the builder from the metric table
+    columns.write_text(columns.read_text().replace('"pointing_game"', '"pointing_game_v2"'))
     found = errors(folder)
     assert any(e.startswith("error: leaderboards: columns do not match the keys scoring_program writes")
                and "['pointing_game_v2']" in e and "['pointing_game']" in e for e in found), found
 
 
-def test_scoring_program_without_vendored_package(folder):
-    shutil.rmtree(folder / "scoring_program" / "hygieia")
-    assert any("scoring_program/hygieia/scoring/keys.py not found" in e for e in errors(folder))
+def test_scoring_program_without_its_columns(folder):
+    (folder / "scoring_program" / "leaderboard.json").unlink()
+    assert any("scoring_program/leaderboard.json not found" in e for e in errors(folder))
+    (folder / "scoring_program" / "leaderboard.json").write_text('{"key": "accuracy"}')
+    assert any("scoring_program/leaderboard.json: expected a list of columns" in e for e in errors(folder))
 
 
 def test_zip_and_cli_exit_code(folder, tmp_path, capsys):

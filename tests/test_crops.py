@@ -7,8 +7,8 @@ import pytest
 
 from conftest import shared_path
 from hygieia.errors import HygieiaError
-from hygieia.prepare.crops import (boxes_in_window, crop_image, make_window, off_box_window, place_window,
-                                   resize_image, scale_boxes, window_side)
+from hygieia.boxes import boxes_in_window, scale_boxes
+from hygieia.prepare.crops import crop_image, make_window, off_box_window, place_window, resize_image, window_side
 from hygieia.prepare.prior import box_prior, prior_scores
 from hygieia.rsna.tables import read_tables
 

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
+from hygieia.boxes import box_iou, box_mask
 from hygieia.scoring import explanation as xp
+from hygieia.scoring.metrics import explain_image
 
 SHAPE = (40, 40)
 
@@ -38,7 +40,7 @@ def brute_rectangle(a, fraction=0.95):
 
 
 def test_box_mask_uses_pixel_centres():
-    mask = xp.box_mask(np.array([[0.5, 1.4, 2.0, 1.0]]), (4, 4))
+    mask = box_mask(np.array([[0.5, 1.4, 2.0, 1.0]]), (4, 4))
     # columns 0 (centre 0.5), 1 (1.5) lie in [0.5, 2.5), column 2 (2.5) not; rows: [1.4, 2.4) holds 1.5 only
     expected = np.zeros((4, 4), bool)
     expected[1, 0:2] = True
@@ -48,7 +50,7 @@ def test_box_mask_uses_pixel_centres():
 def test_map_inside_the_box_scores_one():
     boxes = np.array([[10.0, 5.0, 20.0, 15.0]])
     heatmap = block(SHAPE, 5, 10, 20, 30)
-    result = xp.explain_image(heatmap, boxes)
+    result = explain_image(heatmap, boxes)
     assert result["activation_in_box"] == 1.0
     assert result["pointing_game"] == 1.0
     assert result["cc_map"] == 1.0  # the single component's box is the ground-truth box
@@ -58,7 +60,7 @@ def test_map_inside_the_box_scores_one():
 
 def test_map_outside_the_box_scores_zero():
     boxes = np.array([[0.0, 0.0, 10.0, 10.0]])
-    result = xp.explain_image(block(SHAPE, 25, 25, 35, 35), boxes)
+    result = explain_image(block(SHAPE, 25, 25, 35, 35), boxes)
     assert result["activation_in_box"] == 0.0
     assert result["pointing_game"] == 0.0
     assert result["iou_95"] == 0.0
@@ -67,8 +69,8 @@ def test_map_outside_the_box_scores_zero():
 
 def test_uniform_map_scores_the_box_share():
     boxes = np.array([[3.0, 4.0, 10.0, 7.0], [20.0, 20.0, 5.5, 5.0]])
-    mask = xp.box_mask(boxes, SHAPE)
-    result = xp.explain_image(np.full(SHAPE, 0.3), boxes)
+    mask = box_mask(boxes, SHAPE)
+    result = explain_image(np.full(SHAPE, 0.3), boxes)
     assert result["activation_in_box"] == pytest.approx(mask.mean())
     assert result["box_share"] == pytest.approx((10 * 7 + 5 * 5) / 1600)  # centre 25.5 is outside
     assert result["enrichment"] == pytest.approx(1.0)
@@ -76,13 +78,31 @@ def test_uniform_map_scores_the_box_share():
 
 
 def test_pointing_game_shares_ties():
-    mask = np.zeros(SHAPE, dtype=bool)
-    mask[:10, :10] = True
+    boxes = [np.array([[0.0, 0.0, 10.0, 10.0]])]
     heatmap = np.zeros(SHAPE)
     heatmap[5, 5] = heatmap[30, 30] = heatmap[31, 2] = 2.0  # three maxima, one inside
     heatmap[6, 6] = 1.0
-    assert xp.pointing_game(heatmap, mask) == pytest.approx(1 / 3)
-    assert xp.pointing_game(heatmap > 0, mask) == pytest.approx(2 / 4)  # a boolean map is all ties
+    assert xp.pointing_game(xp.Maps(heatmap, boxes))[0] == pytest.approx(1 / 3)
+    assert xp.pointing_game(xp.Maps(heatmap > 0, boxes))[0] == pytest.approx(2 / 4)  # a boolean map is all ties
+
+
+def test_the_batched_form_scores_each_map_as_alone_and_one_map_for_all():
+    """One map per image gives each image's score alone; one map for every image (a box-blind map) gives
+    that map's score on each image: the form the chance references use."""
+    rng = np.random.default_rng(3)
+    maps = [blob(SHAPE, *rng.uniform(5, 35, 2), rng.uniform(2, 10)) for _ in range(6)]
+    boxes = [np.array([[*rng.uniform(0, 20, 2), *rng.uniform(5, 20, 2)]]) for _ in range(5)]
+    boxes.append(np.vstack([boxes[0], [[25.0, 25.0, 10.0, 10.0]]]))  # two boxes
+    prior = np.mean([box_mask(b, SHAPE) for b in boxes], axis=0)
+    measures = (xp.activation_in_box, xp.activation_over_prior, xp.pointing_game, xp.iou_95, xp.cc_map)
+    together = xp.Maps(np.stack(maps), boxes, prior)
+    for measure in measures:
+        alone = [measure(xp.Maps(m, [b], prior))[0] for m, b in zip(maps, boxes)]
+        assert measure(together).tolist() == alone, measure.__name__
+        one_for_all = [measure(xp.Maps(maps[0], [b], prior))[0] for b in boxes]
+        assert measure(xp.Maps(maps[0], boxes, prior)).tolist() == one_for_all, measure.__name__
+    with pytest.raises(ValueError, match=r"shape \(2, 40, 40\) for 6 images"):
+        xp.Maps(np.stack(maps[:2]), boxes)
 
 
 def test_activation_over_prior_subtracts_the_prior_peak():
@@ -90,13 +110,13 @@ def test_activation_over_prior_subtracts_the_prior_peak():
     prior[10:20, 10:20] = 0.25
     prior[12, 12] = 0.5
     boxes = np.array([[0.0, 0.0, 20.0, 20.0]])
-    result = xp.explain_image(block(SHAPE, 0, 0, 10, 10), boxes, prior)
+    result = explain_image(block(SHAPE, 0, 0, 10, 10), boxes, prior)
     assert result["activation_over_prior"] == pytest.approx(1.0 - 0.5)
-    assert xp.explain_image(block(SHAPE, 0, 0, 10, 10), boxes)["activation_over_prior"] is None
+    assert explain_image(block(SHAPE, 0, 0, 10, 10), boxes)["activation_over_prior"] is None
 
 
 def test_all_zero_map_scores_zero():
-    result = xp.explain_image(np.zeros(SHAPE), np.array([[0.0, 0.0, 40.0, 40.0]]))
+    result = explain_image(np.zeros(SHAPE), np.array([[0.0, 0.0, 40.0, 40.0]]))
     assert xp.rectangle_95(np.zeros(SHAPE)) is None
     assert [result[k] for k in ("activation_in_box", "iou_95", "cc_map", "pointing_game")] == [0, 0, 0, 0]
 
@@ -105,7 +125,7 @@ def test_two_blobs_in_two_boxes_low_iou_high_component_map():
     shape = (100, 100)
     boxes = np.array([[5.0, 5.0, 20.0, 20.0], [75.0, 75.0, 20.0, 20.0]])
     heatmap = block(shape, 5, 5, 25, 25) + block(shape, 75, 75, 95, 95)
-    result = xp.explain_image(heatmap, boxes)
+    result = explain_image(heatmap, boxes)
     assert result["activation_in_box"] == 1.0
     assert result["iou_95"] < 0.2  # one rectangle must enclose both blobs
     assert result["cc_map"] == 1.0  # each component's box is one ground-truth box
@@ -116,9 +136,9 @@ def test_metrics_are_invariant_to_the_map_scale(seed):
     rng = np.random.default_rng(seed)
     heatmap = blob(SHAPE, *rng.uniform(5, 35, 2), rng.uniform(2, 10)) + rng.random(SHAPE) * 0.2
     boxes = np.array([[*rng.uniform(0, 20, 2), *rng.uniform(5, 20, 2)]])
-    reference = xp.explain_image(heatmap, boxes)
+    reference = explain_image(heatmap, boxes)
     for scale in (1e-3, 7.5, 1e4):
-        scaled = xp.explain_image(heatmap * scale, boxes)
+        scaled = explain_image(heatmap * scale, boxes)
         for key, value in reference.items():
             assert scaled[key] == pytest.approx(value), key
 
@@ -144,7 +164,7 @@ def test_rectangle_95_of_a_block_and_uniform_map():
 def test_box_iou_known_values():
     a = np.array([[0.0, 0.0, 10.0, 10.0]])
     b = np.array([[5.0, 0.0, 10.0, 10.0], [20.0, 20.0, 1.0, 1.0], [0.0, 0.0, 10.0, 10.0]])
-    assert xp.box_iou(a, b)[0] == pytest.approx([50 / 150, 0.0, 1.0])
+    assert box_iou(a, b)[0] == pytest.approx([50 / 150, 0.0, 1.0])
 
 
 def test_rsna_image_score_known_cases():

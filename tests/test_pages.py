@@ -49,8 +49,6 @@ def test_every_page_and_the_kit_readme_are_filled(built):
             "pages/terms.md", "starting_kit/README.md"} <= set(built)
     for name, text in built.items():
         left = [match.group(0) for match in pages.PLACEHOLDER.finditer(text)]
-        if pages.metric_table() is None:  # hygieia.scoring.metrics does not provide it yet
-            left = [found for found in left if found != "{{metric_table}}"]
         assert left == [], name
 
 
@@ -81,10 +79,7 @@ def test_kit_readme_describes_only_what_the_kit_holds(built):
 
 
 def test_metric_table_is_filled_from_the_scoring_module(built):
-    table = pages.metric_table()
-    if table is None:
-        pytest.skip("hygieia.scoring.metrics.metric_table_markdown does not exist yet")
-    assert table in built["pages/evaluation.md"]
+    assert pages.metric_table_markdown() in built["pages/evaluation.md"]
 
 
 def test_a_phantom_bundle_says_it_is_synthetic_on_every_page(tmp_path, built):
@@ -98,7 +93,9 @@ def test_a_phantom_bundle_says_it_is_synthetic_on_every_page(tmp_path, built):
 def test_an_unknown_placeholder_is_an_error_naming_the_page():
     with pytest.raises(HygieiaError, match=r"pages/x\.md: no value for the placeholder \{\{nope\}\}"):
         pages.render("a {{nope}} b", {"side": "100"}, "pages/x.md")
-    assert pages.render("{{ side }}x{{side}} {{metric_table}}", {"side": "100"}, "p") == "100x100 {{metric_table}}"
+    assert pages.render("{{ side }}x{{side}}", {"side": "100"}, "p") == "100x100"
+    with pytest.raises(HygieiaError, match=r"no value for the placeholder \{\{metric_table\}\}"):
+        pages.render("{{metric_table}}", {"side": "100"}, "p")
 
 
 def test_fast_cap_is_the_sample_submissions_and_the_kits():

@@ -14,8 +14,8 @@ from conftest import shared_path
 from hygieia import dataset as ds
 from hygieia.errors import DataError, HygieiaError
 from hygieia.prepare.commands import main as prepare_main
-from hygieia.prepare.crops import boxes_in_window, crop_image, resize_image, scale_boxes
-from hygieia.prepare.crops import window_side
+from hygieia.boxes import boxes_in_window, scale_boxes
+from hygieia.prepare.crops import crop_image, resize_image, window_side
 from hygieia.prepare.pipeline import MANIFEST, PRIVATE_DIR, SECRET_FILE, prepare
 from hygieia.prepare.prior import box_prior
 from hygieia.rsna.dicom import read_dicom

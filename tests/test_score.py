@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 from fakes import write_fake_dataset, write_fake_ingestion_output
 
+from hygieia.dataset import IngestionFailed
 from hygieia.errors import DataError, HygieiaError
 from hygieia.files import write_npz
 from hygieia.scoring import score as sc
-from hygieia.scoring.ingestion_output import IngestionFailed
+from hygieia.scoring.metrics import EXPLANATION_KEYS
 from hygieia.scoring.keys import SCORE_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def edit_heatmaps(res, change):
     with np.load(res / "heatmaps.npz") as archive:
         ids, maps = archive["ids"], archive["maps"]
     ids, maps = change(ids, maps.astype(np.float32))
-    write_npz(res / "heatmaps.npz", ids=ids, maps=maps)
+    write_npz(res / "heatmaps.npz", ids=ids, maps=maps.astype(np.float16))
 
 
 def edit_report(res, **fields):
@@ -134,7 +135,7 @@ def test_no_explanation_scores_zero_and_says_why(ref_dir, res, tmp_path):
     (res / "heatmaps.npz").unlink()
     results = sc.score(ref_dir, res, tmp_path / "out", progress=False)
     prior_peak = float(np.load(ref_dir / "box_prior.npy").max())
-    assert all(results["scores"][k] == 0.0 for k in sc.EXPLANATION_KEYS if k != "activation_over_prior")
+    assert all(results["scores"][k] == 0.0 for k in EXPLANATION_KEYS if k != "activation_over_prior")
     assert results["scores"]["activation_over_prior"] == pytest.approx(-prior_peak, abs=1e-6)  # as all-zero maps
     assert results["scores"]["accuracy"] > 0.5
     assert "no explanation" in results["explanation"]["reason"]
@@ -179,8 +180,8 @@ BROKEN = {
     "wrong heatmap shape": (lambda res: edit_heatmaps(res, lambda i, m: (i, m[:, :50, :50])),
                             "maps must have shape (K, 100, 100)"),
     "nan heatmap": (lambda res: edit_heatmaps(res, lambda i, m: (i, np.where(
-        i[:, None, None] == first_valid_positive(res), np.nan, m))), "NaN or infinite values"),
-    "negative heatmap": (lambda res: edit_heatmaps(res, lambda i, m: (i, m - 0.5)), "negative values"),
+        i[:, None, None] == first_valid_positive(res), np.nan, m))), "NaN or infinite heatmaps"),
+    "negative heatmap": (lambda res: edit_heatmaps(res, lambda i, m: (i, m - 0.5)), "negative heatmap values"),
     "missing heatmap": (lambda res: edit_heatmaps(res, lambda i, m: (
         i[i != first_valid_positive(res)], m[i != first_valid_positive(res)])),
         "no heatmap for 1 predicted positive"),

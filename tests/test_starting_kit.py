@@ -197,7 +197,8 @@ def rectangles(ax, color: str) -> list[tuple[float, float, float, float]]:
 
 
 def test_figures_draw_the_boxes_and_the_95_rectangle_where_the_metrics_put_them():
-    from hygieia.scoring.explanation import box_mask, explain_image
+    from hygieia.boxes import box_mask
+    from hygieia.scoring.metrics import explain_image
 
     figures = load_figures()
     X = fake_split(10, np.random.default_rng(1), "x")

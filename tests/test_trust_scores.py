@@ -5,8 +5,6 @@ import io
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +12,14 @@ import pandas as pd
 import pytest
 from fakes import write_fake_dataset, write_fake_ingestion_output
 
+from hygieia.boxes import box_mask
 from hygieia.files import write_json, write_npz
 from hygieia.scoring import blind_maps, groups, metrics, shortcut
 from hygieia.scoring import classification as cls
 from hygieia.scoring import explanation as xp
 from hygieia.scoring import score as sc
 from hygieia.scoring.keys import LEADERBOARD_COLUMNS, NULLABLE_KEYS, PRIMARY_KEY, SCORE_KEYS
+from hygieia.scoring.split import ScoredSplit
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 100
@@ -31,19 +31,15 @@ def test_every_key_comes_from_the_metric_table():
     assert NULLABLE_KEYS == ["shortcut_gap"]
     table = metrics.metric_table_markdown()
     for metric in metrics.METRICS:
-        assert f"(`{metric.key}`" in table and callable(metrics.function_of(metric))
+        assert f"(`{metric.key}`" in table and metric.reference in table and metric.sorting in ("asc", "desc")
     assert len(table.strip().splitlines()) == len(metrics.METRICS) + 2
     assert "{{metric_table}}" in (ROOT / "pages" / "evaluation.md").read_text()
 
 
-def test_keys_are_readable_in_a_bare_interpreter():
-    """bundle check reads the vendored keys.py with -I -S: no numpy, no hygieia on the path."""
-    keys_file = ROOT / "hygieia" / "scoring" / "keys.py"
-    code = "import json, runpy, sys; print(json.dumps(runpy.run_path(sys.argv[1])['SCORE_KEYS']))"
-    done = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(keys_file)], capture_output=True,
-                          text=True, timeout=60, cwd=keys_file.parent)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == SCORE_KEYS
+def blind_scores(heatmap, boxes, prior):
+    """Every explanation column of one box-blind map on each image, in the batched form."""
+    maps = xp.Maps(heatmap, boxes, prior)
+    return {m.key: m.per_image(maps) for m in metrics.MAP_METRICS}
 
 
 def centred_boxes(n, rng):
@@ -57,27 +53,22 @@ def centred_boxes(n, rng):
 def boxes():
     rng = np.random.default_rng(5)
     train, test = centred_boxes(300, rng), centred_boxes(200, rng)
-    prior = np.mean([xp.box_mask(b, (SIZE, SIZE)) for b in train], axis=0).astype(np.float32)
+    prior = np.mean([box_mask(b, (SIZE, SIZE)) for b in train], axis=0).astype(np.float32)
     return train, test, prior
 
 
 def test_box_blind_maps_score_at_chance_on_every_explanation_column(boxes):
     train, test, prior = boxes
-    scores = {name: blind_maps.fixed_map_scores(m, test, prior) for name, m in blind_maps.fixed_maps(prior).items()}
-    share = np.array([xp.box_mask(b, (SIZE, SIZE)).mean() for b in test])
+    scores = {name: blind_scores(m, test, prior) for name, m in blind_maps.fixed_maps(prior).items()}
+    share = np.array([box_mask(b, (SIZE, SIZE)).mean() for b in test])
     uniform = scores["uniform"]
     assert uniform["activation_in_box"] == pytest.approx(share)
     assert uniform["pointing_game"] == pytest.approx(share)   # ties share the credit
     assert uniform["activation_over_prior"] == pytest.approx(share - prior.max())
     # The centre map beats uniform by far (the geometry leaks), but not the prior-relative column.
     assert scores["centre Gaussian"]["activation_in_box"].mean() > 1.5 * share.mean()
-    best = blind_maps.best_blind_scores({n: {k: v.mean() for k, v in s.items()} for n, s in scores.items()})
-    chance = metrics.chance_values(0.4, best)
-    for name, columns in scores.items():
-        interval = cls.bootstrap_mean(columns["activation_over_prior"])
-        assert interval[0] <= chance["activation_over_prior"] == 0.0, name
-        for key, values in columns.items():   # the prior-relative column: up to sampling noise, above
-            assert key == "activation_over_prior" or values.mean() <= chance[key] + 1e-12, (name, key)
+    for name, columns in scores.items():   # the prior-relative column is built to be 0 for every blind map
+        assert cls.bootstrap_mean(columns["activation_over_prior"])[0] <= 0.0, name
     assert abs(scores["box prior's peak"]["activation_over_prior"].mean()) < 0.05  # the best fixed map
 
 
@@ -93,7 +84,7 @@ def test_a_box_regressor_on_the_metadata_stays_at_chance(boxes):
     train_boxes = pd.DataFrame(np.vstack(train), columns=["x", "y", "width", "height"]).assign(id=train_meta["id"])
     maps = blind_maps.box_regressor_maps(train_meta.set_index("id"), train_boxes, test_meta, (SIZE, SIZE))
     assert len(maps) == len(test) and len({m.tobytes() for m in maps}) > 1  # one map per image
-    over = [xp.explain_image(m, b, prior)["activation_over_prior"] for m, b in zip(maps, test)]
+    over = [metrics.explain_image(m, b, prior)["activation_over_prior"] for m, b in zip(maps, test)]
     assert cls.bootstrap_mean(np.array(over))[0] <= 0.0
 
 
@@ -215,7 +206,38 @@ def test_probes_are_left_out_of_the_other_metrics(dataset, run_dir):
     assert gap["value"] == pytest.approx(matched["value"], abs=1e-6) and gap["strata"][0]["n_normal"] > 0
     assert {row["stratum"] for row in gap["strata"]} <= {"AP", "PA"}
     assert results["scores"]["shortcut_gap"] == pytest.approx(gap["value"], abs=1e-6)
-    assert set(results["chance"]) == set(SCORE_KEYS) and results["chance"]["activation_over_prior"] == 0.0
+    assert set(results["chance"]) == set(SCORE_KEYS)
+
+
+def test_chance_references_are_the_best_blind_rules_scores(dataset, run_dir):
+    """Computed on the split by each metric's own code: the best constant rule for what reads labels,
+    the best box-blind map for what reads heatmaps."""
+    ref_dir = dataset / "reference_data" / "valid"
+    ref, run = sc.load_inputs(ref_dir, run_dir)
+    results = sc.compute_results(ref, run, ref_dir, progress=False)
+    chance = results["chance"]
+    p = results["classification"]["n_positive"] / results["classification"]["n"]
+    assert 0.2 < p < 0.8
+    assert chance["accuracy"] == pytest.approx(max(p, 1 - p)) and chance["auroc"] == 0.5
+    assert chance["recall"] == 1.0 and chance["precision"] == pytest.approx(p)
+    assert chance["fbeta2"] == pytest.approx(5 * p / (4 * p + 1))   # everything positive, not the prevalence
+    assert chance["worst_group_accuracy"] == 0.0 and chance["shortcut_gap"] == 0.0
+    blind = results["blind_maps"]["maps"]
+    for key in metrics.EXPLANATION_KEYS:
+        assert chance[key] == max(scores[key] for scores in blind.values()) == results["blind_maps"]["best"][key]
+    # every positive is explained by the box-blind map: its activation in box is the mean over them
+    split = ScoredSplit.of_run(ref, run)
+    uniform = split.box_blind["uniform"]
+    shares = [box_mask(split.boxes[i], (SIZE, SIZE)).mean() for i in split.positive_ids]
+    assert uniform.true_positive_ids == split.positive_ids
+    assert blind["uniform"]["activation_in_box"] == pytest.approx(np.mean(shares), abs=1e-6)
+
+
+def test_everything_positive_scores_f_beta_0_769_at_prevalence_0_4():
+    truth = np.r_[np.ones(40, int), np.zeros(60, int)]
+    counts = cls.Counts.of(truth, np.ones(100, int))
+    assert metrics.BY_KEY["fbeta2"].rate(counts) == pytest.approx(0.769, abs=5e-4) == 5 * 0.4 / (4 * 0.4 + 1)
+    assert metrics.BY_KEY["fbeta2"].rate(cls.Counts.of(truth, np.zeros(100, int))) == 0.0
 
 
 def test_a_split_without_probes_writes_no_shortcut_gap_and_says_why(dataset, run_dir, tmp_path, capsys):
@@ -271,24 +293,24 @@ def test_missing_reference_files_are_named(dataset, run_dir, tmp_path):
 def test_box_blind_map_values_pinned_on_a_centred_box():
     """Every training and scored box is the centre quarter of the crop: the values follow by hand."""
     box = np.array([[25.0, 25.0, 50.0, 50.0]])
-    prior = xp.box_mask(box, (SIZE, SIZE)).astype(np.float32)       # every training box the same
+    prior = box_mask(box, (SIZE, SIZE)).astype(np.float32)       # every training box the same
     maps = blind_maps.fixed_maps(prior)
-    uniform = {k: v[0] for k, v in blind_maps.fixed_map_scores(maps["uniform"], [box], prior).items()}
+    uniform = {k: v[0] for k, v in blind_scores(maps["uniform"], [box], prior).items()}
     assert uniform == pytest.approx({"activation_in_box": 0.25, "pointing_game": 0.25, "cc_map": 0.0,
                                      "iou_95": 2500 / 9500,   # a 95 x 100 rectangle holds 95 %
                                      "activation_over_prior": 0.25 - 1.0})
-    gaussian = {k: v[0] for k, v in blind_maps.fixed_map_scores(maps["centre Gaussian"], [box], prior).items()}
+    gaussian = {k: v[0] for k, v in blind_scores(maps["centre Gaussian"], [box], prior).items()}
     one_axis = 0.8664  # P(|x| < 1.5 sigma): the box's half side is 25 = 1.5 x (100 / 6)
     assert gaussian["activation_in_box"] == pytest.approx(one_axis ** 2, abs=0.01)
     assert gaussian["pointing_game"] == 1.0    # the four central maxima lie in the box
     for name in ("box prior (mean mask)", "box prior's peak"):
-        scores = blind_maps.fixed_map_scores(maps[name], [box], prior)
+        scores = blind_scores(maps[name], [box], prior)
         assert scores["activation_in_box"][0] == 1.0 and scores["activation_over_prior"][0] == 0.0
     meta = pd.DataFrame({"id": ["a", "b", "c"], "age": [30, 50, 70], "sex": ["M", "F", "M"],
                          "view_position": ["AP", "PA", "PA"]})
     boxes = pd.DataFrame({"id": ["a", "b", "c"], "x": 25.0, "y": 25.0, "width": 50.0, "height": 50.0})
     regressed = blind_maps.box_regressor_maps(meta.set_index("id"), boxes, meta.iloc[:1], (SIZE, SIZE))
-    result = xp.explain_image(regressed[0], box, prior)
+    result = metrics.explain_image(regressed[0], box, prior)
     assert result["activation_over_prior"] == pytest.approx(0.0) and result["pointing_game"] == 1.0
 
 

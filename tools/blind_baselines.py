@@ -24,16 +24,17 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hygieia import dataset as ds  # noqa: E402
+from hygieia.boxes import box_mask  # noqa: E402
 from hygieia.errors import DataError  # noqa: E402
 from hygieia.scoring import blind_maps, groups  # noqa: E402
 from hygieia.scoring import classification as cls  # noqa: E402
 from hygieia.scoring import explanation as xp  # noqa: E402
-from hygieia.scoring.metrics import EXPLANATION_KEYS  # noqa: E402
+from hygieia.scoring.metrics import EXPLANATION_KEYS, MAP_METRICS, image_rows  # noqa: E402
 
 
 def training_prior(data_dir: Path, shape: tuple[int, int]) -> np.ndarray:
     boxes = ds.read_table(data_dir / ds.INPUT_DIR / "train" / ds.BOXES, ds.BOX_COLUMNS)
-    return np.mean([xp.box_mask(b, shape) for b in ds.boxes_by_id(boxes).values()], axis=0).astype(np.float32)
+    return np.mean([box_mask(b, shape) for b in ds.boxes_by_id(boxes).values()], axis=0).astype(np.float32)
 
 
 def training_meta(data_dir: Path) -> pd.DataFrame:
@@ -68,17 +69,17 @@ def split_report(data_dir: Path, split: str) -> dict:
     prior = ref["prior"] if ref["prior"] is not None else training_prior(data_dir, ref["shape"])
     positives = [i for i, y in zip(ref["ids"], ref["labels"]) if y == 1]
     boxes = [ref["boxes"][i] for i in positives]
-    share = float(np.mean([xp.box_mask(b, ref["shape"]).mean() for b in boxes]))
+    share = float(np.mean([box_mask(b, ref["shape"]).mean() for b in boxes]))
     maps = {}
-    for name, heatmap in blind_maps.fixed_maps(prior).items():
-        scores = blind_maps.fixed_map_scores(heatmap, boxes, prior)
+    for name, heatmap in blind_maps.fixed_maps(prior).items():  # one map for every positive: the batched form
+        scores = {m.key: m.per_image(xp.Maps(heatmap, boxes, prior)) for m in MAP_METRICS}
         maps[name] = {k: float(v.mean()) for k, v in scores.items()}
         maps[name]["activation_over_prior_ci"] = cls.bootstrap_mean(scores["activation_over_prior"])
     train = data_dir / ds.INPUT_DIR / "train"
     train_meta = training_meta(data_dir)
     train_boxes = ds.read_table(train / ds.BOXES, ds.BOX_COLUMNS)
     regressed = blind_maps.box_regressor_maps(train_meta, train_boxes, ref["meta"].loc[positives], ref["shape"])
-    rows = [xp.explain_image(m, b, prior) for m, b in zip(regressed, boxes)]
+    rows = image_rows(xp.Maps(regressed, boxes, prior), positives)
     maps["box regressor (metadata)"] = {k: float(np.mean([r[k] for r in rows])) for k in EXPLANATION_KEYS}
     maps["box regressor (metadata)"]["activation_over_prior_ci"] = cls.bootstrap_mean(
         np.array([r["activation_over_prior"] for r in rows]))

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 from hygieia.errors import HygieiaError
-from hygieia.files import entries_outside, write_zip  # noqa: F401  (write_zip: part of this module's API)
+from hygieia.files import check_zip_limits, entries_outside, write_zip  # noqa: F401  (write_zip: re-exported)
 
 SKIPPED_NAMES = {"__pycache__", ".ipynb_checkpoints", ".DS_Store", ".pytest_cache"}
 
@@ -51,17 +51,6 @@ def safe_extract(archive: zipfile.ZipFile, dest: Path, source: str | Path) -> No
     archive.extractall(dest)
 
 
-def check_size(archive: zipfile.ZipFile, source, max_bytes: int | None, max_entries: int | None) -> None:
-    """Refuse, before extracting anything, a zip that would unpack past ``max_bytes`` or ``max_entries``."""
-    infos = archive.infolist()
-    if max_entries is not None and len(infos) > max_entries:
-        raise HygieiaError(f"{source}: {len(infos)} entries, more than the limit of {max_entries}")
-    total = sum(info.file_size for info in infos)
-    if max_bytes is not None and total > max_bytes:
-        raise HygieiaError(f"{source}: unpacks to {total / 1e6:.0f} MB, more than the limit of "
-                           f"{max_bytes / 1e6:.0f} MB")
-
-
 def unpack(source: str | Path, dest: str | Path, *, max_bytes: int | None = None,
            max_entries: int | None = None) -> None:
     """Put ``source`` (a zip, or a folder that Codabench would zip first) into ``dest`` as the worker does:
@@ -78,7 +67,7 @@ def unpack(source: str | Path, dest: str | Path, *, max_bytes: int | None = None
     if not source.is_file():
         raise HygieiaError(f"{source}: not found")
     with read_zip(source) as archive:
-        check_size(archive, source, max_bytes, max_entries)
+        check_zip_limits(archive, source, max_bytes=max_bytes, max_entries=max_entries)
     _extract(source, dest, label=source)
 
 

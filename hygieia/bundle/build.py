@@ -5,7 +5,8 @@ Layout of the bundle (paths as competition.yaml names them)::
     competition.yaml, logo.png, pages/*.md        (the data page carries the dataset card)
     ingestion_program/, scoring_program/          each with its own copy of the ``hygieia`` modules its
                                                   entry point imports (Codabench mounts a folder alone);
-                                                  ingestion_program/budget.json: its time budget
+                                                  ingestion_program/budget.json: its time budget;
+                                                  scoring_program/leaderboard.json: the columns it writes
     input_data.zip                                train/ valid/ test/ at its root
     reference_data/valid/, reference_data/test/   what the scoring program compares against
     starting_kit/                                 notebook, sample submission zips, public data,
@@ -31,6 +32,7 @@ import yaml
 
 from hygieia import dataset as ds
 from hygieia.bundle.archive import folder_entries, write_zip
+from hygieia.bundle.check import LEADERBOARD_FILE
 from hygieia.bundle.closure import import_closure
 from hygieia.bundle.pages import inline_figures, rendered_templates
 from hygieia.errors import HygieiaError
@@ -68,6 +70,11 @@ def leaderboard_columns() -> list[dict]:
     return [{"title": column["title"], "key": column["key"], "index": index,
              "sorting": column["sorting"], "precision": column["precision"]}
             for index, column in enumerate(LEADERBOARD_COLUMNS)]
+
+
+def leaderboard_json() -> bytes:
+    """The scoring program's columns, for ``bundle check`` to read without running the program's code."""
+    return (json.dumps(LEADERBOARD_COLUMNS, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def required_data_files(data_dir: Path) -> list[Path]:
@@ -193,6 +200,7 @@ def build_bundle(data_dir: str | Path, output: str | Path, *, root: str | Path =
     for program in PROGRAMS:
         entries.update(program_entries(root, program, f"{program}/"))
     entries[f"{PROGRAMS[0]}/{BUDGET_FILE}"] = json.dumps({"time_budget_s": time_budget(competition)}).encode()
+    entries[f"{PROGRAMS[1]}/{LEADERBOARD_FILE}"] = leaderboard_json()
     entries.update(folder_entries(data_dir / ds.REFERENCE_DIR, f"{ds.REFERENCE_DIR}/"))
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -235,6 +243,7 @@ def starting_kit_entries(root: Path, data_dir: Path, tmp: Path, budget: bytes) -
     for program in PROGRAMS:
         entries.update(program_entries(root, program, f"{kit}{program}/"))
     entries[f"{kit}{PROGRAMS[0]}/{BUDGET_FILE}"] = budget
+    entries[f"{kit}{PROGRAMS[1]}/{LEADERBOARD_FILE}"] = leaderboard_json()
     if (data_dir / CARD_DIR).is_dir():
         entries.update(folder_entries(data_dir / CARD_DIR, f"{kit}dataset_card/"))
     return entries

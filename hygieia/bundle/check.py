@@ -3,7 +3,8 @@
 The rules follow Codabench's v2 unpacker and leaderboard serializers (required keys, page and terms
 content, task indexes and scoring programs, phase order and dates, leaderboard columns), plus what
 makes this competition run: each program has a ``metadata.yaml`` with a ``command``, and the scoring
-program writes exactly the leaderboard's keys.
+program writes exactly the leaderboard's keys (its ``leaderboard.json``, written by the bundle builder
+from the metric table, read here as plain JSON: no code of the bundle runs).
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 import datetime
 import json
 import re
-import subprocess
-import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ MAX_BOARD_TITLE = 64
 SORTINGS = ("asc", "desc")
 COMPUTATIONS = ("avg", "sum", "min", "max", "avg_rank")
 TASK_FILES = ("ingestion_program", "input_data", "scoring_program", "reference_data")
-KEYS_MODULE = Path("hygieia", "scoring", "keys.py")
+LEADERBOARD_FILE = "leaderboard.json"  # in the scoring program: [{"key", "title", "sorting", "precision"}]
 PLACEHOLDER_IMAGE = "USER/"   # the template's docker_image before an organizer names a real one
 # Docker's image reference grammar (distribution/reference): [host[:port]/]name[/name...][:tag][@digest],
 # every name component in lower case.
@@ -378,15 +377,15 @@ class Checker:
         if not path.exists() or _is_uuid(program):
             return
         with tempfile.TemporaryDirectory() as tmp:
-            keys_file = _program_folder(path, Path(tmp)) / KEYS_MODULE
+            keys_file = _program_folder(path, Path(tmp)) / LEADERBOARD_FILE
             if not keys_file.is_file():
-                self.error(program, f"{program}/{KEYS_MODULE.as_posix()} not found: the scoring program "
-                           "must carry its own copy of the hygieia package")
+                self.error(program, f"{program}/{LEADERBOARD_FILE} not found: `hygieia bundle build` writes the "
+                           "keys the scoring program writes there")
                 return
             try:
                 score_keys = read_score_keys(keys_file)
             except HygieiaError as err:
-                self.error(f"{program}/{KEYS_MODULE.as_posix()}", str(err))
+                self.error(f"{program}/{LEADERBOARD_FILE}", str(err))
                 return
         missing = [k for k in score_keys if k not in board_keys]
         extra = [k for k in board_keys if k not in score_keys]
@@ -395,17 +394,16 @@ class Checker:
                        f"not on the leaderboard {missing}, not written by scoring {extra}")
 
 
-def read_score_keys(keys_file: Path) -> list[str]:
-    """SCORE_KEYS of a bundle's vendored keys.py, read in a separate isolated interpreter."""
-    code = "import json, runpy, sys; print(json.dumps(runpy.run_path(sys.argv[1])['SCORE_KEYS']))"
-    result = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(keys_file)],
-                            capture_output=True, text=True, timeout=60, cwd=keys_file.parent)
-    if result.returncode != 0:
-        raise HygieiaError(f"could not read SCORE_KEYS: {result.stderr.strip().splitlines()[-1:]}")
-    keys = json.loads(result.stdout)
-    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-        raise HygieiaError(f"SCORE_KEYS must be a list of strings, got {keys!r}")
-    return keys
+def read_score_keys(leaderboard_file: Path) -> list[str]:
+    """The keys of a scoring program's ``leaderboard.json`` (a list of columns with a string ``key``)."""
+    try:
+        columns = json.loads(leaderboard_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise HygieiaError(f"not valid JSON ({err})") from err
+    if not isinstance(columns, list) or not all(isinstance(c, dict) and isinstance(c.get("key"), str)
+                                                for c in columns):
+        raise HygieiaError(f"expected a list of columns, each with a string \"key\"; got {columns!r:.200}")
+    return [column["key"] for column in columns]
 
 
 def _program_folder(path: Path, tmp: Path) -> Path:

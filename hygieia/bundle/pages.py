@@ -2,15 +2,14 @@
 
 ``pages/*.md`` and ``starting_kit/README.md`` are templates: every ``{{name}}`` is replaced by the value
 ``page_values`` computes from the prepared data (split sizes, the accuracy interval for those sizes,
-the quick-run cap ...), so no page can state a number that is not this bundle's. A name without a
-value is an error, except ``{{metric_table}}`` while ``hygieia.scoring.metrics`` does not provide it.
+the quick-run cap, the metric table ...), so no page can state a number that is not this bundle's. A
+name without a value is an error.
 A bundle built from the phantom gets a notice on each of them that its data are synthetic.
 """
 
 from __future__ import annotations
 
 import base64
-import importlib
 import json
 import math
 import re
@@ -21,10 +20,10 @@ import pandas as pd
 
 from hygieia import dataset as ds
 from hygieia.errors import HygieiaError
+from hygieia.scoring.metrics import metric_table_markdown
 
 TEMPLATES = ("pages/", "starting_kit/README.md")
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-METRIC_TABLE = "metric_table"
 # The sample submission's and the notebook's HYGIEIA_FAST cap (sample_submission/model.py's
 # FAST_IMAGES; a test checks that they agree).
 FAST_IMAGES = 300
@@ -80,7 +79,7 @@ def page_values(data_dir: Path, counts: dict[str, int], side: int, competition: 
     labels.update({split: scored_labels(data_dir, split) for split in ds.SCORED_SPLITS})
     limits = [phase["execution_time_limit"] for phase in competition.get("phases", [])
               if "execution_time_limit" in phase]
-    values = {
+    return {
         "split_table": split_table(counts, labels),
         "train_images": f"{counts['train']:,}",
         "valid_images": f"{counts['valid']:,}",
@@ -93,23 +92,8 @@ def page_values(data_dir: Path, counts: dict[str, int], side: int, competition: 
         "side": str(side),
         "fast_images": f"{min(FAST_IMAGES, counts['train']):,}",
         "time_limit_s": str(min(limits)) if limits else "the phase's",
+        "metric_table": metric_table_markdown(),
     }
-    table = metric_table()
-    if table is not None:
-        values[METRIC_TABLE] = table
-    return values
-
-
-def metric_table() -> str | None:
-    """The scoring program's metric table, once ``hygieia.scoring.metrics`` provides it."""
-    try:
-        metrics = importlib.import_module("hygieia.scoring.metrics")
-    except ModuleNotFoundError as err:
-        if err.name != "hygieia.scoring.metrics":
-            raise
-        return None
-    make = getattr(metrics, "metric_table_markdown", None)
-    return make() if make else None
 
 
 def render(text: str, values: dict[str, str], where: str) -> str:
@@ -118,8 +102,6 @@ def render(text: str, values: dict[str, str], where: str) -> str:
         name = match.group(1)
         if name in values:
             return values[name]
-        if name == METRIC_TABLE:
-            return match.group(0)  # hygieia.scoring.metrics does not provide it yet
         raise HygieiaError(f"{where}: no value for the placeholder {{{{{name}}}}} "
                            f"(known: {', '.join(sorted(values))})")
     return PLACEHOLDER.sub(fill, text)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from hygieia import dataset as ds
 from hygieia.bundle.archive import read_zip, safe_extract, unpack
 from hygieia.bundle.build import DEFAULT_TIME_LIMIT, MAX_DEFAULT_QUEUE_LIMIT
 from hygieia.bundle.check import load_competition
@@ -303,7 +304,7 @@ def finish(result: RunResult, competition: dict, ingestion: StepResult, scoring:
     if not problems:
         result.status = "Finished"
         return result
-    ingestion_error = _ingestion_error(prediction_output / "ingestion.json")
+    ingestion_error = _ingestion_error(prediction_output / ds.INGESTION_REPORT)
     if ingestion_error or ingestion.exit_code != 0:
         problems.append(f"ingestion exited with code {ingestion.exit_code}: "
                         f"{ingestion_error or ingestion.stderr_tail()}")
@@ -314,7 +315,7 @@ def finish(result: RunResult, competition: dict, ingestion: StepResult, scoring:
 def write_worker_metadata(output: Path, fields: dict) -> str | None:
     """Write the worker's ``metadata`` into a step's output folder, or return the error Codabench gives
     when the program already wrote a file of that name there."""
-    path = output / "metadata"
+    path = output / ds.WORKER_METADATA
     if path.exists():
         return ("Error, the output directory already contains a metadata file. This file is used to store "
                 "exitCode and other data, do not write to this file manually.")

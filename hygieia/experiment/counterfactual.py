@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hygieia.boxes import box_mask, boxes_in_window, mass_share, scale_boxes
 from hygieia.dataset import read_table
 from hygieia.errors import DataError
-from hygieia.prepare.crops import boxes_in_window, scale_boxes
-from hygieia.scoring.explanation import activation_in_box, box_mask
 
 MARKERS_FILE = "phantom_markers.csv"
 MARKER_COLUMNS = ["patientId", "has_marker", "text", "x", "y", "width", "height"]
@@ -88,7 +87,7 @@ def marker_boxes(markers: pd.DataFrame, samples: pd.DataFrame, ids, size: int, w
 
 def marker_mass(heatmaps: dict[str, np.ndarray], boxes: dict[str, np.ndarray]) -> np.ndarray:
     """Share of each heatmap's mass on its marker, for the heatmaps whose image shows a marker."""
-    shares = [activation_in_box(np.asarray(heatmaps[i], np.float64), box_mask(boxes[i], heatmaps[i].shape))
+    shares = [mass_share(heatmaps[i], box_mask(boxes[i], heatmaps[i].shape))
               for i in heatmaps if len(boxes.get(i, EMPTY_BOXES))]
     return np.asarray(shares, np.float64)
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from hygieia import dataset as ds
 from hygieia.files import write_csv, write_text
-from hygieia.scoring.metrics import BY_KEY, METRICS
+from hygieia.scoring.metrics import BY_KEY, EXPLANATION_KEYS, METRICS
 
 # A model "uses the marker" when pasting it onto negatives flips this many more predictions than it
 # flips for the clean-trained model of the same data version.
@@ -202,7 +202,7 @@ def model_scores(results: Results) -> pd.DataFrame:
         row = {"version": version, "train": train, "flip_rate": results.flip(version, train),
                "reliance": reliance(results, version, train)}
         for metric in METRICS:
-            defined = not (metric.family == "explanation" and version in NO_HEATMAPS)
+            defined = not (metric.key in EXPLANATION_KEYS and version in NO_HEATMAPS)
             row[metric.key] = results.get(version, train, own, metric.key) if defined else float("nan")
         row["probes_showing_marker"] = results.get(version, train, own, "probes_showing_marker")
         row["n_probes"] = results.get(version, train, own, "n_probes")

@@ -41,17 +41,19 @@ from tqdm import tqdm
 
 import hygieia
 from hygieia import dataset as ds
+from hygieia.boxes import box_mask
 from hygieia.errors import HygieiaError
 from hygieia.experiment import counterfactual as cf
 from hygieia.files import write_csv, write_json, write_npy, write_npz
-from hygieia.scoring.explanation import box_mask
+from hygieia.scoring import classification as cls
+from hygieia.scoring.metrics import BY_KEY
+from hygieia.scoring.score import DETAILED_JSON, SCORES_JSON
 
 ROOT = Path(hygieia.__file__).resolve().parents[1]
 INGESTION = ROOT / "ingestion_program"
 SCORING = ROOT / "scoring_program"
 SUBMISSIONS = {"image": ROOT / "sample_submission", "tabular": ROOT / "sample_submission_tabular"}
 CACHE_KEY_FILE = "experiment_key.json"
-EVAL_SETS = ("clean", "confounded", "counterfactual")
 
 
 @dataclass(frozen=True)
@@ -260,7 +262,7 @@ def ingest(run_dir: Path, submission: Path, env: dict) -> Path:
     shutil.rmtree(output, ignore_errors=True)
     _run([sys.executable, str(INGESTION / "ingestion.py"), str(run_dir / ds.INPUT_DIR), str(output),
           str(INGESTION), str(submission)], run_dir / "ingestion.log", env, f"ingestion of {run_dir}")
-    report = json.loads((output / "ingestion.json").read_text())
+    report = json.loads((output / ds.INGESTION_REPORT).read_text())
     if report.get("status") != "ok":
         raise HygieiaError(f"ingestion of {run_dir} failed: {(report.get('error') or {}).get('message')}")
     return output
@@ -268,12 +270,12 @@ def ingest(run_dir: Path, submission: Path, env: dict) -> Path:
 
 def results_subset(output: Path, ids: list[str], out: Path) -> None:
     """The ingestion output restricted to ``ids`` (one evaluation set), for the scoring program."""
-    predictions = pd.read_csv(output / "predictions.csv", dtype={"id": str})
-    write_csv(out / "predictions.csv", predictions[predictions["id"].isin(set(ids))])
-    with np.load(output / "heatmaps.npz", allow_pickle=False) as archive:
+    predictions = pd.read_csv(output / ds.PREDICTIONS, dtype={"id": str})
+    write_csv(out / ds.PREDICTIONS, predictions[predictions["id"].isin(set(ids))])
+    with np.load(output / ds.HEATMAPS, allow_pickle=False) as archive:
         keep = np.isin(archive["ids"], ids)
-        write_npz(out / "heatmaps.npz", ids=archive["ids"][keep], maps=archive["maps"][keep])
-    shutil.copy2(output / "ingestion.json", out / "ingestion.json")
+        write_npz(out / ds.HEATMAPS, ids=archive["ids"][keep], maps=archive["maps"][keep])
+    shutil.copy2(output / ds.INGESTION_REPORT, out / ds.INGESTION_REPORT)
 
 
 def score(run_dir: Path, name: str, output: Path, env: dict) -> dict:
@@ -287,8 +289,8 @@ def score(run_dir: Path, name: str, output: Path, env: dict) -> dict:
     scores = run_dir / "scores" / name
     _run([sys.executable, str(SCORING / "score.py"), str(score_input), str(scores)],
          run_dir / f"score_{name}.log", env, f"scoring of {run_dir} ({name})")
-    shortcut = json.loads((scores / "detailed_scores.json").read_text())["shortcut"]
-    return {**json.loads((scores / "scores.json").read_text()),
+    shortcut = json.loads((scores / DETAILED_JSON).read_text())["shortcut"]
+    return {**json.loads((scores / SCORES_JSON).read_text()),
             **{key: shortcut[key] for key in PROBE_KEYS}}
 
 
@@ -296,7 +298,7 @@ PROBE_KEYS = ("n_probes", "probe_positive_rate", "false_positive_rate")
 
 
 def load_heatmaps(output: Path) -> dict[str, np.ndarray]:
-    with np.load(output / "heatmaps.npz", allow_pickle=False) as archive:
+    with np.load(output / ds.HEATMAPS, allow_pickle=False) as archive:
         return {i: m.astype(np.float32) for i, m in zip(archive["ids"].tolist(), archive["maps"])}
 
 
@@ -347,7 +349,7 @@ def run_one(config: ShortcutConfig, version: Version, train: Variant) -> list[di
     build_run_input(run_dir, prepared(config, train) / version.subdir, roots)
     env = program_env(config)
     output = ingest(run_dir, SUBMISSIONS[version.submission], env)
-    predictions = pd.read_csv(output / "predictions.csv", dtype={"id": str}).set_index("id")
+    predictions = pd.read_csv(output / ds.PREDICTIONS, dtype={"id": str}).set_index("id")
     markers = marker_boxes_of_run(config, version, variants)
     write_csv(run_dir / "marker_boxes.csv", markers)
     heatmaps = load_heatmaps(output)
@@ -377,14 +379,14 @@ def run_one(config: ShortcutConfig, version: Version, train: Variant) -> list[di
 
 
 def classification_scores(truth: pd.DataFrame, predictions: pd.DataFrame) -> dict:
-    """Accuracy, F-beta (2) and AUROC of one evaluation set, from ingestion's predictions."""
-    from sklearn.metrics import accuracy_score, fbeta_score, roc_auc_score
-
+    """Accuracy, F-beta (2) and AUROC of one evaluation set, from ingestion's predictions (the metric
+    table's computations)."""
     y = truth["label"].to_numpy()
     rows = predictions.loc[truth["id"]]
-    auroc = roc_auc_score(y, rows["proba"]) if len(set(y)) == 2 else float("nan")
-    return {"accuracy": accuracy_score(y, rows["label"]), "auroc": auroc,
-            "fbeta2": fbeta_score(y, rows["label"], beta=2, zero_division=0)}
+    counts = cls.Counts.of(y, rows["label"].to_numpy())
+    auroc = BY_KEY["auroc"].score(y, rows["proba"].to_numpy()) if len(set(y)) == 2 else float("nan")
+    return {"accuracy": float(BY_KEY["accuracy"].rate(counts)), "auroc": auroc,
+            "fbeta2": float(BY_KEY["fbeta2"].rate(counts))}
 
 
 def _set_labels(predictions: pd.DataFrame, name: str) -> pd.Series:

@@ -1,11 +1,13 @@
-"""Window geometry and cropping. Boxes and windows are in pixels: boxes (x, y, width, height),
-windows (x0, y0, side) squares with integer corners, x to the right and y down."""
+"""Window placement and cropping. Boxes and windows are in pixels: boxes (x, y, width, height),
+windows (x0, y0, side) squares with integer corners, x to the right and y down (``hygieia.boxes``
+maps boxes into a window's crop)."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
+from hygieia.boxes import boxes_in_window
 from hygieia.errors import HygieiaError
 
 
@@ -50,28 +52,6 @@ def off_box_window(boxes, anchors, rng: np.random.Generator, *, context: float =
         if len(boxes_in_window(boxes, candidate, candidate[2])) == 0:
             return candidate
     return None
-
-
-def boxes_in_window(boxes, window: tuple[int, int, int], size: int) -> np.ndarray:
-    """The boxes (K, 4) that overlap ``window``, clipped to it and mapped to the pixels of its
-    ``size``×``size`` resized crop. Returns (M, 4) float64, M <= K."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    x0, y0, side = window
-    left = np.clip(boxes[:, 0], x0, x0 + side)
-    top = np.clip(boxes[:, 1], y0, y0 + side)
-    right = np.clip(boxes[:, 0] + boxes[:, 2], x0, x0 + side)
-    bottom = np.clip(boxes[:, 1] + boxes[:, 3], y0, y0 + side)
-    keep = (right > left) & (bottom > top)
-    scale = size / side
-    return np.stack([(left - x0) * scale, (top - y0) * scale,
-                     (right - left) * scale, (bottom - top) * scale], axis=1)[keep]
-
-
-def scale_boxes(boxes, image_shape: tuple[int, int], size: int) -> np.ndarray:
-    """Boxes of an (H, W) image mapped to the same image resized to ``size``×``size``."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    height, width = image_shape
-    return boxes * np.array([size / width, size / height, size / width, size / height])
 
 
 def crop_image(pixels: np.ndarray, window: tuple[int, int, int], size: int) -> np.ndarray:

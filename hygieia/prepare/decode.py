@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from hygieia.errors import DataError
-from hygieia.prepare.crops import boxes_in_window, crop_image, resize_image, scale_boxes
+from hygieia.boxes import boxes_in_window, scale_boxes
+from hygieia.prepare.crops import crop_image, resize_image
 from hygieia.prepare.features import feature_input
 from hygieia.rsna.dicom import read_dicom
 from hygieia.rsna.tables import IMAGE_SIZE

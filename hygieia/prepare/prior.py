@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hygieia.scoring.explanation import activation_in_box, box_mask
+from hygieia.boxes import box_mask, mass_share
 
 
 def box_prior(boxes_per_image: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
@@ -26,7 +26,7 @@ def prior_scores(prior: np.ndarray, boxes_per_image: list[np.ndarray]) -> dict:
     if not boxes_per_image:
         return {"images": 0, "activation_in_box": None, "box_share": None, "ratio": None}
     masks = [box_mask(boxes, prior.shape) for boxes in boxes_per_image]
-    inside = float(np.mean([activation_in_box(prior, mask) for mask in masks]))
+    inside = float(np.mean([mass_share(prior, mask) for mask in masks]))
     share = float(np.mean([mask.mean() for mask in masks]))
     return {"images": len(masks), "activation_in_box": round(inside, 4), "box_share": round(share, 4),
             "ratio": round(inside / share, 3) if share > 0 else None}

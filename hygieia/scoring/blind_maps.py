@@ -3,7 +3,8 @@
 A box-blind map is drawn without looking at the image: the same map for every image (uniform, a
 Gaussian at the crop's centre, the training boxes' mean mask, all of it on that mask's peak), or one
 per image predicted from the metadata by a regressor trained on the training boxes' positions. Each
-explanation column's chance reference is the best fixed map's score on the split's positives.
+explanation column's chance reference is the best fixed map's score on the split's positives, computed
+by the column's own batched form (``hygieia.scoring.metrics``, ``ScoredSplit.box_blind``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LinearRegression
 
-from hygieia.scoring import explanation as xp
+from hygieia.boxes import box_mask
 
 CENTRE_SIGMA = 1 / 6   # of the image side
 
@@ -30,64 +31,6 @@ def fixed_maps(prior: np.ndarray) -> dict[str, np.ndarray]:
             "box prior's peak": peak}
 
 
-def fixed_map_scores(heatmap: np.ndarray, boxes: list[np.ndarray], prior: np.ndarray,
-                     masks: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Every explanation metric of one map used for every image with the given boxes, per image
-    (the map's rectangle and components are found once; ``masks`` (N, H*W) may be given)."""
-    heatmap = np.asarray(heatmap, dtype=np.float64)
-    if masks is None:
-        masks = box_masks(boxes, heatmap.shape)
-    rectangle = xp.rectangle_95(heatmap)
-    flat = heatmap.ravel()
-    inside = masks @ flat / flat.sum()
-    return {"activation_in_box": inside,
-            "activation_over_prior": inside - xp.prior_reference(prior),
-            "iou_95": fixed_iou_95(rectangle, boxes),
-            "cc_map": fixed_cc_map(heatmap, boxes),
-            "pointing_game": masks[:, flat == flat.max()].mean(axis=1)}
-
-
-def box_masks(boxes: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    return np.array([xp.box_mask(b, shape) for b in boxes], dtype=np.float64).reshape(len(boxes), -1)
-
-
-def fixed_iou_95(rectangle, boxes: list[np.ndarray]) -> np.ndarray:
-    """iou_95 of one 95% rectangle against each image's boxes (best-matching box per image)."""
-    if rectangle is None or not boxes:
-        return np.zeros(len(boxes))
-    ious = xp.box_iou(xp.rectangle_to_box(rectangle), np.concatenate(boxes))[0]
-    return np.maximum.reduceat(ious, np.cumsum([0] + [len(b) for b in boxes[:-1]]))
-
-
-def fixed_cc_map(heatmap: np.ndarray, boxes: list[np.ndarray]) -> np.ndarray:
-    """cc_map of one map against each image's boxes: images with the same number of boxes at once."""
-    predicted, confidences, valid = xp.component_boxes_by_tau(heatmap)
-    taus = len(predicted)
-    result = np.zeros(len(boxes))
-    counts = np.array([len(b) for b in boxes])
-    for count in np.unique(counts):
-        where = np.flatnonzero(counts == count)
-        truth = np.repeat(np.stack([boxes[i] for i in where]), taus, axis=0)   # image-major, then tau
-        scores = xp.rsna_scores(np.tile(predicted, (len(where), 1, 1)), np.tile(confidences, (len(where), 1)),
-                                np.tile(valid, (len(where), 1)), truth)
-        result[where] = scores.reshape(len(where), taus).mean(axis=1)
-    return result
-
-
-def blind_map_means(prior: np.ndarray, boxes: list[np.ndarray]) -> dict[str, dict[str, float]]:
-    """{map name: {metric: mean over the images with these boxes}} for every fixed box-blind map."""
-    masks = box_masks(boxes, prior.shape)
-    return {name: {k: float(v.mean()) if len(v) else 0.0
-                   for k, v in fixed_map_scores(m, boxes, prior, masks).items()}
-            for name, m in fixed_maps(prior).items()}
-
-
-def best_blind_scores(means: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Each metric's best score over the box-blind maps (``blind_map_means``)."""
-    keys = next(iter(means.values())).keys()
-    return {k: max(scores[k] for scores in means.values()) for k in keys}
-
-
 def meta_features(meta: pd.DataFrame) -> np.ndarray:
     """Age and one-hot sex and view position: what a regressor may use without the image."""
     return np.column_stack([pd.to_numeric(meta["age"], errors="coerce").fillna(50).to_numpy() / 100,
@@ -102,4 +45,4 @@ def box_regressor_maps(train_meta: pd.DataFrame, train_boxes: pd.DataFrame, meta
     model = LinearRegression().fit(features, train_boxes[["x", "y", "width", "height"]].to_numpy())
     predicted = model.predict(meta_features(meta))
     predicted[:, 2:] = np.maximum(predicted[:, 2:], 1.0)
-    return np.array([xp.box_mask(box, shape) for box in predicted], dtype=np.float64)
+    return np.array([box_mask(box, shape) for box in predicted], dtype=np.float64)

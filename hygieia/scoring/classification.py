@@ -1,11 +1,14 @@
 """Classification metrics on one scored split, with bootstrap confidence intervals.
 
-Point estimates come from scikit-learn. The bootstrap resamples the images with replacement
-(fixed seed) and recomputes every metric from weighted confusion counts and one sort of the scores,
-all resamples at once.
+Each threshold metric is one function of the confusion counts (``Counts``): the same function gives
+the point estimate, every bootstrap resample and every group's value (scikit-learn's values, to the
+last digit: tests/test_classification.py). AUROC comes from scikit-learn; its resamples from one sort
+of the scores. The bootstrap resamples the images with replacement (fixed seed), all resamples at once.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from sklearn import metrics
@@ -16,33 +19,25 @@ BETA = 2.0
 N_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 CI_LEVEL = 0.95
-BOOTSTRAPPED = ("accuracy", "recall", "precision", "fbeta2", "balanced_accuracy", "auroc")
 
 
-def classification_metrics(y_true: np.ndarray, proba: np.ndarray, y_pred: np.ndarray) -> dict:
-    """Accuracy, recall, precision, F-beta (beta=2), AUROC (from ``proba``), balanced accuracy,
-    the confusion matrix [[tn, fp], [fn, tp]] and the accuracy's Bernoulli standard error
-    sqrt(p(1-p)/N). Raises DataError when the true labels hold one class only (AUROC undefined)."""
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(y_pred, dtype=np.int64)
-    classes = np.unique(y_true)
-    if len(classes) < 2:
-        raise DataError(f"the reference labels hold only class {classes.tolist()}: AUROC needs both classes")
-    accuracy = metrics.accuracy_score(y_true, y_pred)
-    (tn, fp), (fn, tp) = metrics.confusion_matrix(y_true, y_pred, labels=[0, 1])
-    return {
-        "accuracy": float(accuracy),
-        "recall": float(metrics.recall_score(y_true, y_pred, zero_division=0)),
-        "precision": float(metrics.precision_score(y_true, y_pred, zero_division=0)),
-        "fbeta2": float(metrics.fbeta_score(y_true, y_pred, beta=BETA, zero_division=0)),
-        "auroc": float(metrics.roc_auc_score(y_true, proba)),
-        "balanced_accuracy": float(metrics.balanced_accuracy_score(y_true, y_pred)),
-        "accuracy_std_error": float(np.sqrt(accuracy * (1 - accuracy) / len(y_true))),
-        "confusion_matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],
-        "n": int(len(y_true)),
-        "n_positive": int(y_true.sum()),
-        "n_predicted_positive": int(y_pred.sum()),
-    }
+class Counts(NamedTuple):
+    """Confusion counts: numbers, or arrays of them (one per bootstrap resample)."""
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+    tn: np.ndarray
+
+    @classmethod
+    def of(cls, y_true: np.ndarray, y_pred: np.ndarray, weights: np.ndarray | None = None) -> "Counts":
+        """The counts of the labels, or with ``weights`` (B, N) the counts of B weighted samples of them."""
+        truth = np.asarray(y_true, dtype=np.float64)
+        pred = np.asarray(y_pred, dtype=np.float64)
+        weights = np.ones(len(truth)) if weights is None else weights
+        tp = weights @ (truth * pred)
+        fp = weights @ ((1 - truth) * pred)
+        fn = weights @ (truth * (1 - pred))
+        return cls(tp, fp, fn, weights.sum(axis=-1) - tp - fp - fn)
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -51,17 +46,68 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return np.where(denominator > 0, numerator / safe, 0.0)
 
 
-def metrics_from_counts(tp, fp, fn, tn) -> dict:
-    """Threshold metrics from confusion counts (arrays of any shape, e.g. one per resample)."""
-    tp, fp, fn, tn = (np.asarray(c, dtype=np.float64) for c in (tp, fp, fn, tn))
-    recall = _ratio(tp, tp + fn)
-    beta2 = BETA ** 2
+def accuracy(c: Counts) -> np.ndarray:
+    return (c.tp + c.tn) / (c.tp + c.fp + c.fn + c.tn)
+
+
+def recall(c: Counts) -> np.ndarray:
+    return _ratio(c.tp, c.tp + c.fn)
+
+
+def precision(c: Counts) -> np.ndarray:
+    return _ratio(c.tp, c.tp + c.fp)
+
+
+def fbeta(c: Counts, beta: float = BETA) -> np.ndarray:
+    """(1 + β²)·P·R / (β²·P + R), from the counts: (1 + β²)·TP / ((1 + β²)·TP + β²·FN + FP)."""
+    beta2 = beta ** 2
+    return _ratio((1 + beta2) * c.tp, (1 + beta2) * c.tp + beta2 * c.fn + c.fp)
+
+
+def balanced_accuracy(c: Counts) -> np.ndarray:
+    return (recall(c) + _ratio(c.tn, c.tn + c.fp)) / 2
+
+
+# The threshold metrics of the detailed results and the group tables.
+RATES = {"accuracy": accuracy, "recall": recall, "precision": precision, "fbeta2": fbeta,
+         "balanced_accuracy": balanced_accuracy}
+BOOTSTRAPPED = (*RATES, "auroc")
+
+
+def rates(c: Counts) -> dict:
+    """Every metric of RATES from the counts (arrays of any shape, e.g. one per resample)."""
+    return {name: rate(c) for name, rate in RATES.items()}
+
+
+def require_both_classes(y_true: np.ndarray) -> None:
+    classes = np.unique(y_true)
+    if len(classes) < 2:
+        raise DataError(f"the reference labels hold only class {classes.tolist()}: AUROC needs both classes")
+
+
+def auroc(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """Area under the ROC curve of the probabilities (scikit-learn); DataError for one class."""
+    require_both_classes(y_true)
+    return float(metrics.roc_auc_score(y_true, proba))
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, y_pred: np.ndarray) -> dict:
+    """Every metric of RATES, AUROC (from ``proba``), the confusion matrix [[tn, fp], [fn, tp]] and the
+    accuracy's Bernoulli standard error sqrt(p(1-p)/N). Raises DataError when the true labels hold one
+    class only (AUROC undefined)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    counts = Counts.of(y_true, y_pred)
+    values = {name: float(value) for name, value in rates(counts).items()}
+    tp, fp, fn, tn = (int(c) for c in counts)
     return {
-        "accuracy": (tp + tn) / (tp + fp + fn + tn),
-        "recall": recall,
-        "precision": _ratio(tp, tp + fp),
-        "fbeta2": _ratio((1 + beta2) * tp, (1 + beta2) * tp + beta2 * fn + fp),
-        "balanced_accuracy": (recall + _ratio(tn, tn + fp)) / 2,
+        **values,
+        "auroc": auroc(y_true, proba),
+        "accuracy_std_error": float(np.sqrt(values["accuracy"] * (1 - values["accuracy"]) / len(y_true))),
+        "confusion_matrix": [[tn, fp], [fn, tp]],
+        "n": int(len(y_true)),
+        "n_positive": int(y_true.sum()),
+        "n_predicted_positive": int(y_pred.sum()),
     }
 
 
@@ -102,15 +148,9 @@ def percentile_interval(samples: np.ndarray, level: float = CI_LEVEL) -> list[fl
 def bootstrap_classification(y_true: np.ndarray, proba: np.ndarray, y_pred: np.ndarray,
                              n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict:
     """95% bootstrap intervals {metric: [low, high]} for the metrics in BOOTSTRAPPED."""
-    truth = np.asarray(y_true, dtype=np.float64)
-    pred = np.asarray(y_pred, dtype=np.float64)
-    counts = bootstrap_counts(len(truth), n_resamples, seed).astype(np.float64)
-    tp = counts @ (truth * pred)
-    fp = counts @ ((1 - truth) * pred)
-    fn = counts @ (truth * (1 - pred))
-    tn = len(truth) - tp - fp - fn
-    samples = metrics_from_counts(tp, fp, fn, tn)
-    samples["auroc"] = weighted_auroc(truth, proba, counts)
+    weights = bootstrap_counts(len(y_true), n_resamples, seed).astype(np.float64)
+    samples = rates(Counts.of(y_true, y_pred, weights))
+    samples["auroc"] = weighted_auroc(np.asarray(y_true, dtype=np.float64), proba, weights)
     return {name: percentile_interval(samples[name]) for name in BOOTSTRAPPED}
 
 

@@ -1,19 +1,25 @@
-"""Explanation metrics: how well one heatmap points at the opacity boxes of its image.
+"""Explanation metrics: how well heatmaps point at the opacity boxes of their images.
+
+Every metric is computed in one batched form, on ``Maps``: heatmaps with the boxes of the N images they
+explain, one map per image (a submission's maps of its true positives) or one map for every image (a
+box-blind map, the chance reference; its rectangle and components are then found once). Each returns
+one value per image; the metric table (``hygieia.scoring.metrics``) averages them.
 
 Conventions. A heatmap ``A`` is an (H, W) array of non-negative numbers at any positive scale; every
-metric is invariant to multiplying it by a positive constant, and an all-zero map scores 0. Pixel
-(i, j) covers [j, j+1) x [i, i+1) in image coordinates (x to the right, y down); it is inside a box
-(x, y, width, height) when its centre (j+0.5, i+0.5) lies in [x, x+width) x [y, y+height). Boxes are
-(K, 4) float arrays of x, y, width, height. Rectangles found on a map are (top, left, bottom, right)
-pixel indices, bottom and right exclusive, i.e. the box [left, right) x [top, bottom).
+metric is invariant to multiplying it by a positive constant, and an all-zero map scores 0. Boxes,
+masks and pixel rectangles follow ``hygieia.boxes``.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 
 import numpy as np
 from scipy import ndimage
+from tqdm import tqdm
+
+from hygieia.boxes import as_boxes, box_iou, box_mask, broadcast_iou, mass_share, rectangle_to_box
 
 FRACTION_95 = 0.95
 # Sums of many float16-derived values are rounded; "at least 95%" allows this much relative slack.
@@ -27,34 +33,60 @@ PLANES_8_CONNECTED = np.zeros((3, 3, 3), dtype=bool)
 PLANES_8_CONNECTED[1] = True  # 8-connected within a plane of a stack, never across planes
 
 
-def box_mask(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Union mask (H, W) of the boxes: pixels whose centre lies inside at least one box."""
-    height, width = shape
-    ys = np.arange(height) + 0.5
-    xs = np.arange(width) + 0.5
-    mask = np.zeros(shape, dtype=bool)
-    for x, y, w, h in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
-        rows = (ys >= y) & (ys < y + h)
-        cols = (xs >= x) & (xs < x + w)
-        mask |= rows[:, None] & cols[None, :]
-    return mask
+class Maps:
+    """Heatmaps and the boxes of the N images they explain: ``maps`` (N, H, W), one per image, or one
+    (H, W) map for every image; ``boxes`` N arrays (K, 4); ``prior`` the box prior, for the metrics
+    that need it. What several metrics share (masks, 95% rectangles, components) is found once, with a
+    progress bar on stderr when ``progress``."""
+
+    def __init__(self, maps, boxes, prior: np.ndarray | None = None, progress: bool = False):
+        maps = np.asarray(maps, dtype=np.float64)
+        self.maps = maps[None] if maps.ndim == 2 else maps
+        self.boxes = [as_boxes(b) for b in boxes]
+        if self.maps.ndim != 3 or len(self.maps) not in (1, len(self.boxes)):
+            raise ValueError(f"Maps: maps of shape {maps.shape} for {len(self.boxes)} images; expected one "
+                             "(H, W) map for all, or (N, H, W)")
+        self.prior, self.progress = prior, progress
+        self.shape = self.maps.shape[1:]
+        # which map explains each image
+        self.owner = np.arange(len(self.boxes)) if len(self.maps) == len(self.boxes) else np.zeros(len(self.boxes), int)
+        self._scores = {}
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def score(self, measure) -> np.ndarray:
+        """``measure(self)``, one value per image, computed once."""
+        if measure not in self._scores:
+            self._scores[measure] = measure(self)
+        return self._scores[measure]
+
+    @functools.cached_property
+    def masks(self) -> np.ndarray:
+        """(N, H, W) bool: each image's box mask."""
+        return np.array([box_mask(b, self.shape) for b in self.boxes], dtype=bool).reshape(len(self), *self.shape)
+
+    @functools.cached_property
+    def rectangles(self) -> list:
+        """Each map's 95% rectangle (``rectangle_95``), or None for an all-zero map."""
+        return [rectangle_95(m) for m in self._each("95% rectangles")]
+
+    @functools.cached_property
+    def components(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each map's component boxes by tau (``component_boxes_by_tau``), stacked: (M, T, 4, 4),
+        (M, T, 4), (M, T, 4)."""
+        found = [component_boxes_by_tau(m) for m in self._each("connected components")]
+        return tuple(np.stack(parts) for parts in zip(*found))
+
+    def _each(self, what: str):
+        return tqdm(self.maps, desc=what, unit="map", disable=not self.progress or len(self.maps) < 2,
+                    file=sys.stderr)
 
 
-def activation_in_box(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """Share of the map's total activation that falls inside the boxes' mask (0 for an all-zero map)."""
-    total = float(heatmap.sum())
-    return float(heatmap[mask].sum()) / total if total > 0 else 0.0
-
-
-def pointing_game(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """The share of the map's maximal pixels that lie inside the mask (0 for an all-zero map).
-
-    With one maximum this is 1 or 0; ties share the credit, so a uniform map scores the mask's share
-    of the image instead of 1."""
-    peak = heatmap.max()
-    if peak <= 0:
-        return 0.0
-    return float(mask[heatmap == peak].mean())
+def activation_in_box(maps: Maps) -> np.ndarray:
+    """Share of each map's total activation that falls inside its image's boxes, Σ A·M / Σ A
+    (Arras et al. 2022's relevance mass accuracy)."""
+    return mass_share(maps.maps, maps.masks)
 
 
 def prior_reference(prior: np.ndarray) -> float:
@@ -65,10 +97,66 @@ def prior_reference(prior: np.ndarray) -> float:
     return float(np.max(prior))
 
 
-def activation_over_prior(heatmap: np.ndarray, mask: np.ndarray, prior: np.ndarray) -> float:
+def activation_over_prior(maps: Maps) -> np.ndarray:
     """activation_in_box minus what the best box-blind fixed map scores on average
-    (``prior_reference``): above 0 only for maps that use the image."""
-    return activation_in_box(heatmap, mask) - prior_reference(prior)
+    (``prior_reference``): above 0 only for maps that use the image. NaN without a prior."""
+    if maps.prior is None:
+        return np.full(len(maps), np.nan)
+    return maps.score(activation_in_box) - prior_reference(maps.prior)
+
+
+def pointing_game(maps: Maps) -> np.ndarray:
+    """The share of each map's maximal pixels that lie inside its image's boxes (Zhang et al. 2018).
+
+    With one maximum this is 1 or 0; ties share the credit, so a uniform map scores the mask's share
+    of the image instead of 1."""
+    peak = maps.maps.max(axis=(1, 2), keepdims=True)
+    at_peak = maps.maps == peak
+    hits = (maps.masks & at_peak).sum(axis=(1, 2))
+    return np.where(peak[:, 0, 0] > 0, hits / at_peak.sum(axis=(1, 2)), 0.0)
+
+
+def iou_95(maps: Maps) -> np.ndarray:
+    """IoU of each map's 95% rectangle (as a box) with the best-matching box of its image (Chen et al.
+    2019's protocol); 0 for an all-zero map."""
+    return np.array([float(box_iou(rectangle_to_box(maps.rectangles[k]), boxes).max())
+                     if maps.rectangles[k] is not None and len(boxes) else 0.0
+                     for k, boxes in zip(maps.owner, maps.boxes)])
+
+
+def cc_map_by_tau(maps: Maps) -> np.ndarray:
+    """(N, T): the RSNA challenge's per-image score of each map's connected-component boxes against
+    its image's boxes, for each threshold tau; images with the same number of boxes at once."""
+    predicted, confidences, valid = maps.components
+    taus, slots = valid.shape[1:]
+    result = np.zeros((len(maps), taus))
+    counts = np.array([len(b) for b in maps.boxes])
+    for count in np.unique(counts):
+        where = np.flatnonzero(counts == count)
+        owner = maps.owner[where]
+        truth = np.repeat(np.stack([maps.boxes[i] for i in where]), taus, axis=0)  # image-major, then tau
+        scores = rsna_scores(predicted[owner].reshape(-1, slots, 4), confidences[owner].reshape(-1, slots),
+                             valid[owner].reshape(-1, slots), truth)
+        result[where] = scores.reshape(len(where), taus)
+    return result
+
+
+def cc_map(maps: Maps) -> np.ndarray:
+    """``cc_map_by_tau`` averaged over the thresholds tau."""
+    return maps.score(cc_map_by_tau).mean(axis=1)
+
+
+def details(maps: Maps) -> dict[str, list]:
+    """What the report draws and counts for each image, besides the metrics: the share of the image its
+    boxes cover, the enrichment (activation_in_box / that share), the 95% rectangle, whether the map
+    is all zero, and cc_map per tau."""
+    share = maps.masks.mean(axis=(1, 2))
+    inside = maps.score(activation_in_box)
+    return {"box_share": share.tolist(),
+            "enrichment": [float(a / s) if s > 0 else None for a, s in zip(inside, share)],
+            "rectangle_95": [None if maps.rectangles[k] is None else list(maps.rectangles[k]) for k in maps.owner],
+            "all_zero": [not maps.maps[k].max() > 0 for k in maps.owner],
+            "cc_map_by_tau": maps.score(cc_map_by_tau).tolist()}
 
 
 def _narrowest_right(prefix: np.ndarray, target: float, lefts: int) -> np.ndarray:
@@ -141,40 +229,6 @@ def rectangle_95(heatmap: np.ndarray, fraction: float = FRACTION_95) -> tuple[in
     return tuple(int(v) for v in candidates[:4, best])
 
 
-def rectangle_to_box(rectangle: tuple[int, int, int, int]) -> np.ndarray:
-    """A (top, left, bottom, right) pixel rectangle as an (x, y, width, height) box."""
-    top, left, bottom, right = rectangle
-    return np.array([left, top, right - left, bottom - top], dtype=np.float64)
-
-
-def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """Pairwise intersection over union of two sets of (x, y, width, height) boxes: (len(a), len(b))."""
-    a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
-    return broadcast_iou(a[:, None, :], b[None, :, :])
-
-
-def broadcast_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Intersection over union of (x, y, width, height) boxes along the last axis, broadcast."""
-    overlap_w = np.clip(np.minimum(a[..., 0] + a[..., 2], b[..., 0] + b[..., 2])
-                        - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    overlap_h = np.clip(np.minimum(a[..., 1] + a[..., 3], b[..., 1] + b[..., 3])
-                        - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = overlap_w * overlap_h
-    union = a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def iou_95(heatmap: np.ndarray, boxes: np.ndarray,
-           rectangle: tuple[int, int, int, int] | None = None) -> float:
-    """IoU of the 95% rectangle (pixel rectangle as a box) with the best-matching ground-truth box."""
-    if rectangle is None:
-        rectangle = rectangle_95(heatmap)
-    if rectangle is None or len(boxes) == 0:
-        return 0.0
-    return float(box_iou(rectangle_to_box(rectangle), boxes).max())
-
-
 def component_boxes_by_tau(heatmap: np.ndarray, taus=CC_TAUS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Boxes of the 8-connected regions where the map reaches tau x its maximum, for each tau.
 
@@ -231,8 +285,8 @@ def rsna_scores(predicted: np.ndarray, confidences: np.ndarray, valid: np.ndarra
     predictions taken in decreasing confidence, each matched to the unmatched ground-truth box of
     highest IoU when that IoU exceeds the threshold.
 
-    predicted (P, K, 4), confidences (P, K), valid (P, K) (which slots hold a box), truth (G, 4), or
-    (P, G, 4) for one ground truth per set.
+    predicted (P, K, 4), confidences (P, K), valid (P, K) (which slots hold a box), truth (P, G, 4):
+    the ground truth of each set.
     """
     truth = np.asarray(truth, dtype=np.float64)
     n_truth = truth.shape[-2]
@@ -243,10 +297,7 @@ def rsna_scores(predicted: np.ndarray, confidences: np.ndarray, valid: np.ndarra
                        kind="stable")
     valid = np.take_along_axis(valid, order, axis=1)
     predicted = np.take_along_axis(np.asarray(predicted, dtype=np.float64), order[..., None], axis=1)
-    if truth.ndim == 2:
-        ious = box_iou(predicted.reshape(-1, 4), truth).reshape(sets, slots, n_truth)
-    else:  # one ground truth per set: (P, G, 4)
-        ious = broadcast_iou(predicted[:, :, None, :], truth[:, None, :, :])
+    ious = broadcast_iou(predicted[:, :, None, :], truth[:, None, :, :])
     thresholds = np.asarray(thresholds, dtype=np.float64)
     matched = np.zeros((sets, len(thresholds), n_truth), dtype=bool)  # a greedy matching per threshold
     tp = np.zeros((sets, len(thresholds)))
@@ -268,32 +319,5 @@ def rsna_image_score(predicted: np.ndarray, confidences, truth: np.ndarray,
     """The RSNA per-image score of one set of predicted (K, 4) boxes (see rsna_scores)."""
     predicted = np.asarray(predicted, dtype=np.float64).reshape(1, -1, 4)
     valid = np.ones(predicted.shape[:2], dtype=bool)
+    truth = as_boxes(truth)[None]
     return float(rsna_scores(predicted, np.reshape(confidences, valid.shape), valid, truth, thresholds)[0])
-
-
-def cc_map_by_tau(heatmap: np.ndarray, boxes: np.ndarray, taus=CC_TAUS) -> np.ndarray:
-    """RSNA per-image score of the connected-component boxes, for each threshold tau: (len(taus),)."""
-    return rsna_scores(*component_boxes_by_tau(heatmap, taus), boxes)
-
-
-def explain_image(heatmap: np.ndarray, boxes: np.ndarray, prior: np.ndarray | None = None) -> dict:
-    """Every explanation metric of one true-positive image, plus the shapes the report draws;
-    ``activation_over_prior`` needs the box ``prior`` (None without it)."""
-    heatmap = np.asarray(heatmap, dtype=np.float64)
-    mask = box_mask(boxes, heatmap.shape)
-    rectangle = rectangle_95(heatmap)
-    by_tau = cc_map_by_tau(heatmap, boxes)
-    inside = activation_in_box(heatmap, mask)
-    box_share = float(mask.mean())
-    return {
-        "activation_in_box": inside,
-        "activation_over_prior": inside - prior_reference(prior) if prior is not None else None,
-        "iou_95": iou_95(heatmap, boxes, rectangle),
-        "cc_map": float(by_tau.mean()),
-        "pointing_game": pointing_game(heatmap, mask),
-        "cc_map_by_tau": by_tau.tolist(),
-        "box_share": box_share,
-        "enrichment": inside / box_share if box_share > 0 else None,
-        "rectangle_95": list(rectangle) if rectangle is not None else None,
-        "all_zero": not heatmap.max() > 0,
-    }

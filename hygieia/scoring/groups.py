@@ -54,9 +54,7 @@ def group_rows(truth: np.ndarray, proba: np.ndarray, predicted: np.ndarray, valu
     for name in sorted(set(values)):
         where = np.flatnonzero(values == name)
         t, p, y = truth[where], proba[where], predicted[where]
-        tp, fp = int(((t == 1) & (y == 1)).sum()), int(((t == 0) & (y == 1)).sum())
-        fn = int(((t == 1) & (y == 0)).sum())
-        point = {k: float(v) for k, v in cls.metrics_from_counts(tp, fp, fn, len(t) - tp - fp - fn).items()}
+        point = {k: float(v) for k, v in cls.rates(cls.Counts.of(t, y)).items()}
         both = 0 < t.sum() < len(t)
         point["auroc"] = float(cls.weighted_auroc(t, p, np.ones(len(t)))[0]) if both else None
         explained = [inside[i] for i in where if inside and i in inside]

@@ -1,14 +1,12 @@
 """Reading ingestion's output folder for scoring, and refusing a broken run with its cause.
 
-The folder holds ``predictions.csv`` (id, proba, label for valid and test), ``heatmaps.npz`` (ids,
-maps (K, H, W) float16 for predicted positives), ``ingestion.json`` (status, error, explanation
-method) and, on Codabench, the worker's ``metadata`` (YAML: exitCode, ingestionExitCode, ...).
+The folder's files are the data contract's (``hygieia.dataset``: predictions.csv, heatmaps.npz,
+ingestion.json) and, on Codabench, the worker's ``metadata`` (YAML: exitCode, ingestionExitCode, ...).
 Only the reference split's ids are scored; rows of the other split are expected and ignored.
 """
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,24 +14,11 @@ import pandas as pd
 import yaml
 
 from hygieia import dataset as ds
-from hygieia.errors import DataError, HygieiaError
-from hygieia.files import npz_headers
+from hygieia.dataset import (EXPLANATION_METHODS, HEATMAPS, INGESTION_REPORT, PREDICTION_COLUMNS, PREDICTIONS,
+                             WORKER_METADATA, IngestionFailed)
+from hygieia.errors import DataError
 
-PREDICTIONS = "predictions.csv"
-HEATMAPS = "heatmaps.npz"
-INGESTION_REPORT = "ingestion.json"
-WORKER_METADATA = "metadata"
-PREDICTION_COLUMNS = ["id", "proba", "label"]
-EXPLANATION_METHODS = ("explain", "gradcam")
 EXIT_CODE_FIELDS = ("ingestionExitCode", "exitCode")
-
-
-class IngestionFailed(HygieiaError):
-    """Ingestion reported a failure; ``traceback`` holds its own traceback when it wrote one."""
-
-    def __init__(self, message: str, traceback: str | None = None):
-        super().__init__(message)
-        self.traceback = traceback
 
 
 def _some(values, limit: int = 5) -> str:
@@ -123,52 +108,18 @@ def count_predicted_positives(res_dir: Path) -> int:
 
 def read_heatmaps(res_dir: Path, wanted: list[str], shape: tuple[int, int],
                   limit: int | None = None) -> dict[str, np.ndarray]:
-    """Heatmaps {id: (H, W) float32} of the ``wanted`` ids (the scored predicted positives), checked.
-
-    ``limit`` is the number of predicted positives in predictions.csv (valid and test): a file with
-    more maps is refused from its .npy headers, before any map is loaded.
-    """
+    """Heatmaps {id: (H, W) float32} of the ``wanted`` ids (the scored predicted positives), read and
+    checked as the data contract says (``hygieia.dataset.read_heatmaps``; ``limit``: the predicted
+    positives of predictions.csv, valid and test)."""
     path = res_dir / HEATMAPS
     if not path.is_file():
         raise DataError(f"{path}: file not found, but ingestion reports an explanation method")
-    try:
-        headers = npz_headers(path)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path}: not a readable .npz archive ({err})") from err
-    if "ids" not in headers or "maps" not in headers:
-        raise DataError(f"{path}: expected arrays 'ids' and 'maps', found {sorted(headers)}")
-    (ids_shape, _), (maps_shape, maps_dtype) = headers["ids"], headers["maps"]
-    count = max(ids_shape[:1] + maps_shape[:1], default=0)
-    if limit is not None and count > limit:
-        raise DataError(f"{path}: {count} heatmaps for {limit} predicted positive(s) in {PREDICTIONS}; "
-                        f"refused before loading them")
-    if not np.issubdtype(maps_dtype, np.number):
-        raise DataError(f"{path}: maps must be numbers, got dtype {maps_dtype}")
-    if len(maps_shape) != 3 or maps_shape[1:] != tuple(shape):
-        raise DataError(f"{path}: maps must have shape (K, {shape[0]}, {shape[1]}) like the images; "
-                        f"got {maps_shape}")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            ids, maps = archive["ids"].astype(str), archive["maps"]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path}: not a readable .npz archive ({err})") from err
-    if ids.ndim != 1 or len(ids) != len(maps):
-        raise DataError(f"{path}: {ids.size} ids for {len(maps)} maps")
+    ids, maps = ds.read_heatmaps(path, shape, limit)
     position = pd.Index(ids)
-    if position.has_duplicates:
-        raise DataError(f"{path}: duplicate id(s) {_some(position[position.duplicated()].unique())}")
     missing = [i for i in wanted if i not in position]
     if missing:
         raise DataError(f"{path}: no heatmap for {len(missing)} predicted positive(s): {_some(missing)}")
-    selected = maps[position.get_indexer(wanted)].astype(np.float32)
-    bad = ~np.isfinite(selected).all(axis=(1, 2))
-    if bad.any():
-        raise DataError(f"{path}: NaN or infinite values in the heatmap(s) of "
-                        f"{_some(np.asarray(wanted)[bad])}")
-    negative = (selected < 0).any(axis=(1, 2))
-    if negative.any():
-        raise DataError(f"{path}: negative values in the heatmap(s) of {_some(np.asarray(wanted)[negative])}")
-    return dict(zip(wanted, selected))
+    return dict(zip(wanted, maps[position.get_indexer(wanted)].astype(np.float32)))
 
 
 def read_ingestion_output(res_dir: str | Path, ids: list[str], shape: tuple[int, int]) -> dict:

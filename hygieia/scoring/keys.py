@@ -1,19 +1,13 @@
 """The leaderboard's columns: the keys that scoring writes to scores.json, in leaderboard order.
 
 Derived from the metric table (``hygieia.scoring.metrics.METRICS``). The bundle builds
-competition.yaml's leaderboard from this list, and ``bundle check`` compares the two, so the scoring
-program and the leaderboard cannot drift apart. A key in ``NULLABLE_KEYS`` is left out of scores.json
-when the split cannot measure it (Codabench stores scores as non-null decimals).
+competition.yaml's leaderboard and the scoring program's ``leaderboard.json`` (what ``bundle check``
+reads, in a bare interpreter) from this list, so the scoring program and the leaderboard cannot drift
+apart. A key in ``NULLABLE_KEYS`` is left out of scores.json when the split cannot measure it
+(Codabench stores scores as non-null decimals).
 """
 
-try:
-    from hygieia.scoring.metrics import METRICS, PRIMARY_KEY
-except ModuleNotFoundError:  # read alone by path, as ``bundle check`` does in an isolated interpreter
-    import runpy
-    from pathlib import Path
-
-    _table = runpy.run_path(str(Path(__file__).with_name("metrics.py")))
-    METRICS, PRIMARY_KEY = _table["METRICS"], _table["PRIMARY_KEY"]
+from hygieia.scoring.metrics import METRICS, PRIMARY_KEY
 
 LEADERBOARD_COLUMNS = [{"key": m.key, "title": m.title, "sorting": m.sorting, "precision": m.precision}
                        for m in METRICS]

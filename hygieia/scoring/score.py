@@ -26,24 +26,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from hygieia import dataset as ds
 from hygieia.errors import DataError, HygieiaError
 from hygieia.files import write_json, write_text
-from hygieia.scoring import blind_maps, groups, shortcut
 from hygieia.scoring import classification as cls
 from hygieia.scoring import explanation as xp
+from hygieia.scoring import groups
 from hygieia.scoring import metrics as mt
 from hygieia.scoring.ingestion_output import read_ingestion_output
-from hygieia.scoring.keys import NULLABLE_KEYS, SCORE_KEYS
+from hygieia.scoring.keys import SCORE_KEYS
+from hygieia.scoring.split import ScoredSplit
 
 SCORES_JSON = "scores.json"
 SCORES_TXT = "scores.txt"
 DETAILED_JSON = "detailed_scores.json"
 DETAILED_HTML = "detailed_results.html"
 BASELINE_SCORES = "baseline_scores.json"   # optional, in the reference folder: {key: value}
-EXPLANATION_KEYS = mt.EXPLANATION_KEYS
 DIGITS = 6
 CODABENCH_PATHS = ("/app/input/ref", "/app/input/res", "/app/output")
 
@@ -91,55 +90,48 @@ def read_baseline(ref_dir: str | Path) -> dict | None:
     return {key: scores.get(key) for key in SCORE_KEYS}
 
 
-def explanation_results(ref: dict, run: dict, scored: np.ndarray, progress: bool = True) -> dict:
-    """Explanation metrics of every true positive (probes left out), their means (the leaderboard
-    columns), bootstrap intervals, the per-tau cc_map, the full-positive-set variant (missed positives
-    count 0) and the all-zero maps of predicted positives."""
-    truth = ref["labels"]
-    predicted = run["predictions"]["label"].to_numpy()
-    tp_ids = [i for i, y, p, s in zip(ref["ids"], truth, predicted, scored) if y == 1 and p == 1 and s]
-    n_positive = int(truth[scored].sum())
-    zero = sorted(i for i, heatmap in run["heatmaps"].items() if not heatmap.max() > 0)
-    result = {"method": run["method"], "n_true_positives": len(tp_ids), "n_positives": n_positive,
-              "n_predicted_positive_maps": len(run["heatmaps"]), "n_all_zero_maps": len(zero),
+def explanation_results(split: ScoredSplit, measured: dict) -> dict:
+    """The explanation columns' details: counts, why they score as all-zero maps (if so), their means
+    over the true positives (the leaderboard columns), bootstrap intervals, the full-positive-set
+    variant (missed positives score as all-zero maps), the per-tau cc_map, the all-zero maps of
+    predicted positives, and one row per explained true positive."""
+    heatmaps = split.heatmaps or {}
+    n_positive = len(split.positive_ids)
+    zero = sorted(i for i, heatmap in heatmaps.items() if not heatmap.max() > 0)
+    result = {"method": split.run["method"], "n_true_positives": len(split.true_positive_ids),
+              "n_positives": n_positive, "n_predicted_positive_maps": len(heatmaps), "n_all_zero_maps": len(zero),
               "all_zero_ids": zero, "reason": None, "images": []}
-    if run["method"] is None:
+    if split.heatmaps is None:
         result["reason"] = ("the submission offers no explanation (its Model has neither explain() nor "
                             "gradcam_target()), so the explanation columns score as all-zero maps do: 0, "
                             "and minus the box prior's peak on activation_over_prior")
-    elif not tp_ids:
+    elif split.maps is None:
         result["reason"] = ("the model predicted no true positive, so there is no heatmap to assess "
                             "and the explanation columns score as all-zero maps do: 0, and minus the box "
                             "prior's peak on activation_over_prior")
-    boxes = ds.boxes_by_id(ref["boxes"])
-    if result["reason"] is None:
-        for image_id in tqdm(tp_ids, desc="explanation metrics", unit="map", disable=not progress,
-                             file=sys.stderr):
-            result["images"].append({"id": image_id, **xp.explain_image(run["heatmaps"][image_id],
-                                                                       boxes[image_id], ref["box_prior"])})
-    table = pd.DataFrame(result["images"], columns=["id", *EXPLANATION_KEYS, "enrichment", "all_zero"])
-    none = {"activation_over_prior": -xp.prior_reference(ref["box_prior"])}  # what a missing map scores
-    result["means"] = {k: float(table[k].mean()) if len(table) else none.get(k, 0.0) for k in EXPLANATION_KEYS}
-    result["ci"] = {k: cls.bootstrap_mean(table[k].to_numpy()) for k in EXPLANATION_KEYS}
-    result["n_true_positive_all_zero"] = int(table["all_zero"].sum())
+    else:
+        result["images"] = mt.image_rows(split.maps, split.true_positive_ids)
+    result["means"] = {m.key: measured[m.key]["value"] for m in mt.MAP_METRICS}
+    result["ci"] = {m.key: measured[m.key]["ci"] for m in mt.MAP_METRICS}
+    result["n_true_positive_all_zero"] = sum(row["all_zero"] for row in result["images"])
     result["full_positive_set"] = {
-        k: (float(table[k].sum()) + none.get(k, 0.0) * (n_positive - len(table))) / n_positive
-        if n_positive else 0.0 for k in EXPLANATION_KEYS}
+        m.key: (float(measured[m.key]["images"].sum()) + m.missing(split) * (n_positive - len(result["images"])))
+        / n_positive if n_positive else 0.0 for m in mt.MAP_METRICS}
     by_tau = np.array([row["cc_map_by_tau"] for row in result["images"]]).reshape(-1, len(xp.CC_TAUS))
     result["cc_map_by_tau"] = {f"{tau:.1f}": float(by_tau[:, k].mean()) if len(by_tau) else 0.0
                                for k, tau in enumerate(xp.CC_TAUS)}
-    enrichment = pd.to_numeric(table["enrichment"], errors="coerce").dropna()
+    enrichment = pd.to_numeric(pd.Series([row["enrichment"] for row in result["images"]], dtype=object),
+                               errors="coerce").dropna()
     result["enrichment_median"] = float(enrichment.median()) if len(enrichment) else None
     return result
 
 
-def blind_results(ref: dict, scored: np.ndarray) -> dict:
-    """The box-blind maps' mean scores on every positive of the split, and the best of them."""
-    boxes = ds.boxes_by_id(ref["boxes"])
-    positives = [boxes[i] for i, y, s in zip(ref["ids"], ref["labels"], scored) if y == 1 and s]
-    means = blind_maps.blind_map_means(ref["box_prior"], positives)
-    return {"maps": means, "best": blind_maps.best_blind_scores(means),
-            "prior_reference": xp.prior_reference(ref["box_prior"])}
+def blind_results(split: ScoredSplit) -> dict:
+    """The box-blind maps' mean scores on every positive of the split, and the best of them (the
+    explanation columns' chance references)."""
+    maps = {name: {m.key: blind.measured(m)["value"] for m in mt.MAP_METRICS} for name, blind in split.box_blind.items()}
+    return {"maps": maps, "best": {m.key: m.chance_reference(split) for m in mt.MAP_METRICS},
+            "prior_reference": xp.prior_reference(split.ref["box_prior"])}
 
 
 def bias_results(ref: dict, run: dict, scored: np.ndarray, explanation: dict) -> dict:
@@ -163,9 +155,9 @@ def compute_results(ref: dict, run: dict, ref_dir: str | Path = "", progress: bo
     """Everything scoring reports, as one JSON-ready mapping (written as detailed_scores.json):
 
     - ``scores``: every metric of the table (``hygieia.scoring.metrics``), None where the split
-      cannot measure it; ``ci`` {key: [low, high]}; ``chance`` and ``baseline`` {key: value} (the
-      reference rows; ``baseline`` None without baseline_scores.json); ``split``, ``final``,
-      ``n_scored`` (probes left out), ``n_probes``;
+      cannot measure it; ``ci`` {key: [low, high]}; ``chance`` {key: the best blind rule's score on
+      this split, computed} and ``baseline`` {key: value} (the reference rows; ``baseline`` None
+      without baseline_scores.json); ``split``, ``final``, ``n_scored`` (probes left out), ``n_probes``;
     - ``classification``: accuracy, recall, precision, fbeta2, auroc, balanced_accuracy,
       accuracy_std_error, confusion_matrix [[tn, fp], [fn, tp]], counts, ``ci``, ``roc`` {fpr, tpr};
     - ``explanation``: method, counts (true positives, positives, all-zero maps), reason (why the
@@ -178,33 +170,25 @@ def compute_results(ref: dict, run: dict, ref_dir: str | Path = "", progress: bo
     In the Final phase (split.json ``final``) no id, per-image row or ROC point is kept.
     """
     info = ref["split_info"]
-    scored = ref["probes"] == 0
-    truth = ref["labels"][scored]
-    proba = run["predictions"]["proba"].to_numpy()[scored]
-    predicted = run["predictions"]["label"].to_numpy()[scored]
-    classification = cls.classification_metrics(truth, proba, predicted)
-    classification["ci"] = cls.bootstrap_classification(truth, proba, predicted)
-    classification["roc"] = cls.roc_points(truth, proba)
-    explanation = explanation_results(ref, run, scored, progress)
-    view = groups.column_values(ref["meta"].loc[ref["ids"]], groups.WORST_GROUP_COLUMN)
-    worst = groups.worst_group_accuracy(truth, predicted, groups.class_by(truth, view[scored]))
-    gap = shortcut.shortcut_gap(ref["labels"], run["predictions"]["label"].to_numpy(), ref["probes"], view)
-    blind = blind_results(ref, scored)
-    values = {**{k: classification[k] for k in mt.CLASSIFICATION_KEYS}, **explanation["means"],
-              "worst_group_accuracy": worst["value"], "shortcut_gap": gap["value"]}
-    intervals = {**{k: classification["ci"][k] for k in mt.CLASSIFICATION_KEYS}, **explanation["ci"],
-                 "worst_group_accuracy": worst["ci"], "shortcut_gap": gap["ci"]}
-    scores = {key: None if values[key] is None else round(float(values[key]), DIGITS) for key in SCORE_KEYS}
+    split = ScoredSplit.of_run(ref, run, progress)
+    cls.require_both_classes(split.truth)
+    measured = {m.key: split.measured(m) for m in mt.METRICS}
+    scores = {key: None if result["value"] is None else round(float(result["value"]), DIGITS)
+              for key, result in measured.items()}
     if not all(v is None or math.isfinite(v) for v in scores.values()) \
-            or any(scores[k] is None for k in SCORE_KEYS if k not in NULLABLE_KEYS):
+            or any(scores[m.key] is None for m in mt.METRICS if not m.nullable):
         raise HygieiaError(f"internal error: a score is not finite: {scores}")
-    prevalence = float(truth.mean())
-    results = {"scores": scores, "ci": intervals,
-               "chance": mt.chance_values(prevalence, blind["best"]), "baseline": read_baseline(ref_dir),
-               "split": info["split"], "final": info["final"], "n_scored": int(scored.sum()),
+    classification = cls.classification_metrics(split.truth, split.scored_proba, split.scored_predicted)
+    classification["ci"] = cls.bootstrap_classification(split.truth, split.scored_proba, split.scored_predicted)
+    classification["roc"] = cls.roc_points(split.truth, split.scored_proba)
+    explanation = explanation_results(split, measured)
+    results = {"scores": scores, "ci": {key: result["ci"] for key, result in measured.items()},
+               "chance": {m.key: m.chance_reference(split) for m in mt.METRICS}, "baseline": read_baseline(ref_dir),
+               "split": info["split"], "final": info["final"], "n_scored": int(split.scored.sum()),
                "n_probes": int(ref["probes"].sum()), "classification": classification,
-               "explanation": explanation, "blind_maps": blind, "worst_group": worst, "shortcut": gap,
-               "bias": bias_results(ref, run, scored, explanation),
+               "explanation": explanation, "blind_maps": blind_results(split),
+               "worst_group": measured["worst_group_accuracy"], "shortcut": measured["shortcut_gap"],
+               "bias": bias_results(ref, run, split.scored, explanation),
                "ingestion": {k: run["report"].get(k) for k in ("explanation", "durations", "device", "counts")},
                "bootstrap": {"resamples": cls.N_RESAMPLES, "seed": cls.BOOTSTRAP_SEED, "level": cls.CI_LEVEL}}
     if info["final"]:

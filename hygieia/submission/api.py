@@ -14,8 +14,9 @@ A submission is a zip (or folder) with ``model.py`` at its root, or inside one w
 
 - ``ids``: list of N str
 - ``images``: (N, H, W) uint8 array, grayscale crops, 100 x 100 in the competition
-- ``features``: (N, 1280) float32 array, ImageNet MobileNetV2 features of the crops
-- ``meta``: pandas DataFrame indexed by id with columns age, sex, view_position
+- ``features``: (N, 1280) float32 array, ImageNet MobileNetV2 features of the whole radiograph each
+  crop was cut from (not of the crop)
+- ``meta``: pandas DataFrame indexed by id with columns age and sex
 - ``boxes`` (train only): DataFrame id, x, y, width, height of the opacity boxes, in crop pixels
 
 Labels are never in ``X``: they are the ``y`` argument of ``fit``.
@@ -33,7 +34,7 @@ Explanations are optional. A model may define either
 Ingestion stores every heatmap divided by its own maximum (float16; an all-zero map stays zero and
 is counted in ingestion.json).
 
-A model with neither gets no explanation (the explanation scores are then not computed).
+A model with neither gets no explanation: its explanation columns score as all-zero maps do.
 Ingestion explains only the valid and test images that the model predicts positive.
 """
 
@@ -41,7 +42,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hygieia.errors import HygieiaError
+from hygieia import dataset as ds
+from hygieia.errors import DataError, HygieiaError
 
 MODEL_CLASS = "Model"
 REQUIRED_METHODS = ("fit", "predict_proba")
@@ -65,10 +67,6 @@ def as_array(values, what: str) -> np.ndarray:
     return array
 
 
-def _first_ids(ids: list[str], mask: np.ndarray, limit: int = 3) -> str:
-    return ", ".join(str(ids[i]) for i in np.flatnonzero(mask)[:limit])
-
-
 def _check_length(array: np.ndarray, ids: list[str], what: str, split: str) -> None:
     n = len(ids)
     if array.ndim == 1 and len(array) != n:
@@ -87,12 +85,12 @@ def check_probabilities(values, ids: list[str], split: str) -> np.ndarray:
     bad = ~np.isfinite(array)
     if bad.any():
         raise SubmissionError(f"{what} returned NaN or infinite values for {bad.sum()} {split} images "
-                              f"(first ids: {_first_ids(ids, bad)})")
+                              f"(first ids: {ds.first_ids(ids, bad)})")
     outside = (array < 0) | (array > 1)
     if outside.any():
         raise SubmissionError(f"{what} returned values outside [0, 1] for {outside.sum()} {split} images "
                               f"(min {array.min():.4g}, max {array.max():.4g}; first ids: "
-                              f"{_first_ids(ids, outside)})")
+                              f"{ds.first_ids(ids, outside)})")
     return array
 
 
@@ -104,28 +102,20 @@ def check_labels(values, ids: list[str], split: str) -> np.ndarray:
     bad = ~np.isin(array, (0, 1))
     if bad.any():
         raise SubmissionError(f"{what} returned labels other than 0 and 1 for {bad.sum()} {split} images "
-                              f"(e.g. {array[bad][0].item()!r}; first ids: {_first_ids(ids, bad)})")
+                              f"(e.g. {array[bad][0].item()!r}; first ids: {ds.first_ids(ids, bad)})")
     return array.astype(np.int64)
 
 
 def check_heatmaps(values, ids: list[str], shape: tuple[int, int], split: str, what: str) -> np.ndarray:
     """(N, H, W) float16 heatmaps, each divided by its own maximum (an all-zero map stays zero), from
-    non-negative finite ones of any scale; or SubmissionError. Rescaling first keeps tiny (1e-9) and
-    huge (> 65504) maps whole in float16; every metric is scale-invariant."""
-    array = as_array(values, what)
-    expected = (len(ids), *shape)
-    if array.shape != expected:
-        raise SubmissionError(f"{what} returned heatmaps of shape {array.shape} for {len(ids)} {split} "
-                              f"images; expected {expected}")
-    array = array.astype(np.float64)
-    bad = ~np.isfinite(array).all(axis=(1, 2))
-    if bad.any():
-        raise SubmissionError(f"{what} returned NaN or infinite heatmaps for {bad.sum()} {split} images "
-                              f"(first ids: {_first_ids(ids, bad)})")
-    negative = (array < 0).any(axis=(1, 2))
-    if negative.any():
-        raise SubmissionError(f"{what} returned negative heatmap values for {negative.sum()} {split} images "
-                              f"(min {array.min():.4g}; first ids: {_first_ids(ids, negative)})")
+    what a model returned: the rules of ``hygieia.dataset.check_heatmaps`` (one finite, non-negative
+    map per image, any scale), or SubmissionError. Rescaling first keeps tiny (1e-9) and huge
+    (> 65504) maps whole in float16; every metric is scale-invariant."""
+    array = as_array(values, what).astype(np.float64)
+    try:
+        ds.check_heatmaps(array, ids, shape, f"{what} returned", f"{split} images")
+    except DataError as err:
+        raise SubmissionError(str(err)) from err
     peak = array.max(axis=(1, 2), keepdims=True) if array.size else np.zeros((len(ids), 1, 1))
     return np.divide(array, peak, out=np.zeros_like(array), where=peak > 0).astype(np.float16)
 

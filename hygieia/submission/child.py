@@ -33,10 +33,6 @@ from hygieia.submission.gradcam import gradcam_heatmaps
 from hygieia.submission.loading import describe_error, import_model_class
 from hygieia.submission.processes import die_with_parent
 
-PREDICTIONS = "predictions.csv"
-HEATMAPS = "heatmaps.npz"
-
-
 def device_name() -> str:
     """"cuda (<GPU name>)" when the submission uses torch and torch sees a GPU, else "cpu"."""
     torch = sys.modules.get("torch")  # not imported for a submission that does not use it (it takes seconds)
@@ -93,10 +89,10 @@ class ModelRun:
             call_model("Model.fit", self.folder, model.fit, dict(data["train"]), y.copy())
         with self.stage("predict"):
             predictions = {split: self.predict(model, data[split], split) for split in ds.SCORED_SPLITS}
-            write_csv(self.results / PREDICTIONS, pd.concat(predictions.values(), ignore_index=True))
+            write_csv(self.results / ds.PREDICTIONS, pd.concat(predictions.values(), ignore_index=True))
         with self.stage("explain"):
             ids, maps = self.explain(model, method, data, predictions)
-            write_npz(self.results / HEATMAPS, ids=np.array(ids, dtype=str), maps=maps)
+            write_npz(self.results / ds.HEATMAPS, ids=np.array(ids, dtype=str), maps=maps)
 
     def predict(self, model, X: dict, split: str) -> pd.DataFrame:
         # Models get shallow copies of X: one that pops or replaces a key does not break later stages.

@@ -36,23 +36,17 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-
 import hygieia
 from hygieia import dataset as ds
-from hygieia.errors import HygieiaError
-from hygieia.files import (npz_headers, require_dir, require_file_or_dir, writable_dir, write_csv, write_json,
-                           write_npz)
+from hygieia.dataset import IngestionFailed
+from hygieia.errors import DataError, HygieiaError
+from hygieia.files import require_dir, require_file_or_dir, writable_dir, write_csv, write_json, write_npz
 from hygieia.submission import child
 from hygieia.submission.api import check_labels, check_probabilities
 from hygieia.submission.loading import MAX_BYTES_ENV, MAX_ENTRIES_ENV, open_submission, unwrap
 from hygieia.submission.processes import become_subreaper, children, kill_all
 
-PREDICTIONS = child.PREDICTIONS
-HEATMAPS = child.HEATMAPS
-REPORT = "ingestion.json"
-PREDICTION_COLUMNS = ["id", "proba", "label"]
-WORKER_METADATA = "metadata"  # Codabench's worker writes it after ingestion; a submission must not
+PREDICTIONS, HEATMAPS, REPORT, WORKER_METADATA = ds.PREDICTIONS, ds.HEATMAPS, ds.INGESTION_REPORT, ds.WORKER_METADATA
 
 TIME_BUDGET_ENV = "HYGIEIA_TIME_BUDGET"
 BUDGET_FILE = "budget.json"  # {"time_budget_s": S} in the ingestion program's folder, from the bundle builder
@@ -69,14 +63,6 @@ CHILD_STAGES = ("load", "import", "fit", "predict", "explain")
 MESSAGE_LIMIT = 1 << 20  # bytes of one progress line from the submission's process
 ROW_BYTES = 200  # the most a line of predictions.csv may take (id, proba, label)
 TRACEBACK_LIMIT = 20_000  # characters of the submission's traceback kept in ingestion.json
-
-
-class RunFailed(HygieiaError):
-    """The run failed; ``traceback`` is the failing process's own when there is one."""
-
-    def __init__(self, message: str, traceback: str | None = None):
-        super().__init__(message)
-        self.traceback = traceback
 
 
 class Interrupted(BaseException):
@@ -241,36 +227,36 @@ class Ingestion:
             self.child["unreadable"] += 1
 
     def check_child_finished(self) -> None:
-        """Raise RunFailed unless the submission's process ended by finishing every stage."""
+        """Raise IngestionFailed unless the submission's process ended by finishing every stage."""
         stage = self.report["stage"]
         error, status = self.child["error"], self.exit_status
         if self.over_budget:
-            raise RunFailed(f"time budget of {self.budget:g} s ({self.report['time_budget_source']}) exceeded "
-                            f"during {stage}; the submission's processes were stopped")
+            raise IngestionFailed(f"time budget of {self.budget:g} s ({self.report['time_budget_source']}) exceeded "
+                                  f"during {stage}; the submission's processes were stopped")
         if error is not None:
-            raise RunFailed(error["message"], str(error.get("traceback") or "")[-TRACEBACK_LIMIT:])
+            raise IngestionFailed(error["message"], str(error.get("traceback") or "")[-TRACEBACK_LIMIT:])
         if status is not None and status < 0:
             try:
                 name = signal.Signals(-status).name
             except ValueError:
                 name = str(-status)
-            raise RunFailed(f"the submission's process was killed by signal {name} during {stage}"
-                            + (" (out of memory?)" if -status == signal.SIGKILL else ""))
+            raise IngestionFailed(f"the submission's process was killed by signal {name} during {stage}"
+                                  + (" (out of memory?)" if -status == signal.SIGKILL else ""))
         if not self.child["finished"] or status != 0:
-            raise RunFailed(f"the submission's process exited with status {status} during {stage} without "
-                            f"finishing (os._exit() or exit() from the submission, or an atexit handler?)")
+            raise IngestionFailed(f"the submission's process exited with status {status} during {stage} without "
+                                  f"finishing (os._exit() or exit() from the submission, or an atexit handler?)")
         if self.child["unreadable"]:
-            raise RunFailed(f"the submission's process sent {self.child['unreadable']} unreadable progress "
-                            f"message(s) to ingestion")
+            raise IngestionFailed(f"the submission's process sent {self.child['unreadable']} unreadable progress "
+                                  f"message(s) to ingestion")
         if HEATMAPS not in self.report["files"]:
-            raise RunFailed("the submission's process finished without writing its heatmaps")
+            raise IngestionFailed("the submission's process finished without writing its heatmaps")
 
     def publish(self, results: Path) -> None:
         """Check what the submission's process left in ``results``; write it to the output folder."""
         if not (results / PREDICTIONS).is_file():
             return
         predictions = self.checked_predictions(results / PREDICTIONS)
-        write_csv(self.output / PREDICTIONS, predictions[PREDICTION_COLUMNS])
+        write_csv(self.output / PREDICTIONS, predictions[ds.PREDICTION_COLUMNS])
         self.report["files"].append(PREDICTIONS)
         for split in ds.SCORED_SPLITS:
             positive = predictions["label"][predictions["split"] == split]
@@ -287,10 +273,10 @@ class Ingestion:
         what = f"{PREDICTIONS} of the submission's process"
         expected = [i for split in ds.SCORED_SPLITS for i in self.ids[split]]
         if path.stat().st_size > ROW_BYTES * (len(expected) + 1):
-            raise RunFailed(f"{what}: {path.stat().st_size} bytes, too large for {len(expected)} rows")
-        table = ds.read_table(path, PREDICTION_COLUMNS)
+            raise IngestionFailed(f"{what}: {path.stat().st_size} bytes, too large for {len(expected)} rows")
+        table = ds.read_table(path, ds.PREDICTION_COLUMNS)
         if table["id"].tolist() != expected:
-            raise RunFailed(f"{what}: its ids are not the valid and test ids in order")
+            raise IngestionFailed(f"{what}: its ids are not the valid and test ids in order")
         table["split"] = [split for split in ds.SCORED_SPLITS for _ in self.ids[split]]
         for split in ds.SCORED_SPLITS:
             rows = table["split"] == split
@@ -299,22 +285,15 @@ class Ingestion:
         return table
 
     def checked_heatmaps(self, path: Path, predictions):
-        what = f"{HEATMAPS} of the submission's process"
         positives = predictions["id"][predictions["label"] == 1].tolist() if self.report["explanation"] else []
-        expected = {"ids": (len(positives),), "maps": (len(positives), *self.shape)}
+        what = f"{HEATMAPS} of the submission's process"
         try:
-            shapes = {name: shape for name, (shape, _dtype) in npz_headers(path).items()}
-        except (OSError, ValueError) as err:
-            raise RunFailed(f"{what}: unreadable ({err})") from err
-        if shapes != expected:
-            raise RunFailed(f"{what}: arrays {shapes}; expected {expected}")
-        with np.load(path, allow_pickle=False) as archive:
-            ids, maps = archive["ids"], archive["maps"]
-        if ids.astype(str).tolist() != positives:
-            raise RunFailed(f"{what}: its ids are not the predicted positives in order")
-        if maps.dtype != np.float16 or not np.isfinite(maps).all() or (maps < 0).any() or (maps > 1).any():
-            raise RunFailed(f"{what}: maps must be float16 in [0, 1]")
-        return ids.astype(str), maps
+            ids, maps = ds.read_heatmaps(path, self.shape, limit=len(positives), name=what)
+        except DataError as err:
+            raise IngestionFailed(str(err)) from err
+        if ids.tolist() != positives:
+            raise IngestionFailed(f"{what}: its ids are not the predicted positives in order")
+        return ids, maps
 
     def remove_foreign_outputs(self, present_before: set[str]) -> None:
         """Output files that this run did not write (the submission's forgeries, or stale ones) go."""
@@ -325,7 +304,7 @@ class Ingestion:
         forged = self.output / WORKER_METADATA
         if WORKER_METADATA not in present_before and forged.is_file():
             forged.unlink()
-            raise RunFailed(f"the submission's process wrote {forged}, the worker's own file (removed)")
+            raise IngestionFailed(f"the submission's process wrote {forged}, the worker's own file (removed)")
 
     def fail(self, err: BaseException) -> str:
         stage = self.report["stage"]
@@ -364,7 +343,7 @@ def run_ingestion(input_dir, output_dir, submission, time_budget_s: float | None
         run.closed = True
         try:
             run.remove_foreign_outputs(present_before)
-        except RunFailed as err:
+        except IngestionFailed as err:
             failure = failure or err
         if failure is not None:
             print(run.fail(failure), file=sys.stderr)
@@ -396,11 +375,6 @@ def read_budget(program_dir: Path | None) -> tuple[float, str]:
     if not budget > 0:
         raise HygieiaError(f"{source}: time budget {value!r}: expected a positive number of seconds")
     return budget, source
-
-
-def budget_from_env() -> float:
-    """``$HYGIEIA_TIME_BUDGET`` or the default (no program folder)."""
-    return read_budget(None)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
