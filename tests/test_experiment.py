@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from hygieia import dataset as ds
 from hygieia.experiment import counterfactual as cf
-from hygieia.experiment.report import Results, findings, separation, separation_auroc
+from hygieia.experiment.findings import Results, findings, separation, separation_auroc
 from hygieia.boxes import box_mask
 
 # Resampling (Lanczos) and the phantom's JPEG blocks let a marker change pixels this close to its box.
