@@ -107,7 +107,8 @@ def probe_cost(plain: dict, probed: dict, n_probes: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs=3, default=(10_000, 2_000, 2_000), metavar=("TRAIN", "VALID", "TEST"))
+    parser.add_argument("--sizes", type=int, nargs=3, default=(10_000, 2_000, 2_000),
+                        metavar=("TRAIN", "VALID", "TEST"))
     parser.add_argument("--out", type=Path, default=None, help="folder for data and outputs (default: a temporary one)")
     parser.add_argument("--ratio-images", type=int, default=256, help="images for the forward/Grad-CAM ratio")
     parser.add_argument("--probe-share", type=float, default=0.1,

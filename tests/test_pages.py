@@ -21,7 +21,8 @@ from hygieia.errors import HygieiaError
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (60, 25, 15)  # all different, so a swapped split shows
 # "N = 2,000", "2,000 images", "150 training images", "the 50 validation images" ...
-STATED_SIZE = re.compile(r"\bN = (\d[\d,]*)|(?<![\w,×])(?<!than )(?<!under )(\d[\d,]*) (?:(?:training|validation|test) )?(?:images|crops)\b")
+STATED_SIZE = re.compile(r"\bN = (\d[\d,]*)|(?<![\w,×])(?<!than )(?<!under )(\d[\d,]*) "
+                         r"(?:(?:training|validation|test) )?(?:images|crops)\b")
 
 
 def stated_sizes(text: str) -> set[int]:

@@ -291,7 +291,8 @@ def test_bad_design_options_are_refused_before_the_work(tmp_path, weights_path, 
                 hidden_ap_share=None, weights=weights_path, progress=False)
     for option, value, message in (("--hidden-ap-share", "1.5", "--hidden-ap-share must lie in [0, 1]"),
                                    ("--probe-share", "-0.1", "--probe-share must lie in [0, 1]"),
-                                   ("--id-secret-file", str(tmp_path / "none.txt"), "none.txt (from --id-secret-file)")):
+                                   ("--id-secret-file", str(tmp_path / "none.txt"),
+                                    "none.txt (from --id-secret-file)")):
         assert prepare_main([str(rsna), str(tmp_path / "out"), option, value, "--weights", str(weights_path)]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

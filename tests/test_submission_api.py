@@ -13,7 +13,8 @@ from hygieia.submission.loading import (describe_error, find_model_file, import_
                                         open_submission, zip_submission)
 
 IDS = [f"v{i}" for i in range(5)]
-GOOD_MODEL = "class Model:\n    def fit(self, X, y):\n        pass\n\n    def predict_proba(self, X):\n        return [0.5] * len(X['ids'])\n"
+GOOD_MODEL = ("class Model:\n    def fit(self, X, y):\n        pass\n\n"
+              "    def predict_proba(self, X):\n        return [0.5] * len(X['ids'])\n")
 
 
 def test_probabilities_accept_lists_tensors_and_arrays():
@@ -133,7 +134,8 @@ def test_zip_is_unpacked_and_unsafe_entries_refused(tmp_path):
 
 
 def test_import_names_the_line_of_a_syntax_error(tmp_path):
-    folder = write(tmp_path / "s", {"model.py": "import numpy\n\nclass Model:\n    def fit(self X, y):\n        pass\n"})
+    folder = write(tmp_path / "s", {"model.py": "import numpy\n\nclass Model:\n    def fit(self X, y):\n"
+                                                "        pass\n"})
     with pytest.raises(SubmissionError, match=r"importing model.py failed: model.py line 4: SyntaxError: "):
         import_model_class(folder)
 

@@ -140,7 +140,8 @@ def test_tabular_sample_finishes_with_every_leaderboard_key(bundle_dir, tmp_path
     monkeypatch.chdir(tmp_path)  # a relative --out, as `hygieia demo` and `hygieia run` get by default
     result = run_submission(ROOT / "sample_submission_tabular", bundle_dir, out_dir=Path("run"), echo=False)
     assert result.status == "Finished", result.report()
-    assert sorted(result.scores) == sorted(set(SCORE_KEYS) - set(NULLABLE_KEYS))  # the fake data have no probes: no shortcut gap
+    # the fake data have no probes: no shortcut gap
+    assert sorted(result.scores) == sorted(set(SCORE_KEYS) - set(NULLABLE_KEYS))
     assert [title for title, _ in result.row][0] == "Accuracy"
     assert result.detailed_results == tmp_path / "run" / "scoring" / "output" / "detailed_results.html"
     metadata = yaml.safe_load((tmp_path / "run" / "scoring" / "input" / "res" / "metadata").read_text())
@@ -296,13 +297,15 @@ def attempt(action):
 class Model:
     def fit(self, X, y):
         report = {{
-            "rewrite_scoring": attempt(lambda: (BUNDLE / "scoring_program" / "score.py").write_text("raise SystemExit(0)")),
+            "rewrite_scoring": attempt(lambda: (BUNDLE / "scoring_program" / "score.py")
+                                       .write_text("raise SystemExit(0)")),
             "read_reference": attempt(lambda: (BUNDLE / "reference_data" / "valid" / "labels.csv").read_text()),
             "rewrite_ingestion": attempt(lambda: Path("ingestion.py").write_text("")),
             "network": attempt(lambda: socket.create_connection(("1.1.1.1", 53), timeout=3)),
         }}
         (OUT / "hostile.json").write_text(json.dumps(report))
-        code = "import time, pathlib\\nwhile True:\\n    pathlib.Path({beat!r}).write_text(str(time.time())); time.sleep(0.2)"
+        code = ("import time, pathlib\\nwhile True:\\n"
+                "    pathlib.Path({beat!r}).write_text(str(time.time())); time.sleep(0.2)")
         subprocess.Popen([sys.executable, "-c", code, "{marker}"], start_new_session=True,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

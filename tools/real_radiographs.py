@@ -207,7 +207,8 @@ def interval(value, ci) -> str:
 
 def markdown(rows: list[dict]) -> str:
     lines = ["| model | split | accuracy | AUROC | worst-group accuracy [95% CI] (group) | shortcut gap [95% CI] "
-             "(probes called +, view-matched FP rate) | gap without view matching | " + " | ".join(EXPLANATION_KEYS) + " |",
+             "(probes called +, view-matched FP rate) | gap without view matching | "
+             + " | ".join(EXPLANATION_KEYS) + " |",
              "|---|---|---|---|---|---|---|" + "---|" * len(EXPLANATION_KEYS)]
     for r in rows:
         gap = ("n/a (whole films: no probes)" if r["shortcut_gap"] is None else

@@ -75,7 +75,8 @@ def accuracy_halfwidth(n: int) -> str:
 def page_values(data_dir: Path, counts: dict[str, int], side: int, competition: dict) -> dict[str, str]:
     """Every placeholder's text, from the prepared data in ``data_dir`` and the filled competition."""
     data_dir = Path(data_dir)
-    labels = {"train": ds.read_table(data_dir / ds.INPUT_DIR / "train" / ds.LABELS, ds.LABEL_COLUMNS)["label"].to_numpy()}
+    train_labels = ds.read_table(data_dir / ds.INPUT_DIR / "train" / ds.LABELS, ds.LABEL_COLUMNS)
+    labels = {"train": train_labels["label"].to_numpy()}
     labels.update({split: scored_labels(data_dir, split) for split in ds.SCORED_SPLITS})
     limits = [phase["execution_time_limit"] for phase in competition.get("phases", [])
               if "execution_time_limit" in phase]

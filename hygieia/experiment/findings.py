@@ -73,7 +73,8 @@ def describe_model(results: Results, version: str, train: str, label: str) -> st
     return (f"**{VERSION_TITLES[version]}**, trained with {label}: accuracy {fmt(acc_conf)} on the confounded "
             f"test and {fmt(acc_clean)} on the clean test ({acc_conf - acc_clean:+.3f}); pasting the marker onto "
             f"the negatives flips {fmt(flip, True)} of the test predictions (clean-trained control: "
-            f"{fmt(control, True)}). The model {'**uses the marker**' if uses else 'does not measurably use the marker'}.")
+            f"{fmt(control, True)}). The model "
+            f"{'**uses the marker**' if uses else 'does not measurably use the marker'}.")
 
 
 def cropping_finding(results: Results, strength: float) -> str | None:
@@ -111,11 +112,13 @@ def explanation_finding(results: Results, version: str, train: str, label: str) 
     grid = ""
     if np.isfinite(side) and explained > 0:
         relation = "smaller than" if side < cell else "at least as large as"
-        grid = (f" The marker is about {side:.0f} px a side on average, {relation} one cell of the {GRADCAM_GRID}×{GRADCAM_GRID} Grad-CAM grid ({cell:.0f} px): the "
-                "upsampled map cannot be sharper than a cell, so mass on the marker spreads over its neighbourhood.")
+        grid = (f" The marker is about {side:.0f} px a side on average, {relation} one cell of the "
+                f"{GRADCAM_GRID}×{GRADCAM_GRID} Grad-CAM grid ({cell:.0f} px): the upsampled map cannot be "
+                "sharper than a cell, so mass on the marker spreads over its neighbourhood.")
     mass_text = (f"Of the heatmap mass of the {explained:.0f} explained images (predicted positives) of the "
                  f"confounded test that show the marker, {fmt(mass, True)} falls on the marker box; the marker covers "
-                 f"{fmt(area, True)} of the images that show it (about what a uniform map would put there)." if explained > 0 else
+                 f"{fmt(area, True)} of the images that show it (about what a uniform map would put there)."
+                 if explained > 0 else
                  "None of the explained images (predicted positives) of the confounded test shows the marker.")
     return (f"**{VERSION_TITLES[version]}**, {label}: activation_in_box on the confounded test is {fmt(score)} vs "
             f"{fmt(control)} for the clean-trained model on the clean test — it {verdict}; the pointing game is "
@@ -142,8 +145,9 @@ def findings(results: Results) -> list[str]:
                          f"(flip rate {flip}).")
     if "features" in results.versions:
         uses = reliance(results, "features", corner(top)) > RELIANCE
-        lines.append(f"The tabular features, computed from whole radiographs, "
-                     f"{'**carry the edge marker** into a model trained on them' if uses else 'did not let the model pick up the edge marker'} "
+        verdict = ("**carry the edge marker** into a model trained on them" if uses
+                   else "did not let the model pick up the edge marker")
+        lines.append(f"The tabular features, computed from whole radiographs, {verdict} "
                      f"(flip rate {fmt(results.flip('features', corner(top)), True)} vs "
                      f"{fmt(results.flip('features', 'clean'), True)} for the clean-trained model).")
     for version in [v for v in results.versions if v != "features"]:
@@ -288,9 +292,11 @@ def classification_table(results: Results) -> pd.DataFrame:
         for train in results.table.loc[results.table["version"] == version, "train"].drop_duplicates():
             get = lambda s, k: results.get(version, train, s, k)  # noqa: E731
             rows.append({"version": version, "trained on": train,
-                         "acc clean": fmt(get("clean", "accuracy")), "acc confounded": fmt(get("confounded", "accuracy")),
+                         "acc clean": fmt(get("clean", "accuracy")),
+                         "acc confounded": fmt(get("confounded", "accuracy")),
                          "acc counterfactual": fmt(get("counterfactual", "accuracy")),
-                         "F-beta2 clean": fmt(get("clean", "fbeta2")), "F-beta2 confounded": fmt(get("confounded", "fbeta2")),
+                         "F-beta2 clean": fmt(get("clean", "fbeta2")),
+                         "F-beta2 confounded": fmt(get("confounded", "fbeta2")),
                          "AUROC clean": fmt(get("clean", "auroc")), "AUROC confounded": fmt(get("confounded", "auroc")),
                          "flip rate": fmt(results.flip(version, train), True),
                          "flips of negatives": fmt(get("counterfactual", "flip_rate_negatives"), True)})

@@ -229,7 +229,8 @@ def build_run_input(run_dir: Path, train_root: Path, eval_roots: dict[str, Path]
     test = the others' test splits, ids tagged with the set's name; ``run_dir/ref/<set>`` to score each."""
     inputs = run_dir / ds.INPUT_DIR
     shutil.copytree(train_root / ds.INPUT_DIR / "train", inputs / "train", dirs_exist_ok=True)
-    parts = [(name, root / ds.INPUT_DIR / "test", root / ds.REFERENCE_DIR / "test") for name, root in eval_roots.items()]
+    parts = [(name, root / ds.INPUT_DIR / "test", root / ds.REFERENCE_DIR / "test")
+             for name, root in eval_roots.items()]
     _concat_splits(parts[:1], inputs / "valid")
     _concat_splits(parts[1:], inputs / "test")
     for name, _, ref in parts:

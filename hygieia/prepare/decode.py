@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hygieia.errors import DataError
 from hygieia.boxes import boxes_in_window, scale_boxes
+from hygieia.errors import DataError
 from hygieia.prepare.crops import crop_image, resize_image
 from hygieia.prepare.features import feature_input
 from hygieia.rsna.dicom import read_dicom

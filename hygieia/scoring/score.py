@@ -129,7 +129,8 @@ def explanation_results(split: ScoredSplit, measured: dict) -> dict:
 def blind_results(split: ScoredSplit) -> dict:
     """The box-blind maps' mean scores on every positive of the split, and the best of them (the
     explanation columns' chance references)."""
-    maps = {name: {m.key: blind.measured(m)["value"] for m in mt.MAP_METRICS} for name, blind in split.box_blind.items()}
+    maps = {name: {m.key: blind.measured(m)["value"] for m in mt.MAP_METRICS}
+            for name, blind in split.box_blind.items()}
     return {"maps": maps, "best": {m.key: m.chance_reference(split) for m in mt.MAP_METRICS},
             "prior_reference": xp.prior_reference(split.ref["box_prior"])}
 
