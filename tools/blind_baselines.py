@@ -29,7 +29,7 @@ from hygieia.errors import DataError  # noqa: E402
 from hygieia.scoring import blind_maps, groups  # noqa: E402
 from hygieia.scoring import classification as cls  # noqa: E402
 from hygieia.scoring import explanation as xp  # noqa: E402
-from hygieia.scoring.metrics import EXPLANATION_KEYS, MAP_METRICS, image_rows  # noqa: E402
+from hygieia.scoring.metrics import BY_KEY, EXPLANATION_KEYS, MAP_METRICS, image_rows  # noqa: E402
 
 
 def training_prior(data_dir: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -91,7 +91,7 @@ def split_report(data_dir: Path, split: str) -> dict:
             "box_prior.npy" if ref["prior"] is not None else "training boxes (computed here)",
             "prior_peak": float(prior.max()), "mean_box_share": share,
             "best_fixed_activation_over_box_share": best_fixed / share, "maps": maps,
-            "view_only_rule": {"accuracy": float((rule == ref["labels"]).mean()),
+            "view_only_rule": {"accuracy": float(BY_KEY["accuracy"].rate(cls.Counts.of(ref["labels"], rule))),
                                "worst_group_accuracy": worst["value"], "worst_group_ci": worst["ci"],
                                "worst_group": worst["group"]}}
 

@@ -212,13 +212,11 @@ def separation_auroc(uses: np.ndarray, values: np.ndarray, sorting: str) -> floa
     """AUROC of a score as a detector of marker use: a model that uses the marker should score worse,
     so the suspicion is −value for a higher-is-better score (``desc``), +value otherwise. NaN when the
     models measured are all of one kind."""
-    from sklearn.metrics import roc_auc_score
-
     keep = np.isfinite(values)
     uses, values = np.asarray(uses, bool)[keep], np.asarray(values, np.float64)[keep]
     if uses.all() or not uses.any():
         return float("nan")
-    return float(roc_auc_score(uses, -values if sorting == "desc" else values))
+    return BY_KEY["auroc"].score(uses.astype(int), -values if sorting == "desc" else values)
 
 
 def separation(models: pd.DataFrame) -> pd.DataFrame:

@@ -19,7 +19,6 @@ worker's file and is never written here.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -45,6 +44,8 @@ DETAILED_HTML = "detailed_results.html"
 BASELINE_SCORES = "baseline_scores.json"   # optional, in the reference folder: {key: value}
 DIGITS = 6
 CODABENCH_PATHS = ("/app/input/ref", "/app/input/res", "/app/output")
+AS_ALL_ZERO_MAPS = ("the explanation columns score as all-zero maps do: 0, and minus the box prior's peak on "
+                    "activation_over_prior")
 
 
 def clean(value):
@@ -80,10 +81,7 @@ def read_baseline(ref_dir: str | Path) -> dict | None:
     path = Path(ref_dir) / BASELINE_SCORES
     if not path.is_file():
         return None
-    try:
-        scores = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from err
+    scores = ds.read_json(path)
     if not isinstance(scores, dict) or not all(v is None or isinstance(v, (int, float))
                                                for v in scores.values()):
         raise DataError(f"{path}: expected an object of numbers keyed by score key")
@@ -103,12 +101,10 @@ def explanation_results(split: ScoredSplit, measured: dict) -> dict:
               "all_zero_ids": zero, "reason": None, "images": []}
     if split.heatmaps is None:
         result["reason"] = ("the submission offers no explanation (its Model has neither explain() nor "
-                            "gradcam_target()), so the explanation columns score as all-zero maps do: 0, "
-                            "and minus the box prior's peak on activation_over_prior")
+                            "gradcam_target()), so " + AS_ALL_ZERO_MAPS)
     elif split.maps is None:
-        result["reason"] = ("the model predicted no true positive, so there is no heatmap to assess "
-                            "and the explanation columns score as all-zero maps do: 0, and minus the box "
-                            "prior's peak on activation_over_prior")
+        result["reason"] = ("the model predicted no true positive, so there is no heatmap to assess and "
+                            + AS_ALL_ZERO_MAPS)
     else:
         result["images"] = mt.image_rows(split.maps, split.true_positive_ids)
     result["means"] = {m.key: measured[m.key]["value"] for m in mt.MAP_METRICS}
