@@ -216,7 +216,7 @@ class Ingestion:
         elif kind == "info" and isinstance(value, dict):
             if isinstance(value.get("device"), str):
                 self.report["device"] = value["device"][:200]
-            if value.get("explanation") in ("explain", "gradcam", None) and "explanation" in value:
+            if value.get("explanation") in (*ds.EXPLANATION_METHODS, None) and "explanation" in value:
                 self.report["explanation"] = value["explanation"]
             self.save()
         elif kind == "error" and isinstance(value, dict) and isinstance(value.get("message"), str):
