@@ -17,25 +17,41 @@ def as_boxes(boxes) -> np.ndarray:
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
 
 
-def box_mask(boxes, shape: tuple[int, int]) -> np.ndarray:
-    """Union mask (H, W) of the boxes: pixels whose centre lies inside at least one box."""
+def box_masks(boxes_per_image, shape: tuple[int, int]) -> np.ndarray:
+    """(N, H, W) bool: for each image, the union mask of its boxes, the pixels whose centre lies inside
+    at least one of them."""
     height, width = shape
-    ys = np.arange(height) + 0.5
-    xs = np.arange(width) + 0.5
-    mask = np.zeros(shape, dtype=bool)
-    for x, y, w, h in as_boxes(boxes):
-        rows = (ys >= y) & (ys < y + h)
-        cols = (xs >= x) & (xs < x + w)
-        mask |= rows[:, None] & cols[None, :]
-    return mask
+    boxes = [as_boxes(b) for b in boxes_per_image]
+    counts = np.array([len(b) for b in boxes], dtype=int)
+    masks = np.zeros((len(boxes), height, width), dtype=bool)
+    if not counts.sum():
+        return masks
+    x, y, w, h = np.concatenate(boxes).T[:, :, None]
+    ys, xs = np.arange(height) + 0.5, np.arange(width) + 0.5
+    rows, cols = (ys >= y) & (ys < y + h), (xs >= x) & (xs < x + w)          # (K, H), (K, W)
+    owner = np.repeat(np.arange(len(boxes)), counts)
+    rank = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)  # a box's place in its image
+    for r in range(counts.max()):  # each image at most once per pass
+        pick = rank == r
+        masks[owner[pick]] |= rows[pick, :, None] & cols[pick, None, :]
+    return masks
+
+
+def box_mask(boxes, shape: tuple[int, int]) -> np.ndarray:
+    """Union mask (H, W) of one image's boxes (``box_masks``)."""
+    return box_masks([boxes], shape)[0]
 
 
 def mass_share(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """Share of each map's total mass that lies in its mask, Σ A·M / Σ A, over the last two axes
-    (maps and masks broadcast); 0 for an all-zero map."""
+    (maps and masks broadcast; one (H, W) map against (N, H, W) masks is one matrix product); 0 for an
+    all-zero map."""
     maps = np.asarray(maps, dtype=np.float64)
     total = maps.sum(axis=(-2, -1))
-    inside = (maps * masks).sum(axis=(-2, -1))
+    if maps.ndim == 2 and np.ndim(masks) == 3:
+        inside = np.reshape(masks, (len(masks), -1)) @ maps.ravel()
+    else:
+        inside = (maps * masks).sum(axis=(-2, -1))
     return np.divide(inside, total, out=np.zeros(np.shape(inside)), where=total > 0)
 
 

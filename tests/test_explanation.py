@@ -88,9 +88,10 @@ def test_pointing_game_shares_ties():
 
 def test_the_batched_form_scores_each_map_as_alone_and_one_map_for_all():
     """One map per image gives each image's score alone; one map for every image (a box-blind map) gives
-    that map's score on each image: the form the chance references use."""
+    that map's score on each image: the form the chance references use. To the last digit for maps as
+    ingestion stores them (float16: their sums are exact in float64)."""
     rng = np.random.default_rng(3)
-    maps = [blob(SHAPE, *rng.uniform(5, 35, 2), rng.uniform(2, 10)) for _ in range(6)]
+    maps = [blob(SHAPE, *rng.uniform(5, 35, 2), rng.uniform(2, 10)).astype(np.float16) for _ in range(6)]
     boxes = [np.array([[*rng.uniform(0, 20, 2), *rng.uniform(5, 20, 2)]]) for _ in range(5)]
     boxes.append(np.vstack([boxes[0], [[25.0, 25.0, 10.0, 10.0]]]))  # two boxes
     prior = np.mean([box_mask(b, SHAPE) for b in boxes], axis=0)

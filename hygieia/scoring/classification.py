@@ -8,6 +8,7 @@ of the scores. The bootstrap resamples the images with replacement (fixed seed),
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -128,11 +129,15 @@ def weighted_auroc(y_true: np.ndarray, proba: np.ndarray, weights: np.ndarray) -
     return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
 
 
+@functools.lru_cache(maxsize=8)
 def bootstrap_counts(n: int, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
-    """(B, n) times each image is drawn in each of B resamples of n images with replacement."""
+    """(B, n) times each image is drawn in each of B resamples of n images with replacement (read-only:
+    drawn once for every metric of the same n)."""
     drawn = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
     drawn += np.arange(n_resamples)[:, None] * n
-    return np.bincount(drawn.ravel(), minlength=n_resamples * n).reshape(n_resamples, n)
+    counts = np.bincount(drawn.ravel(), minlength=n_resamples * n).reshape(n_resamples, n)
+    counts.flags.writeable = False
+    return counts
 
 
 def percentile_interval(samples: np.ndarray, level: float = CI_LEVEL) -> list[float] | None:

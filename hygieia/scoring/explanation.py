@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from hygieia.boxes import as_boxes, box_iou, box_mask, broadcast_iou, mass_share, rectangle_to_box
+from hygieia.boxes import as_boxes, box_masks, broadcast_iou, mass_share, rectangle_to_box
 
 FRACTION_95 = 0.95
 # Sums of many float16-derived values are rounded; "at least 95%" allows this much relative slack.
@@ -64,7 +64,7 @@ class Maps:
     @functools.cached_property
     def masks(self) -> np.ndarray:
         """(N, H, W) bool: each image's box mask."""
-        return np.array([box_mask(b, self.shape) for b in self.boxes], dtype=bool).reshape(len(self), *self.shape)
+        return box_masks(self.boxes, self.shape)
 
     @functools.cached_property
     def rectangles(self) -> list:
@@ -86,7 +86,7 @@ class Maps:
 def activation_in_box(maps: Maps) -> np.ndarray:
     """Share of each map's total activation that falls inside its image's boxes, Σ A·M / Σ A
     (Arras et al. 2022's relevance mass accuracy)."""
-    return mass_share(maps.maps, maps.masks)
+    return mass_share(maps.maps[0] if len(maps.maps) == 1 else maps.maps, maps.masks)
 
 
 def prior_reference(prior: np.ndarray) -> float:
@@ -119,9 +119,15 @@ def pointing_game(maps: Maps) -> np.ndarray:
 def iou_95(maps: Maps) -> np.ndarray:
     """IoU of each map's 95% rectangle (as a box) with the best-matching box of its image (Chen et al.
     2019's protocol); 0 for an all-zero map."""
-    return np.array([float(box_iou(rectangle_to_box(maps.rectangles[k]), boxes).max())
-                     if maps.rectangles[k] is not None and len(boxes) else 0.0
-                     for k, boxes in zip(maps.owner, maps.boxes)])
+    result = np.zeros(len(maps))
+    counts = np.array([len(b) for b in maps.boxes], dtype=int)
+    where = [i for i, k in enumerate(maps.owner) if maps.rectangles[k] is not None and counts[i]]
+    if not where:
+        return result
+    rectangles = np.array([rectangle_to_box(maps.rectangles[maps.owner[i]]) for i in where])
+    ious = broadcast_iou(np.repeat(rectangles, counts[where], axis=0), np.concatenate([maps.boxes[i] for i in where]))
+    result[where] = np.maximum.reduceat(ious, np.cumsum(counts[where]) - counts[where])
+    return result
 
 
 def cc_map_by_tau(maps: Maps) -> np.ndarray:

@@ -16,7 +16,8 @@ The kinds of metric:
 - ``RankMetric``: a function of the probabilities (AUROC) and its resampled form;
 - ``SplitMetric``: a function of the whole split that returns its value, interval and details
   (worst-group accuracy, the shortcut gap). A metric that needs new inputs (an array that ingestion
-  writes, read into ``split.run``) is one entry of this kind;
+  writes, read into ``split.run``) is one entry of this kind, with ``blind="box"`` when its chance
+  reference is the box-blind maps';
 - ``MapMetric``: a measure of each explained true positive's map, in the batched form of
   ``explanation.Maps``; the column is its mean, and its chance reference runs the same measure on the
   box-blind maps.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 
@@ -51,18 +53,25 @@ class Metric:
     _: dataclasses.KW_ONLY
     precision: int = 4
     nullable: bool = False          # None (and left out of scores.json) where the split cannot measure it
+    blind: str = ""                 # "label" (constant rules) or "box" (box-blind maps); "": the kind's own
+    default_blind: ClassVar[str] = "label"
 
     def measure(self, split: ScoredSplit) -> dict:
         """{"value": float (None where the split cannot measure it), "ci": [low, high] or None, ...}."""
         raise NotImplementedError
 
+    def value(self, split: ScoredSplit) -> float | None:
+        """The value alone (what the chance reference needs of each blind version)."""
+        return split.measured(self)["value"]
+
     def blind_versions(self, split: ScoredSplit) -> dict[str, ScoredSplit]:
-        """The split answered without looking at the images: the constant rules."""
-        return split.label_blind
+        """The split answered without looking at the images: by the constant rules (``label``), or with
+        every positive explained by the same box-blind map (``box``)."""
+        return {"label": split.label_blind, "box": split.box_blind}[self.blind or self.default_blind]
 
     def chance_reference(self, split: ScoredSplit) -> float | None:
         """The best score of the blind versions of the split (None where none is measured)."""
-        values = [blind.measured(self)["value"] for blind in self.blind_versions(split).values()]
+        values = [self.value(blind) for blind in self.blind_versions(split).values()]
         values = [value for value in values if value is not None]
         if not values:
             return None
@@ -75,7 +84,10 @@ class CountMetric(Metric):
     rate: Callable[[cls.Counts], np.ndarray]
 
     def measure(self, split: ScoredSplit) -> dict:
-        return {"value": float(self.rate(split.counts)), "ci": cls.percentile_interval(self.rate(split.resampled))}
+        return {"value": self.value(split), "ci": cls.percentile_interval(self.rate(split.resampled))}
+
+    def value(self, split: ScoredSplit) -> float:
+        return float(self.rate(split.counts))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +98,11 @@ class RankMetric(Metric):
     resampled: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
     def measure(self, split: ScoredSplit) -> dict:
-        return {"value": self.score(split.truth, split.scored_proba),
+        return {"value": self.value(split),
                 "ci": cls.percentile_interval(self.resampled(split.truth, split.scored_proba, split.weights))}
+
+    def value(self, split: ScoredSplit) -> float:
+        return self.score(split.truth, split.scored_proba)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +119,7 @@ class MapMetric(Metric):
     """The mean of ``per_image(maps)`` over the explained true positives (probes left out); what an
     all-zero map scores where there is no map to assess. Chance: the best box-blind map."""
     per_image: Callable[[xp.Maps], np.ndarray]
+    default_blind: ClassVar[str] = "box"
 
     def measure(self, split: ScoredSplit) -> dict:
         if split.maps is None:
@@ -111,13 +127,12 @@ class MapMetric(Metric):
         values = split.maps.score(self.per_image)
         return {"value": float(values.mean()), "ci": cls.bootstrap_mean(values), "images": values}
 
+    def value(self, split: ScoredSplit) -> float:
+        return self.missing(split) if split.maps is None else float(split.maps.score(self.per_image).mean())
+
     def missing(self, split: ScoredSplit) -> float:
         """What an all-zero map (or a missing one) scores on this split."""
         return float(split.zero_map.score(self.per_image)[0])
-
-    def blind_versions(self, split: ScoredSplit) -> dict[str, ScoredSplit]:
-        """The split with every positive explained by the same box-blind map."""
-        return split.box_blind
 
 
 def worst_group(split: ScoredSplit) -> dict:

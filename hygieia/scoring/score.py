@@ -125,7 +125,7 @@ def explanation_results(split: ScoredSplit, measured: dict) -> dict:
 def blind_results(split: ScoredSplit) -> dict:
     """The box-blind maps' mean scores on every positive of the split, and the best of them (the
     explanation columns' chance references)."""
-    maps = {name: {m.key: blind.measured(m)["value"] for m in mt.MAP_METRICS}
+    maps = {name: {m.key: m.value(blind) for m in mt.MAP_METRICS}
             for name, blind in split.box_blind.items()}
     return {"maps": maps, "best": {m.key: m.chance_reference(split) for m in mt.MAP_METRICS},
             "prior_reference": xp.prior_reference(split.ref["box_prior"])}
@@ -176,7 +176,8 @@ def compute_results(ref: dict, run: dict, ref_dir: str | Path = "", progress: bo
             or any(scores[m.key] is None for m in mt.METRICS if not m.nullable):
         raise HygieiaError(f"internal error: a score is not finite: {scores}")
     classification = cls.classification_metrics(split.truth, split.scored_proba, split.scored_predicted)
-    classification["ci"] = cls.bootstrap_classification(split.truth, split.scored_proba, split.scored_predicted)
+    classification["ci"] = {name: cls.percentile_interval(rate(split.resampled)) for name, rate in cls.RATES.items()}
+    classification["ci"]["auroc"] = measured["auroc"]["ci"]
     classification["roc"] = cls.roc_points(split.truth, split.scored_proba)
     explanation = explanation_results(split, measured)
     results = {"scores": scores, "ci": {key: result["ci"] for key, result in measured.items()},
