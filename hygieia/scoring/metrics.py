@@ -122,10 +122,8 @@ class MapMetric(Metric):
     default_blind: ClassVar[str] = "box"
 
     def measure(self, split: ScoredSplit) -> dict:
-        if split.maps is None:
-            return {"value": self.missing(split), "ci": None, "images": np.zeros(0)}
-        values = split.maps.score(self.per_image)
-        return {"value": float(values.mean()), "ci": cls.bootstrap_mean(values), "images": values}
+        values = np.zeros(0) if split.maps is None else split.maps.score(self.per_image)
+        return {"value": self.value(split), "ci": cls.bootstrap_mean(values), "images": values}
 
     def value(self, split: ScoredSplit) -> float:
         return self.missing(split) if split.maps is None else float(split.maps.score(self.per_image).mean())
