@@ -73,6 +73,10 @@ class ValidationError(Exception):
 
 @pytest.fixture(scope="module")
 def validate_fact_sheet():
+    return codabench_validate_fact_sheet()
+
+
+def codabench_validate_fact_sheet():
     """``CompetitionSerializer.validate_fact_sheet`` from Codabench's own file."""
     if not SERIALIZERS.is_file():
         pytest.skip(f"{SERIALIZERS} is not available (../shared/codabench holds Codabench's own code)")
