@@ -39,7 +39,7 @@ HIDPI = 2      # PNG pixels per displayed pixel
 OVERLAY_ALPHA = 0.45
 JET = matplotlib.colormaps["jet"]
 STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5em auto;padding:0 1em;max-width:1100px;color:#222;line-height:1.4}
+body{font-family:system-ui,sans-serif;margin:1.5em auto;padding:0 1em;max-width:1200px;color:#222;line-height:1.4}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
@@ -49,10 +49,10 @@ pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:.85em}img{max-widt
 .figures{display:flex;flex-wrap:wrap;gap:8px 28px;align-items:flex-start}
 .notice{background:#f2f7fc;border-left:4px solid #2e86c1;padding:.6em .9em;margin:1em 0}
 .private{background:#fff6e5;border-left:4px solid #e67e22;padding:.6em .9em;margin:1em 0}
-h3{font-size:1.05em;margin-bottom:.3em}td small{white-space:nowrap}code{font-size:.92em;background:#f3f3f3;padding:0 .2em}
+h3{font-size:1.05em;margin-bottom:.3em}td small{white-space:nowrap}.groups td,.groups th{font-size:.9em}code{font-size:.92em;background:#f3f3f3;padding:0 .2em}
 figure{margin:0;width:200px;max-width:100%}figure img{display:block;margin-bottom:4px;image-rendering:pixelated}
 figcaption{font-size:.9em;line-height:1.3;overflow-wrap:anywhere}small{color:#555}
-@media (max-width:600px){body{margin:.8em auto}h1{font-size:1.3em}td,th{padding:.2em .35em;font-size:.9em}}
+@media (max-width:600px){body{margin:.8em auto}h1{font-size:1.3em}td,th{padding:.2em .3em;font-size:.88em}}
 """
 
 
@@ -89,10 +89,10 @@ def _cell(content) -> str:
     return content.html() if isinstance(content, WithInterval) else html.escape(str(content))
 
 
-def _table(header: list[str], rows: list[list]) -> str:
+def _table(header: list[str], rows: list[list], css_class: str | None = None) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table{f' class={css_class!r}' if css_class else ''}><tr>{head}</tr>{body}</table>"
 
 
 def _page(title: str, body: str) -> str:
@@ -283,7 +283,7 @@ def scores_section(results: dict) -> str:
     keys = [m.key for m in METRICS]
     pictures = [scores_figure(results, [k for k in keys if k not in EXPLANATION_KEYS], "Classification and trust"),
                 scores_figure(results, [k for k in keys if k in EXPLANATION_KEYS], "Explanations")]
-    return ("<h2>Scores</h2><div class='wide'>" + _table(["metric", "value [95% bootstrap interval]",
+    return ("<h2>Scores</h2><div class='wide'>" + _table(["metric", "value [95% interval]",
                                                           "chance", "baseline"], rows)
             + "</div>" + _figures(pictures) + f"<p class='note'>{' '.join(html.escape(n) for n in notes)}</p>")
 
@@ -332,8 +332,9 @@ def explanation_section(results: dict) -> str:
     parts.append("<h3>Distribution over the true positives</h3>" + _figures(
         [histogram_figure(histograms["edges"], histograms[key], key, e["means"][key])
          for key in histograms if key != "edges"]))
-    parts.append(f"<p class='note'>Bins of {histograms['edges'][1] - histograms['edges'][0]:.1f}: coarse "
-                 "on purpose, so that no bin singles out an image.</p>")
+    parts.append(f"<p class='note'>{len(histograms['edges']) - 1} fixed bins of "
+                 f"{histograms['edges'][1] - histograms['edges'][0]:.1f}, coarse on purpose: with a bin per "
+                 "image, a histogram would tell which images are true positives.</p>")
     parts.append(blind_table(results))
     parts.append("<p class='note'>Component mAP is the mean over the thresholds tau below; each column is "
                  "the RSNA challenge's per-image score of the connected-component boxes of the map "
@@ -381,7 +382,7 @@ def _group_table(rows: list[dict]) -> str:
              if r["activation_in_box"] is not None else "—"] for r in rows]
     return "<div class='wide'>" + _table(["group", "images", "positives", "accuracy", "recall", "precision",
                                           "F-beta (2)", "AUROC", "TPs explained",
-                                          "activation in box"], body) + "</div>"
+                                          "activation in box"], body, "groups") + "</div>"
 
 
 def bias_section(results: dict) -> str:
