@@ -62,6 +62,10 @@ def register(subparsers) -> None:
     run.add_argument("--gpus", action="store_true",
                      help="give the containers every GPU (docker run --gpus all, as Codabench's GPU workers "
                      "do); bubblewrap always shows this machine's /dev/nvidia*")
+    run.add_argument("--per-image", action="store_true",
+                     help="the scoring step also names and shows images: the ROC curve, galleries of the most "
+                     "confident errors and of the best and worst maps against the boxes, the per-image table "
+                     "(HYGIEIA_PER_IMAGE=1; a run on Codabench never shows them: for labels you own)")
     run.set_defaults(func=_run)
 
     demo = subparsers.add_parser("demo", help="phantom -> prepare -> bundle -> check -> run, end to end",
@@ -100,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
 
     result = run_submission(args.submission, args.bundle, phase=args.phase, out_dir=args.out,
                             env=parse_env(args.env), sandbox=args.sandbox, docker_image=args.docker_image,
-                            gpus=args.gpus)
+                            gpus=args.gpus, per_image=args.per_image)
     print(result.report())
     return 0 if result.status == "Finished" else 1
 

@@ -38,6 +38,9 @@ from hygieia.errors import HygieiaError
 RUN_MARKER = ".hygieia-run"   # marks a folder this worker created, so that it may replace it
 MAX_SUBMISSION_BYTES = 2_000_000_000  # unpacked: far above a model's weights and code, far below a zip bomb
 MAX_SUBMISSION_ENTRIES = 100_000
+# The scoring program's switch for per-image results (hygieia.scoring.score.PER_IMAGE_ENV): set for the
+# scoring step by ``per_image=True`` only. Codabench's workers never set it.
+PER_IMAGE_ENV = "HYGIEIA_PER_IMAGE"
 
 
 
@@ -53,6 +56,7 @@ class RunResult:
     steps: list[StepResult] = field(default_factory=list)
     sandbox: str = "none"                        # "docker", "bwrap" or "none"
     image: str | None = None                     # the docker image the steps ran in
+    per_image: bool = False                      # the scoring step was asked for per-image results
 
     def report(self) -> str:
         sandbox = f"docker ({self.image})" if self.sandbox == "docker" else self.sandbox
@@ -67,7 +71,9 @@ class RunResult:
             code = "killed (time limit)" if step.timed_out else f"exit {step.exit_code}"
             lines.append(f"{step.name}: {code} after {step.elapsed:.1f} s; logs {step.stdout.parent}")
         if self.detailed_results:
-            lines.append(f"detailed results: {self.detailed_results}")
+            lines.append(f"detailed results: {self.detailed_results}"
+                         + (" (with per-image results: for labels you own, never to publish)" if self.per_image
+                            else ""))
         return "\n".join(lines)
 
 
@@ -176,11 +182,14 @@ def _on_sigterm(signum, frame):
 
 def run_submission(submission: str | Path, bundle: str | Path, *, phase: str = "development",
                    out_dir: str | Path | None = None, echo: bool = True, env: dict[str, str] | None = None,
-                   sandbox: str = "auto", docker_image: str | None = None, gpus: bool = False) -> RunResult:
+                   sandbox: str = "auto", docker_image: str | None = None, gpus: bool = False,
+                   per_image: bool = False) -> RunResult:
     """Run ``submission`` (zip or folder) in ``phase`` of ``bundle`` (zip or folder), as Codabench would.
     ``env``: variables given to both programs (the caller's own environment is not passed on).
     ``sandbox``: auto (docker, else bwrap, else none), docker, bwrap or none; ``docker_image`` replaces
-    competition.yaml's ``docker_image``; ``gpus``: docker's ``--gpus all``."""
+    competition.yaml's ``docker_image``; ``gpus``: docker's ``--gpus all``. ``per_image``: the scoring
+    step also writes per-image results (ROC curve, galleries, per-image table; ``$HYGIEIA_PER_IMAGE=1``),
+    which a run on Codabench never shows: for labels the caller owns."""
     submission, bundle = Path(submission), Path(bundle)
     if not submission.exists():
         raise HygieiaError(f"{submission}: no such submission zip or folder")
@@ -193,7 +202,7 @@ def run_submission(submission: str | Path, bundle: str | Path, *, phase: str = "
         root = copy_bundle(bundle, out_dir)
         image = docker_image or load_competition(root).get("docker_image")
         mode = choose_sandbox(sandbox, str(image) if image else None, gpus)
-        return _run(submission, root, phase, out_dir, echo, dict(env or {}), mode)
+        return _run(submission, root, phase, out_dir, echo, dict(env or {}), mode, per_image)
     except _Terminated:
         raise SystemExit(128 + signal.SIGTERM) from None
     finally:
@@ -201,12 +210,14 @@ def run_submission(submission: str | Path, bundle: str | Path, *, phase: str = "
             signal.signal(signal.SIGTERM, previous)
 
 
-def _run(submission: Path, root: Path, phase: str, out_dir: Path, echo: bool, env: dict, mode: Sandbox):
+def _run(submission: Path, root: Path, phase: str, out_dir: Path, echo: bool, env: dict, mode: Sandbox,
+         per_image: bool):
     competition = load_competition(root)
     phase_yaml = find_phase(competition, phase)
     task = find_task(competition, phase_yaml)
     limit = time_limit(competition, phase_yaml)
-    result = RunResult("Failed", str(phase_yaml.get("name")), out_dir, sandbox=mode.kind, image=mode.image)
+    result = RunResult("Failed", str(phase_yaml.get("name")), out_dir, sandbox=mode.kind, image=mode.image,
+                       per_image=per_image)
     logs = out_dir / "logs"
 
     step, prediction_output = prediction_step(submission, root, task, out_dir, limit)
@@ -223,7 +234,7 @@ def _run(submission: Path, root: Path, phase: str, out_dir: Path, echo: bool, en
         return result
 
     step, scoring_output = scoring_step(root, task, prediction_output, out_dir, limit)
-    scoring = run_step(step, mode, env, logs, echo)
+    scoring = run_step(step, mode, {**env, PER_IMAGE_ENV: "1"} if per_image else env, logs, echo)
     result.steps.append(scoring)
     result.detailed_results = detailed_results(scoring_output)
     return finish(result, competition, ingestion, scoring, prediction_output, scoring_output, limit)
