@@ -71,7 +71,6 @@ def unpack(source: str | Path, dest: str | Path, *, max_bytes: int | None = None
     that would unpack past ``max_bytes`` or ``max_entries`` is refused before anything is written, and so
     is a folder holding a symbolic link, FIFO, device or socket (``copy_folder``)."""
     source, dest = Path(source), Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
     if source.is_dir():   # the caller's own argument: a link to it is followed, none inside it
         # Codabench zips a folder with shutil.make_archive (which follows links) and extracts it: the
         # same tree as a plain copy, which this is, without following anything.
@@ -81,6 +80,7 @@ def unpack(source: str | Path, dest: str | Path, *, max_bytes: int | None = None
         raise HygieiaError(f"{source}: not found")
     with read_zip(source) as archive:
         check_size(archive, source, max_bytes, max_entries)
+    dest.mkdir(parents=True, exist_ok=True)
     _extract(source, dest, label=source)
 
 
@@ -122,6 +122,7 @@ def copy_folder(source: str | Path, dest: str | Path, *, max_bytes: int | None =
     total = sum(size for _, size in files)
     if max_bytes is not None and total > max_bytes:
         raise HygieiaError(f"{source}: holds {total / 1e6:.0f} MB, more than the limit of {max_bytes / 1e6:.0f} MB")
+    dest.mkdir(parents=True, exist_ok=True)
     for folder in folders:
         (dest / folder.relative_to(source)).mkdir(parents=True, exist_ok=True)
     for path, _ in files:

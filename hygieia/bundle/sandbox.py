@@ -292,27 +292,25 @@ def bwrap_argv(step: Step, env: dict[str, str], *, as_root: bool | None = None) 
         binds += [("--dev-bind", device, device)]
     for point, folder in sorted(step.mounts.items()):
         binds += [("--ro-bind" if point in step.read_only else "--bind", str(folder), point)]
-    points = [dest for _, _, dest in symlinks + binds] + ["/dev", "/proc"]
-    on_the_way = sorted({str(parent) for point in points for parent in Path(point).parents
-                         if str(parent) != "/" and not any(_under(str(parent), p) for p in points)})
-    for folder in on_the_way:
-        argv += ["--perms", "0755", "--dir", folder]
     for option, source, dest in symlinks:
         argv += [option, source, dest]
     argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777"]
     argv += (["--size", str(SHM_BYTES)] if "--size" in bwrap_options() else []) + ["--tmpfs", "/dev/shm"]
-    for option, source, dest in binds:
+    made = {"/", "/proc", "/dev"} | {dest for _, _, dest in symlinks}
+    # Outer mount points first (/tmp before a venv under /tmp), each folder on the way made 0755
+    for option, source, dest in sorted(binds, key=lambda bind: (len(Path(bind[2]).parts), bind[2])):
+        for folder in map(str, reversed(Path(dest).parents)):
+            if folder not in made:
+                argv += ["--perms", "0755", "--dir", folder]
+                made.add(folder)
         argv += [option, source, dest]
+        made.add(dest)
     for key, value in sorted(env.items()):
         argv += ["--setenv", key, value]
     argv += ["--chdir", "/app/program", "--"]
     if as_root:
         argv += [sys.executable, "-S", "-c", DROP_PRIVILEGES, *map(str, step_user())]
     return argv
-
-
-def _under(path: str, point: str) -> bool:
-    return path == point or path.startswith(point.rstrip("/") + "/")
 
 
 def hand_over(step: Step) -> None:

@@ -1,0 +1,269 @@
+"""Issue 21's hostile cases against ``hygieia run``, run as root as CI runs them, under bubblewrap and
+(marked ``docker``) under Docker: each escape refused, each overrun Failed with the limit named, nothing
+a step leaves followed; an innocent run after each scores as before."""
+
+from __future__ import annotations
+
+import json
+import os
+import site
+import time
+from pathlib import Path
+
+import pytest
+
+from hygieia.bundle.limits import Limits, parse_size
+from hygieia.bundle.worker import run_submission
+from test_worker import ROOT, bundle_dir, write_model  # noqa: F401
+from test_worker_docker import test_image  # noqa: F401
+
+ESCAPES = r"""
+import ctypes, errno, json, os, sys
+from pathlib import Path
+
+libc = ctypes.CDLL(None, use_errno=True)
+MS_RDONLY, MS_REMOUNT, MS_BIND = 1, 32, 4096
+CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
+OUT = Path("/app/output")
+PLANT = "import pathlib\npathlib.Path('/app/output/PLANTED').write_text(__file__)\n"
+
+def failed(code):
+    return errno.errorcode.get(code, str(code))
+
+def mount(source, target, flags):
+    if libc.mount(source and source.encode(), target.encode(), None, flags, None) == 0:
+        return "done"
+    return failed(ctypes.get_errno())
+
+def attempt(action):
+    try:
+        action()
+        return "done"
+    except OSError as err:
+        return failed(err.errno)
+
+def nested(action):
+    # in a user and mount namespace of its own (all capabilities there), if the sandbox allows one
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            said = action() if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) == 0 else "unshare " + failed(ctypes.get_errno())
+        except BaseException as err:
+            said = repr(err)
+        os.write(write, said.encode())
+        os._exit(0)
+    os.close(write)
+    said = os.read(read, 4096).decode()
+    os.waitpid(pid, 0)
+    return said
+
+def rebind_rw(path):
+    # a fresh bind of a read-only mount, then remounted read-write
+    spot = "/tmp/rebind-dir" if os.path.isdir(path) else "/tmp/rebind-file"
+    if os.path.isdir(path):
+        os.makedirs(spot, exist_ok=True)
+    else:
+        open(spot, "a").close()
+    bound = mount(path, spot, MS_BIND)
+    return "bind " + bound if bound != "done" else mount(None, spot, MS_REMOUNT | MS_BIND)
+
+def write_into(path):
+    if os.path.isdir(path):
+        return attempt(lambda: Path(path, "hostile-was-here").write_text("x"))
+    return attempt(lambda: open(path, "ab").close())
+
+class Model:
+    def fit(self, X, y):
+        targets = {"/app/program", "/app/input_data", "/usr", "/etc", "@WEIGHTS@"}
+        own = ("/app/ingested_program", "/app/output", "/tmp")   # the step's own folders: it may write them
+        targets |= {entry for entry in sys.path if entry and not entry.startswith(own)}
+        report = {"status": {line.split(":")[0]: line.split(":", 1)[1].strip()
+                             for line in open("/proc/self/status") if line.startswith(("Uid", "Gid", "Groups", "Cap", "NoNewPrivs"))},
+                  "setuid_root": attempt(lambda: os.setuid(0)),
+                  "mknod": attempt(lambda: os.mknod("/app/output/null", 0o20666, os.makedev(1, 3))),
+                  "read_shadow": attempt(lambda: open("/etc/shadow").read()) if os.path.exists("/etc/shadow") else None,
+                  "write_sysctl": attempt(lambda: open("/proc/sys/kernel/hostname", "w").write("hostile")),
+                  "targets": {}}
+        mount_points = {line.split()[4] for line in open("/proc/self/mountinfo")}
+        for path in sorted(t for t in targets if os.path.exists(t)):
+            report["targets"][path] = {
+                "mount_point": path in mount_points,
+                "remount": mount(None, path, MS_REMOUNT | MS_BIND),
+                "nested_remount": nested(lambda: mount(None, path, MS_REMOUNT | MS_BIND)),
+                "nested_rebind": nested(lambda: rebind_rw(path)),
+                "chmod": attempt(lambda: os.chmod(path, 0o777)),
+                "write": write_into(path),
+                "plant": attempt(lambda: Path(path, "html.py").write_text(PLANT)) if os.path.isdir(path) else None,
+            }
+        (OUT / "escapes.json").write_text(json.dumps(report))
+
+    def predict_proba(self, X):
+        return [0.5] * len(X["ids"])
+"""
+
+
+@pytest.fixture(scope="module", params=[pytest.param("bwrap"), pytest.param("docker", marks=pytest.mark.docker)])
+def sandbox(request) -> dict:
+    """run_submission's sandbox options: bubblewrap, or Docker in the tests' image."""
+    if request.param == "docker":
+        return {"sandbox": "docker", "docker_image": request.getfixturevalue("test_image")}
+    return {"sandbox": "bwrap"}
+
+
+@pytest.fixture(scope="module")
+def innocent(bundle_dir, sandbox, tmp_path_factory) -> dict:  # noqa: F811
+    """The tabular sample's scores under the sandbox, before any hostile run."""
+    result = run_submission(ROOT / "sample_submission_tabular", bundle_dir, echo=False,
+                            out_dir=tmp_path_factory.mktemp("innocent") / "run", **sandbox)
+    assert result.status == "Finished" and result.sandbox == sandbox["sandbox"], result.report()
+    return result.scores
+
+
+def scores_as_before(bundle_dir, tmp_path, sandbox, innocent) -> bool:  # noqa: F811
+    after = run_submission(ROOT / "sample_submission_tabular", bundle_dir, out_dir=tmp_path / "after", echo=False,
+                           **sandbox)
+    return after.status == "Finished" and after.scores == innocent
+
+
+@pytest.mark.slow
+def test_a_step_cannot_remount_write_or_plant_anything(bundle_dir, tmp_path, sandbox, innocent):  # noqa: F811
+    """Issue 21: as root, the step was uid 0 with nearly every capability; it remounted the program,
+    the input, /usr, /etc, the environment and the weights read-write and planted a module shadowing
+    the standard library's in site-packages, which the scoring step imported. Now it is nobody with no
+    capability: every remount (also in a user namespace of its own, where the mounts stay locked),
+    write, chmod and plant is refused, and the scoring step imports nothing it left."""
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"not really weights")
+    environment = Path(site.getsitepackages()[0])
+    try:
+        model = ESCAPES.replace("@WEIGHTS@", str(weights))
+        result = run_submission(write_model(tmp_path / "hostile", model), bundle_dir, out_dir=tmp_path / "run",
+                                echo=False, env={"HYGIEIA_MOBILENET_WEIGHTS": str(weights)}, **sandbox)
+        assert result.sandbox == sandbox["sandbox"], "bubblewrap is needed for this test (.ci/run installs it)"
+        assert result.status == "Finished", result.report()
+        report = json.loads((tmp_path / "run" / "prediction" / "output" / "escapes.json").read_text())
+        status = report["status"]
+        assert status["Uid"].split() == ["65534"] * 4 and status["Gid"].split() == ["65534"] * 4
+        assert status["Groups"] in ("", "65534") and status["NoNewPrivs"] == "1"   # docker adds its gid
+        assert {status[key] for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")} == {"0000000000000000"}
+        assert report["setuid_root"] == "EPERM" and report["mknod"] == "EPERM"
+        assert report["read_shadow"] in (None, "EACCES") and report["write_sysctl"] in ("EACCES", "EROFS")
+        targets = report["targets"]
+        expected = {"/app/program", "/app/input_data", "/usr", "/etc"}
+        if sandbox["sandbox"] == "bwrap":   # this machine's environment and the weights, bound read-only
+            expected |= {str(environment), str(weights)}
+        assert expected <= set(targets), sorted(targets)
+        for path, tried in targets.items():
+            assert tried["remount"] == "EPERM", (path, tried)
+            # a folder inside a mount is no mount point to remount (EINVAL): a fresh bind of it is tried
+            assert tried["nested_remount"] in ("EPERM", "unshare EPERM") + (() if tried["mount_point"] else
+                                                                           ("EINVAL",)), (path, tried)
+            assert tried["nested_rebind"] in ("EPERM", "unshare EPERM", "bind EINVAL"), (path, tried)
+            assert tried["chmod"] in ("EPERM", "EROFS"), (path, tried)
+            assert tried["write"] in ("EACCES", "EROFS"), (path, tried)
+            assert tried["plant"] in (None, "EACCES", "EROFS"), (path, tried)
+        assert not (environment / "html.py").exists() and weights.read_bytes() == b"not really weights"
+        assert not (tmp_path / "run" / "scoring" / "output" / "PLANTED").exists()
+    finally:   # a plant that got through must not break this machine's Python for the next tests
+        (environment / "html.py").unlink(missing_ok=True)
+    assert scores_as_before(bundle_dir, tmp_path, sandbox, innocent)
+
+
+LEFT_IN_OUTPUT = r"""
+import os
+from pathlib import Path
+
+class Model:
+    def fit(self, X, y):
+        out = Path("/app/output")
+        case = "@CASE@"
+        if case == "metadata_link":
+            os.symlink("@PLANTED@", out / "metadata")
+        elif case == "pagemap_link":
+            os.symlink("/proc/self/pagemap", out / "leak.bin")
+        elif case == "reference_link":
+            os.symlink("@REFERENCE@", out / "labels.csv")
+        elif case == "host_file_link":
+            os.symlink("/etc/hostname", out / "hostname")
+        elif case == "folder_link":
+            os.symlink("/etc", out / "etc")
+        elif case == "fifo":
+            os.mkfifo(out / "pipe")
+
+    def predict_proba(self, X):
+        return [0.5] * len(X["ids"])
+"""
+REFUSED = {"pagemap_link": "leak.bin is a symbolic link (to /proc/self/pagemap)",
+           "reference_link": "labels.csv is a symbolic link (to ",
+           "host_file_link": "hostname is a symbolic link (to /etc/hostname)",
+           "folder_link": "etc is a symbolic link (to /etc)",
+           "fifo": "pipe is a FIFO"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["metadata_link"] + sorted(REFUSED))
+def test_what_a_step_leaves_in_its_output_is_never_followed(bundle_dir, tmp_path, sandbox, innocent, case):  # noqa: F811
+    """Issue 21: a dangling ``metadata`` link made the worker create a file of the submission's choosing
+    on the host; links to host files copied them into the scoring input; a link to /proc/self/pagemap
+    hung the worker. Now the run ends Failed at once, naming the entry, and nothing is followed."""
+    if sandbox["sandbox"] == "docker" and case not in ("metadata_link", "pagemap_link", "fifo"):
+        pytest.skip("the worker's refusal of a link, as pagemap_link shows under Docker too (containers are slow)")
+    planted = tmp_path / "planted-by-the-submission"
+    reference = tmp_path / "run" / "bundle" / "reference_data" / "valid" / "labels.csv"   # this run's own copy
+    model = LEFT_IN_OUTPUT.replace("@CASE@", case).replace("@PLANTED@", str(planted))
+    start = time.monotonic()
+    result = run_submission(write_model(tmp_path / "hostile", model.replace("@REFERENCE@", str(reference))),
+                            bundle_dir, out_dir=tmp_path / "run", echo=False, **sandbox)
+    assert result.status == "Failed" and len(result.steps) == 1, result.report()
+    if case == "metadata_link":
+        assert result.error.startswith("Error, the output directory already contains a metadata file")
+        assert not os.path.lexists(planted)
+    else:
+        assert result.error.startswith("the prediction output is not copied into the scoring input")
+        assert REFUSED[case] in result.error and "never followed or copied" in result.error
+        assert not (tmp_path / "run" / "scoring" / "input" / "res").exists()
+    assert time.monotonic() - start < 120   # nothing blocked
+    assert scores_as_before(bundle_dir, tmp_path, sandbox, innocent)
+
+
+OVERRUN = r"""
+from pathlib import Path
+
+class Model:
+    def fit(self, X, y):
+        case = "@CASE@"
+        if case == "memory":
+            hog = bytearray(1 << 30)       # 1 GiB, touched
+        else:
+            folder = Path("/app/output" if case == "output" else "/tmp")
+            with open(folder / "filler.bin", "wb") as handle:
+                for _ in range(40):            # 400 MB
+                    handle.write(b"x" * 10_000_000)
+
+    def predict_proba(self, X):
+        return [0.5] * len(X["ids"])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("case", "limit", "named"), [
+    ("memory", "--memory", "the ingestion step went past its memory limit of 300.0 MiB (hygieia run --memory)"),
+    ("output", "--max-output", "the ingestion step's /app/output grew past its limit of 50.0 MiB (hygieia run "
+                               "--max-output)"),
+    ("scratch", "--scratch", "the ingestion step's /tmp grew past its limit of 50.0 MiB (hygieia run --scratch)")])
+def test_each_overrun_ends_the_run_failed_naming_its_limit(bundle_dir, tmp_path, sandbox, innocent, case,  # noqa: F811
+                                                           limit, named):
+    """Issue 21: 4 GB resident and 2 GB written to the output went unchecked, then the worker copied
+    them into the scoring input; /tmp was RAM without a size. Now each ends the run Failed, naming the
+    limit, before anything is copied."""
+    limits = Limits(memory=parse_size("300m" if case == "memory" else "2g", "--memory"),
+                    output=parse_size("50m", "--max-output"), scratch=parse_size("50m", "--scratch"))
+    result = run_submission(write_model(tmp_path / "hostile", OVERRUN.replace("@CASE@", case)), bundle_dir,
+                            out_dir=tmp_path / "run", echo=False, limits=limits, **sandbox)
+    assert result.status == "Failed" and len(result.steps) == 1, result.report()
+    assert result.error.startswith(named), result.error
+    assert result.steps[0].overrun and "stopped (a limit)" in result.report()
+    assert not (tmp_path / "run" / "scoring" / "input" / "res").exists()
+    assert not (tmp_path / "run" / "prediction" / "tmp").exists()   # the scratch goes with its step
+    assert scores_as_before(bundle_dir, tmp_path, sandbox, innocent)
