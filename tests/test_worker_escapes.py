@@ -7,15 +7,161 @@ from __future__ import annotations
 import json
 import os
 import site
+import socket
+import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from hygieia.bundle.limits import Limits, parse_size
-from hygieia.bundle.worker import run_submission
+from hygieia.bundle.archive import unpack
+from hygieia.bundle.limits import CgroupUnavailable, FolderWatch, Limits, MemoryCgroup, format_size, parse_size
+from hygieia.bundle.sandbox import DROP_PRIVILEGES, Step, bwrap_argv, bwrap_problem, command_argv, step_env
+from hygieia.bundle.worker import detailed_results, read_scores, run_submission, write_worker_metadata
+from hygieia.errors import HygieiaError
 from test_worker import ROOT, bundle_dir, write_model  # noqa: F401
 from test_worker_docker import test_image  # noqa: F401
+
+
+# -- the worker's own reads and copies: nothing followed, nothing blocks --------------------------
+def special_entries(folder: Path) -> dict[str, str]:
+    """One of each thing a step could leave, by name -> what the refusal calls it."""
+    (folder / "pagemap").symlink_to("/proc/self/pagemap")
+    os.mkfifo(folder / "pipe")
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(folder / "socket"))
+    listening.close()
+    made = {"pagemap": "a symbolic link (to /proc/self/pagemap)", "pipe": "a FIFO", "socket": "a socket"}
+    if os.geteuid() == 0:   # only root may make a device node (a step has no CAP_MKNOD)
+        os.mknod(folder / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        made["null"] = "a character device"
+    return made
+
+
+@pytest.mark.parametrize("depth", ["top", "nested"])
+def test_a_folder_holding_a_link_fifo_device_or_socket_is_refused_before_anything_is_copied(tmp_path, depth):
+    (tmp_path / "kinds").mkdir()
+    made = special_entries(tmp_path / "kinds")
+    for name, kind in made.items():
+        folder = tmp_path / name / "submission"
+        (folder / "sub").mkdir(parents=True)
+        (folder / "model.py").write_text("class Model: pass\n")
+        where = folder / "sub" if depth == "nested" else folder
+        os.rename(tmp_path / "kinds" / name, where / name)
+        entry = f"sub/{name}" if depth == "nested" else name
+        with pytest.raises(HygieiaError, match=rf"{entry} is {kind.replace('(', '[(]').replace(')', '[)]')}: "
+                                               "a link, FIFO or device is never followed or copied"):
+            unpack(folder, tmp_path / name / "copy")
+        assert not (tmp_path / name / "copy").exists()
+
+
+def test_a_folder_is_copied_whole_and_bounded(tmp_path):
+    (tmp_path / "sub" / "helpers").mkdir(parents=True)
+    (tmp_path / "sub" / "empty").mkdir()
+    (tmp_path / "sub" / "model.py").write_text("class Model: pass\n")
+    (tmp_path / "sub" / "helpers" / "w.bin").write_bytes(b"x" * 5000)
+    unpack(tmp_path / "sub", tmp_path / "copy")
+    assert sorted(p.relative_to(tmp_path / "copy").as_posix() for p in (tmp_path / "copy").rglob("*")) == \
+        ["empty", "helpers", "helpers/w.bin", "model.py"]
+    with pytest.raises(HygieiaError, match="holds 0 MB, more than the limit of 0 MB"):
+        unpack(tmp_path / "sub", tmp_path / "too_big", max_bytes=4000)
+    with pytest.raises(HygieiaError, match="4 entries, more than the limit of 3"):
+        unpack(tmp_path / "sub", tmp_path / "too_many", max_entries=3)
+    assert not (tmp_path / "too_big").exists() and not (tmp_path / "too_many").exists()
+
+
+def test_the_workers_metadata_is_never_written_through_a_link(tmp_path):
+    fields = {"exitCode": 0, "elapsedTime": 1.0, "ingestionExitCode": None, "ingestionElapsedTime": None}
+    planted, kept = tmp_path / "planted", tmp_path / "kept.txt"
+    kept.write_text("the organizer's file")
+    for target in (planted, kept):
+        output = tmp_path / f"output-{target.name}"
+        output.mkdir()
+        (output / "metadata").symlink_to(target)
+        assert write_worker_metadata(output, fields).startswith("Error, the output directory already contains")
+    assert not os.path.lexists(planted) and kept.read_text() == "the organizer's file"
+    assert write_worker_metadata(tmp_path, fields) is None
+    assert yaml.safe_load((tmp_path / "metadata").read_text()) == fields
+
+
+def test_scores_and_pages_are_read_only_from_regular_files(tmp_path):
+    (tmp_path / "real.json").write_text('{"accuracy": 0.5}')
+    (tmp_path / "scores.json").symlink_to(tmp_path / "real.json")
+    with pytest.raises(HygieiaError, match=r"scores.json: a symbolic link \(to .*real.json\), not a regular file"):
+        read_scores(tmp_path)
+    (tmp_path / "scores.json").unlink()
+    os.mkfifo(tmp_path / "scores.json")   # would block a plain read forever
+    start = time.monotonic()
+    with pytest.raises(HygieiaError, match="scores.json: a FIFO, not a regular file"):
+        read_scores(tmp_path)
+    assert time.monotonic() - start < 1
+    (tmp_path / "detailed_results.html").symlink_to("/etc/hostname")
+    assert detailed_results(tmp_path) is None
+    (tmp_path / "other.html").write_text("<p>ok</p>")
+    assert detailed_results(tmp_path) == tmp_path / "other.html"
+
+
+# -- the limits ------------------------------------------------------------------------------------
+def test_sizes_are_read_and_shown_as_docker_does():
+    assert parse_size("12g", "--memory") == 12 * 2**30 and parse_size("500M", "--max-output") == 500 * 2**20
+    assert parse_size("1.5gb", "--scratch") == int(1.5 * 2**30) and parse_size("4096", "--memory") == 4096
+    for bad in ("12x", "", "-1g", "0", "g"):
+        with pytest.raises(HygieiaError, match=f"--memory {bad!r}: expected a size such as 12g"):
+            parse_size(bad, "--memory")
+    assert format_size(12 * 2**30) == "12.0 GiB" and format_size(300 * 2**20) == "300.0 MiB"
+    assert "memory 1.0 GiB, output +1.0 GiB, /tmp 2.0 GiB per step" in Limits(memory=2**30).describe()
+
+
+def test_a_watch_counts_what_a_step_adds_without_following_links(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model.py").write_bytes(b"x" * 3_000_000)    # there before the step: not counted
+    (tmp_path / "big.bin").write_bytes(b"x" * 5_000_000)
+    watch = FolderWatch(tmp_path / "out", 2_000_000, "the ingestion step's /app/output", "--max-output")
+    (tmp_path / "out" / "link").symlink_to(tmp_path / "big.bin")       # a link counts no bytes
+    (tmp_path / "out" / "predictions.csv").write_bytes(b"x" * 1_000_000)
+    assert watch.check() is None
+    (tmp_path / "out" / "filler").write_bytes(b"x" * 1_500_000)
+    assert watch.check() == ("the ingestion step's /app/output grew past its limit of 1.9 MiB (hygieia run "
+                             "--max-output); the step was stopped")
+
+
+def test_a_memory_cgroup_bounds_every_process_of_a_step():
+    try:
+        cgroup = MemoryCgroup("unit", 64 * 2**20)
+    except CgroupUnavailable as err:
+        pytest.skip(f"no memory cgroup here: {err}")
+    try:
+        hog = subprocess.run([sys.executable, "-S", "-c", "b = bytearray(256 << 20)"], preexec_fn=cgroup.join)
+        assert hog.returncode == -9 and cgroup.oom_kills() == 1
+        assert cgroup.peak() is None or cgroup.peak() <= 64 * 2**20
+        sleeper = subprocess.Popen(["sleep", "60"], preexec_fn=cgroup.join, start_new_session=True)
+    finally:
+        cgroup.close()   # kills what is left in it
+    assert sleeper.wait(timeout=10) == -9 and not cgroup.path.exists()
+
+
+# -- bubblewrap's shape as root and as another user ------------------------------------------------
+def test_bwrap_runs_a_step_as_nobody_when_root_and_in_a_user_namespace_otherwise(tmp_path):
+    problem = bwrap_problem()
+    if problem:
+        pytest.fail(f"bubblewrap is needed (.ci/run installs it): {problem}")
+    (tmp_path / "program").mkdir()
+    step = Step("probe", {"/app/program": tmp_path / "program", "/tmp": tmp_path}, {"/app/program"},
+                "python3 -S -c 'import os; print(os.getuid(), os.getgid())'", 30)
+    env = step_env("/app/program", {}, sandboxed=True)
+    as_root = bwrap_argv(step, env, as_root=True)
+    assert as_root[as_root.index("--") + 1:] == [sys.executable, "-S", "-c", DROP_PRIVILEGES, "65534", "65534"]
+    assert "--unshare-all" not in as_root and as_root[4:6] == ["--cap-drop", "ALL"]
+    other = bwrap_argv(step, env, as_root=False)
+    assert "--unshare-all" in other and other[other.index("--") + 1:] == []
+    for argv, expected in ((as_root, "65534 65534"), (other, f"{os.getuid()} {os.getgid()}")):
+        if os.geteuid() != 0 and argv is as_root:
+            continue   # only root's bubblewrap mounts without a user namespace
+        shown = subprocess.run(argv + command_argv(step.command, None), capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0 and shown.stdout.split() == expected.split(), shown.stderr
 
 ESCAPES = r"""
 import ctypes, errno, json, os, sys
