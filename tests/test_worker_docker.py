@@ -61,7 +61,8 @@ def test_docker_run_mirrors_codabenchs_container(tmp_path):
         f"type=bind,source={tmp_path / 'program'},target=/app/program,readonly",
         f"type=bind,source={tmp_path / 'tmp'},target=/tmp"]
     assert "--gpus" not in argv and all(option not in argv for option in ("--privileged", "-v", "--volume"))
-    assert option_values(docker_argv(step, "img", "n", {}, gpus=True), "--gpus") == ["all"]
+    with_gpus = docker_argv(step, "img", "n", {}, gpus=True)
+    assert option_values(with_gpus, "--gpus") == ["all"] and "--read-only" not in with_gpus   # NVIDIA's hooks write
     # an unprivileged user: the caller, or nobody when the caller is root
     expected = "65534:65534" if os.geteuid() == 0 else f"{os.getuid()}:{os.getgid()}"
     assert option_values(docker_argv(step, "img", "n", {}), "--user") == [expected]

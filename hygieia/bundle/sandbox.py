@@ -220,12 +220,15 @@ def docker_argv(step: Step, image: str, name: str, extra: dict[str, str], *, gpu
     """``docker run`` for a step, as compute_worker.py creates its container (working dir, environment,
     dropped capabilities, no-new-privileges, host user namespace), plus what Codabench leaves to its
     machines: only the step's folders, the program and its input read-only, the image's files too
-    (--read-only: /tmp is the step's scratch folder), no network, an unprivileged user (the caller, or
-    nobody when the caller is root), the memory limit (no swap beyond it), and the image as present
-    locally (no pull)."""
+    (--read-only, but with --gpus; /tmp is the step's scratch folder), no network, an unprivileged
+    user (the caller, or nobody when the caller is root), the memory limit (no swap beyond it), and
+    the image as present locally (no pull)."""
     user = user or "{}:{}".format(*step_user())
     argv = ["docker", "run", "--name", name, "--pull", "never", "--network", "none", "--user", user,
-            "--userns", "host", "--security-opt", "no-new-privileges", "--read-only", "--workdir", "/app/program"]
+            "--userns", "host", "--security-opt", "no-new-privileges", "--workdir", "/app/program"]
+    # NVIDIA's container hooks write into the image's files as the container starts (ld.so.cache...):
+    # with --gpus its files stay writable, but only by root, which the step is not.
+    argv += [] if gpus else ["--read-only"]
     for capability in CODABENCH_CAP_DROP:
         argv += ["--cap-drop", capability]
     if limits is not None:
