@@ -180,6 +180,53 @@ def npz_headers(path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]
     return headers
 
 
+# Files that untrusted code could have left: read without following a link, never blocking.
+
+SPECIAL_KINDS = {stat.S_IFLNK: "a symbolic link", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+                 stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def special_entry(path: str | Path, mode: int) -> str | None:
+    """What ``path`` is ("a symbolic link (to /etc/hostname)", "a FIFO"...) when ``mode`` (from
+    ``lstat``) is neither a regular file nor a folder; None for those two."""
+    kind = SPECIAL_KINDS.get(stat.S_IFMT(mode))
+    if kind is None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = f"a file of type {stat.S_IFMT(mode):o}"
+    if kind == SPECIAL_KINDS[stat.S_IFLNK]:
+        try:
+            kind += f" (to {os.readlink(path)})"
+        except OSError:
+            pass
+    return kind
+
+
+def open_regular(path: str | Path) -> int:
+    """A read-only descriptor of ``path`` if it is a regular file, else HygieiaError saying what it is.
+    A symbolic link is never followed and a FIFO or device never opened (checked with ``lstat``, then
+    on the open file: O_NOFOLLOW | O_NONBLOCK, so that nothing swapped in between can block a read)."""
+    try:
+        mode = os.lstat(path).st_mode
+        kind = "a folder" if stat.S_ISDIR(mode) else special_entry(path, mode)
+        if kind is not None:
+            raise HygieiaError(f"{path}: {kind}, not a regular file (not followed, not read)")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise HygieiaError(f"{path}: cannot be read ({err.strerror})") from err
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise HygieiaError(f"{path}: changed into something other than a regular file while being read")
+    return fd
+
+
+def read_regular(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path`` (see ``open_regular``), refused past ``max_bytes``."""
+    with os.fdopen(open_regular(path), "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise HygieiaError(f"{path}: larger than the {max_bytes / 1e6:g} MB read from such a file")
+    return data
+
+
 # Path arguments: one line naming the path and what is wrong with it, never a traceback.
 
 def require_dir(path: str | Path, what: str = "folder") -> Path:
