@@ -126,21 +126,21 @@ def test_a_crash_is_named_by_its_signal(input_dir, tmp_path, capsys):
 
 def test_a_detached_process_does_not_outlive_ingestion(input_dir, tmp_path, capsys):
     """A double-forked, setsid'ed process that would forge the output two seconds after the model ended."""
+    started, survived = tmp_path / "started", tmp_path / "survived"
     folder = hostile(tmp_path, f"""
-        code = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(2); " \\
-               "sys.path.insert(0, sys.argv[2]); import model; model.forge()"
+        code = "import os, sys, time; open(sys.argv[1], 'w').close(); time.sleep(2); " \\
+               "open(sys.argv[2], 'w').close(); sys.path.insert(0, sys.argv[3]); import model; model.forge()"
         launcher = "import subprocess, sys; subprocess.Popen(sys.argv[1:], start_new_session=True)"
         subprocess.run([sys.executable, "-c", launcher, sys.executable, "-c", code,
-                        {str(tmp_path / 'pid')!r}, os.path.dirname(__file__)], check=True)
-        while not os.path.exists({str(tmp_path / 'pid')!r}):
+                        {str(started)!r}, {str(survived)!r}, os.path.dirname(__file__)], check=True)
+        while not os.path.exists({str(started)!r}):
             time.sleep(0.05)
     """)
     status, report, err = ingest(input_dir, tmp_path, folder, capsys)
     assert status == 0 and report["status"] == "ok"
     assert "stopped 1 more process(es) the submission had started" in err
-    pid = int((tmp_path / "pid").read_text())
     time.sleep(3)
-    assert not Path(f"/proc/{pid}").exists()
+    assert started.exists() and not survived.exists()
     assert json.loads((tmp_path / "output" / REPORT).read_text()) == report
     assert (tmp_path / "output" / PREDICTIONS).read_text().count("\n") == 13
 

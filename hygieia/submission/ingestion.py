@@ -2,17 +2,23 @@
 
 Two processes. This one is trusted: it reads the input data's ids, unzips the submission (bounded),
 starts the submission's own process (``hygieia.submission.child``: load, import, fit, predict,
-explain), enforces the time budget, kills that process and every descendant at the end or at the
-budget, then checks what it left in a private folder and writes the output folder itself:
+explain) where it cannot reach ingestion (``hygieia.submission.isolation``: its own user and PID
+namespaces where the machine allows), enforces the time budget, ends that process and every
+descendant at the end or at the budget, and only once they are all gone checks what it left in a
+private folder and writes the output folder itself:
 
 - ``predictions.csv``: id, proba, label for every valid and test image (valid first);
 - ``heatmaps.npz``: ``ids`` and ``maps`` (K, H, W) float16 for the valid and test images predicted
   positive, each map divided by its own maximum (K = 0 and ``explanation`` null in ingestion.json
   when the model offers no explanation);
 - ``ingestion.json``: status ("running", then "ok" or "failed"), the stage running or failed, the
-  error {stage, message, traceback}, durations per stage, device, library versions, explanation
-  method ("explain", "gradcam" or null), counts (``zero_heatmaps``: all-zero maps), the time budget
-  and where it came from. Rewritten as each stage starts; written last by this process.
+  error {stage, message, traceback}, durations per stage, ``device`` (what ingestion sees: "cpu",
+  "cpu; GPU: <model>"), library versions, explanation method ("explain", "gradcam" or null: what the
+  submission's process says it used; ingestion checks that a map came for each predicted positive),
+  ``claims`` (what the submission's process said: explanation, device), counts (``zero_heatmaps``:
+  all-zero maps), the time budget and where it came from, ``isolation`` (the mechanism, and what it
+  does not protect). Rewritten as stages start (at most every REPORT_INTERVAL seconds for the
+  submission's progress messages); written last by this process.
 
 Nothing the submission writes can make a run look finished: a budget overrun, an interrupt, a crash
 or an exit from inside the model (``os._exit``, an ``atexit`` handler) is reported as such, and
@@ -26,7 +32,6 @@ import json
 import os
 import platform
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,10 +48,11 @@ from hygieia import dataset as ds
 from hygieia.errors import HygieiaError
 from hygieia.files import (npz_headers, require_dir, require_file_or_dir, writable_dir, write_csv, write_json,
                            write_npz)
-from hygieia.submission import child
+from hygieia.submission import child, isolation
 from hygieia.submission.api import check_labels, check_probabilities
+from hygieia.submission.isolation import SubmissionProcess, changed_limits, make_undumpable, own_limits
 from hygieia.submission.loading import MAX_BYTES_ENV, MAX_ENTRIES_ENV, open_submission, unwrap
-from hygieia.submission.processes import become_subreaper, children, kill_all
+from hygieia.submission.processes import become_subreaper
 
 PREDICTIONS = child.PREDICTIONS
 HEATMAPS = child.HEATMAPS
@@ -69,6 +75,8 @@ CHILD_STAGES = ("load", "import", "fit", "predict", "explain")
 MESSAGE_LIMIT = 1 << 20  # bytes of one progress line from the submission's process
 ROW_BYTES = 200  # the most a line of predictions.csv may take (id, proba, label)
 TRACEBACK_LIMIT = 20_000  # characters of the submission's traceback kept in ingestion.json
+REPORT_INTERVAL = 0.25  # seconds: the most often progress messages rewrite ingestion.json
+NO_NAMESPACES_ENV = "HYGIEIA_NO_NAMESPACES"  # "1": as where namespaces are refused (tests of the fallbacks)
 
 
 class RunFailed(HygieiaError):
@@ -95,6 +103,19 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             found[name] = None
     return found
+
+
+def observed_device() -> str:
+    """What ingestion sees of the devices the submission's process may use: "cpu", or "cpu; GPU: <model>"
+    for each NVIDIA GPU the driver lists (what the model used is only its own claim)."""
+    models = []
+    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+        try:
+            text = info.read_text(errors="replace")
+        except OSError:
+            continue
+        models += [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model:")]
+    return "cpu" + (f"; GPU: {', '.join(models)}" if models else "")
 
 
 def locate_input_data(input_dir: Path) -> Path:
@@ -131,22 +152,34 @@ class Ingestion:
         self.input_dir, self.output = Path(input_dir), Path(output_dir)
         self.submission, self.limits = Path(submission), limits
         self.budget = budget
+        self.isolation = isolation.choose(without_namespaces=os.environ.get(NO_NAMESPACES_ENV) == "1")
         self.report = {"status": "running", "stage": None, "error": None, "durations": {},
-                       "time_budget": budget, "time_budget_source": budget_source, "device": None,
-                       "versions": versions(), "explanation": None, "counts": {}, "files": []}
+                       "time_budget": budget, "time_budget_source": budget_source, "device": observed_device(),
+                       "versions": versions(), "explanation": None, "claims": {}, "counts": {}, "files": [],
+                       "isolation": self.isolation.report()}
         self.lock = threading.Lock()
         self.closed = False  # once set, progress messages no longer rewrite ingestion.json
+        self.dirty = False  # messages changed the report since it was last written
         self.started = {}
         self.child = {"error": None, "finished": False, "unreadable": 0}
-        self.over_budget, self.exit_status = False, None
+        self.over_budget, self.exit_status, self.all_ended = False, None, True
 
     def save(self) -> None:
         write_json(self.output / REPORT, self.report)
+        self.dirty = False
 
-    def begin(self, name: str) -> None:
+    def flush(self) -> None:
+        """Write the report if messages changed it since the last write."""
+        with self.lock:
+            if self.dirty and not self.closed:
+                self.save()
+
+    def begin(self, name: str, save: bool = True) -> None:
         self.report["stage"] = name
         self.started[name] = time.perf_counter()
-        self.save()
+        self.dirty = True
+        if save:
+            self.save()
 
     def end(self, name: str) -> None:
         if name in self.started:
@@ -183,33 +216,56 @@ class Ingestion:
         self.check_child_finished()
         if unusable is not None:
             raise unusable
+        if HEATMAPS not in self.report["files"]:
+            raise RunFailed("the submission's process finished without writing its heatmaps")
 
     def run_child(self, folder: Path, results: Path, deadline: float | None) -> None:
-        """Run the submission's process to its end or to the deadline; kill all it started."""
+        """Run the submission's process to its end or to the deadline; end every process it started."""
         read_fd, write_fd = os.pipe()
-        keep = set(children(os.getpid()))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(Path(hygieia.__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])}
-        command = [sys.executable, "-m", child.__name__, str(self.input_dir.resolve()), str(folder),
-                   str(results), str(write_fd), str(os.getpid())]
-        # Same process group as ingestion: a worker that kills that group at its limit kills the submission too.
-        process = subprocess.Popen(command, pass_fds=(write_fd,), stdin=subprocess.DEVNULL, env=env)
-        os.close(write_fd)
+
+        def argv(parent: str) -> list[str]:
+            return [sys.executable, "-m", child.__name__, str(self.input_dir.resolve()), str(folder),
+                    str(results), str(write_fd), parent]
+
+        limits = own_limits()
+        try:
+            process = SubmissionProcess(self.isolation, argv, (write_fd,), env)
+        finally:
+            os.close(write_fd)
         reader = threading.Thread(target=self.read_messages, args=(read_fd,), daemon=True)
         reader.start()
         try:
-            process.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            self.over_budget = True
+            while not process.wait(REPORT_INTERVAL):
+                self.flush()
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.over_budget = True
+                    break
+            # Time the submission stole by stopping ingestion (SIGSTOP) counts too.
+            if deadline is not None and time.monotonic() > deadline + REPORT_INTERVAL:
+                self.over_budget = True
         finally:
-            others = kill_all(process, keep)
+            ended = process.finish()
+            self.all_ended = not ended.survivors
             reader.join(timeout=5)
-        self.exit_status = process.returncode
-        if others:
-            print(f"ingestion: stopped {others} more process(es) the submission had started", file=sys.stderr)
+        self.exit_status = ended.returncode
+        self.report["isolation"] = self.isolation.report()
+        if ended.survivors:
+            raise RunFailed(f"{len(ended.survivors)} process(es) the submission started could not be stopped "
+                            f"(a fork chain?) under the isolation '{self.isolation.mechanism}'; their output "
+                            "is not used")
+        if ended.problem:
+            raise RunFailed(ended.problem)
+        if ended.others:
+            print(f"ingestion: stopped {ended.others} more process(es) the submission had started", file=sys.stderr)
+        changed = changed_limits(limits)
+        if changed:
+            raise RunFailed(f"the submission changed ingestion's resource limits ({changed})")
 
     def read_messages(self, fd: int) -> None:
-        """Progress lines from the submission's process (its claims; only the stage names are shown)."""
+        """Progress lines from the submission's process (its claims). They update the report in memory;
+        the main thread writes it at most every REPORT_INTERVAL seconds (``flush``)."""
         with os.fdopen(fd, "rb") as stream:
             for line in iter(lambda: stream.readline(MESSAGE_LIMIT), b""):
                 with self.lock:
@@ -224,15 +280,16 @@ class Ingestion:
             self.child["unreadable"] += 1
             return
         if kind == "stage" and value in CHILD_STAGES:
-            self.begin(value)
+            self.begin(value, save=False)
         elif kind == "done" and value in CHILD_STAGES:
             self.end(value)
         elif kind == "info" and isinstance(value, dict):
+            claims = self.report["claims"]
             if isinstance(value.get("device"), str):
-                self.report["device"] = value["device"][:200]
+                claims["device"] = value["device"][:200]
             if value.get("explanation") in ("explain", "gradcam", None) and "explanation" in value:
-                self.report["explanation"] = value["explanation"]
-            self.save()
+                claims["explanation"] = self.report["explanation"] = value["explanation"]
+            self.dirty = True
         elif kind == "error" and isinstance(value, dict) and isinstance(value.get("message"), str):
             self.child["error"] = value
         elif kind == "finished" and value is True:
@@ -241,7 +298,8 @@ class Ingestion:
             self.child["unreadable"] += 1
 
     def check_child_finished(self) -> None:
-        """Raise RunFailed unless the submission's process ended by finishing every stage."""
+        """Raise RunFailed unless the submission's process ended by finishing every stage (its heatmaps are
+        checked after the publishing's own error, which says more)."""
         stage = self.report["stage"]
         error, status = self.child["error"], self.exit_status
         if self.over_budget:
@@ -262,12 +320,11 @@ class Ingestion:
         if self.child["unreadable"]:
             raise RunFailed(f"the submission's process sent {self.child['unreadable']} unreadable progress "
                             f"message(s) to ingestion")
-        if HEATMAPS not in self.report["files"]:
-            raise RunFailed("the submission's process finished without writing its heatmaps")
 
     def publish(self, results: Path) -> None:
-        """Check what the submission's process left in ``results``; write it to the output folder."""
-        if not (results / PREDICTIONS).is_file():
+        """Check what the submission's process left in ``results``; write it to the output folder (not
+        while a process it started may still be running)."""
+        if not self.all_ended or not (results / PREDICTIONS).is_file():
             return
         predictions = self.checked_predictions(results / PREDICTIONS)
         write_csv(self.output / PREDICTIONS, predictions[PREDICTION_COLUMNS])
@@ -353,6 +410,8 @@ def run_ingestion(input_dir, output_dir, submission, time_budget_s: float | None
     present_before = set(os.listdir(run.output))
     start = time.perf_counter()
     become_subreaper()
+    make_undumpable()  # before the submission's process exists: no ptrace, no /proc/<pid>/mem of ingestion
+    print(f"ingestion: {run.isolation.log_line()}", file=sys.stderr if run.isolation.missing else sys.stdout)
     failure = None
     try:
         with signals_interrupt(), tempfile.TemporaryDirectory(prefix="hygieia-ingestion-") as workdir:
@@ -436,6 +495,6 @@ def main(argv: list[str] | None = None) -> int:
     counts = report["counts"]
     print(f"ingestion ok in {report['durations']['total']:.1f} s on {report['device']}: "
           f"{counts['valid'] + counts['test']} predictions, {counts['heatmaps']} heatmaps "
-          f"({report['explanation'] or 'no explanation'}"
-          + (f", {counts['zero_heatmaps']} all zero" if counts.get("zero_heatmaps") else "") + ")")
+          f"({report['explanation'] or 'no explanation'}, as the submission's process says"
+          + (f"; {counts['zero_heatmaps']} all zero" if counts.get("zero_heatmaps") else "") + ")")
     return 0
