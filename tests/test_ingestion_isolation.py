@@ -10,6 +10,9 @@ the same predictions as before. Three places, as root (as CI runs):
 - ``codabench``: ingestion as the PID 1 of its namespace, uid 0 without a capability and unable to
   create a namespace, as in Codabench's container (Docker's seccomp profile forbids namespaces; here
   bubblewrap's --disable-userns does): the "alone" mechanism.
+- ``docker`` (marked ``docker``): Codabench's container itself, as compute_worker.py creates it: root,
+  the capabilities it drops, no-new-privileges, Docker's default seccomp profile, in the small test
+  image of tests/docker_image.py.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from docker_image import docker_problem, ensure_image
 from fakes import write_fake_dataset
 from hygieia import dataset as ds
+from hygieia.bundle.sandbox import CODABENCH_CAP_DROP
 from hygieia.submission.ingestion import PREDICTIONS, REPORT, main
 
 BASE = """\
@@ -96,16 +101,37 @@ SANDBOXES = {
     "codabench": ["--unshare-user", "--disable-userns", "--unshare-pid", "--unshare-net", "--unshare-ipc",
                   "--as-pid-1", "--uid", "0", "--gid", "0", "--cap-drop", "ALL"],
 }
-PLACES = ["host", pytest.param("bwrap", marks=pytest.mark.slow), pytest.param("codabench", marks=pytest.mark.slow)]
-MECHANISM = {"host": "namespaces", "bwrap": "namespaces", "codabench": "alone"}
+PLACES = ["host", pytest.param("bwrap", marks=pytest.mark.slow), pytest.param("codabench", marks=pytest.mark.slow),
+          pytest.param("docker", marks=[pytest.mark.slow, pytest.mark.docker])]
+MECHANISM = {"host": "namespaces", "bwrap": "namespaces", "codabench": "alone", "docker": "alone"}
+
+
+def docker_run_argv(image: str, name: str, folders: list[Path], budget: float) -> list[str]:
+    """``docker run`` as Codabench's compute worker creates the container (compute_worker.py, 963-1010): root
+    (the image's user), its dropped capabilities, no-new-privileges, the host's user namespace, Docker's
+    default seccomp profile; the folders at their own paths, this checkout read-only."""
+    argv = ["docker", "run", "--rm", "--name", name, "--pull", "never", "--network", "none", "--userns", "host",
+            "--security-opt", "no-new-privileges", "--workdir", str(folders[0]),
+            "--env", "PYTHONUNBUFFERED=1", "--env", f"HYGIEIA_TIME_BUDGET={budget}"]
+    for capability in CODABENCH_CAP_DROP:
+        argv += ["--cap-drop", capability]
+    for folder in folders:
+        argv += ["--mount", f"type=bind,source={folder},target={folder}"]
+    argv += ["--mount", f"type=bind,source={ROOT},target={ROOT},readonly"]
+    return argv + [image, "python3"]
 
 
 class Place:
     """Where ingestion runs: ``run(fit)`` writes a model whose fit is ``fit`` and runs ingestion on it."""
 
     def __init__(self, name: str, input_dir: Path, tmp_path: Path, capsys):
-        if name != "host" and (problem := bwrap_problem()):
+        if name in SANDBOXES and (problem := bwrap_problem()):
             pytest.skip(problem)
+        self.image = None
+        if name == "docker":
+            if problem := docker_problem():
+                pytest.skip(f"docker tests: {problem}")
+            self.image = ensure_image()[0]
         self.name, self.input_dir, self.tmp_path, self.capsys = name, input_dir, tmp_path, capsys
         self.runs = 0
 
@@ -130,6 +156,12 @@ class Place:
             finally:
                 del os.environ["HYGIEIA_TIME_BUDGET"]
             err = self.capsys.readouterr().err
+        elif self.name == "docker":
+            name = f"hygieia-isolation-test-{os.getpid()}-{self.runs}"
+            argv = docker_run_argv(self.image, name, [self.tmp_path, self.input_dir], budget)
+            done = subprocess.run([*argv, str(ROOT / "ingestion_program" / "ingestion.py"), *args],
+                                  capture_output=True, text=True, timeout=300)
+            status, err = done.returncode, done.stderr
         else:
             binds = ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
                      "--bind", str(self.tmp_path), str(self.tmp_path),
@@ -200,7 +232,7 @@ def test_prlimit_on_the_parent_fails_the_run_with_its_cause(place):
     """)
     assert status == 1 and report["status"] == "failed"
     found = place.record()
-    if place.name == "codabench":  # the parent is ingestion: refused nowhere, found afterwards
+    if MECHANISM[place.name] == "alone":  # the parent is ingestion: refused nowhere, found afterwards
         assert found == {"parent": "succeeded"}
         assert report["error"]["message"].startswith("the submission changed ingestion's resource limits "
                                                      "(RLIMIT_NOFILE (")
