@@ -7,11 +7,13 @@ output folder by itself; ingestion must report what really happened and keep non
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -198,3 +200,79 @@ def test_the_submission_dies_with_a_killed_ingestion(input_dir, tmp_path):
     while submission_processes(folder) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert submission_processes(folder) == []
+
+
+@pytest.mark.parametrize("plant, kind", [
+    ("os.symlink('/etc/hostname', os.path.join(OUTPUT, 'hostname'))", "symbolic link to /etc/hostname"),
+    ("os.mkfifo(os.path.join(OUTPUT, 'pipe'))", "FIFO"),
+    ("os.makedirs(os.path.join(OUTPUT, 'deep', 'er')); os.symlink('/proc/self/pagemap', "
+     "os.path.join(OUTPUT, 'deep', 'er', 'map'))", "symbolic link to /proc/self/pagemap"),
+])
+def test_links_fifos_and_devices_left_in_the_output_fail_the_run(input_dir, tmp_path, capsys, plant, kind):
+    folder = hostile(tmp_path, plant)
+    status, report, err = ingest(input_dir, tmp_path, folder, capsys)
+    assert status == 1
+    assert report["error"]["message"].startswith(f"the submission's process left a {kind} {tmp_path / 'output'}/")
+    assert report["error"]["message"].endswith(" in the output folder (removed; links, FIFOs and devices are "
+                                               "never followed)")
+    assert sorted(os.listdir(tmp_path / "output")) == [HEATMAPS, REPORT, PREDICTIONS]  # its own outputs are kept
+
+
+def test_a_dangling_metadata_link_is_removed_not_written_through(input_dir, tmp_path, capsys):
+    target = tmp_path / "created-through-the-link"
+    folder = hostile(tmp_path, f"os.symlink({str(target)!r}, os.path.join(OUTPUT, 'metadata'))")
+    status, report, err = ingest(input_dir, tmp_path, folder, capsys)
+    assert status == 1 and report["error"]["message"] == (
+        f"the submission's process wrote {tmp_path / 'output' / 'metadata'}, the worker's own file (removed)")
+    assert not os.path.lexists(tmp_path / "output" / "metadata") and not target.exists()
+
+
+@pytest.mark.parametrize("plant, kind", [
+    ("os.mkfifo(path)", "FIFO"),
+    ("os.symlink('/proc/self/pagemap', path)", "symbolic link to /proc/self/pagemap"),
+])
+def test_a_link_or_fifo_in_place_of_its_predictions_is_refused_unread(input_dir, tmp_path, capsys, plant, kind):
+    """Planted by explain(), after the submission's process wrote its predictions; reading either would block
+    or never end."""
+    folder = hostile(tmp_path, "pass")
+    code = (folder / "model.py").read_text().replace("0.3)", "0.7)") + f"""
+    def explain(self, X):
+        path = os.path.join(sys.argv[3], "predictions.csv")  # the submission's process: its results folder
+        os.unlink(path)
+        {plant}
+        return np.zeros_like(X["images"], dtype=float)
+"""
+    (folder / "model.py").write_text(code)
+    status, report, err = ingest(input_dir, tmp_path, folder, capsys)
+    assert status == 1 and report["error"]["message"] == (
+        f"predictions.csv of the submission's process is a {kind}: refused without following or reading it")
+    assert report["files"] == [] and report["durations"]["total"] < 60
+
+
+@pytest.mark.parametrize("make, kind", [
+    (lambda folder: (folder / "helper.py").symlink_to("/etc/hostname"), "symbolic link to /etc/hostname"),
+    (lambda folder: os.mkfifo(folder / "data.bin"), "FIFO"),
+    (lambda folder: [(folder / "model.py").rename(folder / "real.py"), (folder / "model.py").symlink_to("real.py")],
+     "symbolic link to real.py"),
+])
+def test_a_submission_folder_with_a_link_or_fifo_is_refused(input_dir, tmp_path, capsys, make, kind):
+    folder = hostile(tmp_path, "pass")
+    make(folder)
+    status, report, err = ingest(input_dir, tmp_path, folder, capsys)
+    assert status == 1 and report["error"]["stage"] == "import"
+    name = {"FIFO": "data.bin"}.get(kind, "model.py" if "real.py" in kind else "helper.py")
+    assert report["error"]["message"] == (
+        f"submission folder {folder}: {name} is a {kind}; a submission may hold only files and folders (links, "
+        "FIFOs and devices are never followed)")
+
+
+def test_an_empty_zip_is_named_as_such(input_dir, tmp_path, capsys):
+    archive = tmp_path / "upload.zip"
+    zipfile.ZipFile(archive, "w").close()
+    (tmp_path / "program").mkdir()
+    status, report, err = ingest(input_dir, tmp_path, archive, capsys)
+    assert status == 1 and report["error"]["message"] == f"{archive}: the zip is empty"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("__MACOSX/._model.py", "")
+    status, report, err = ingest(input_dir, tmp_path, archive, capsys)
+    assert report["error"]["message"] == f"{archive}: the zip holds only system clutter (__MACOSX/._model.py)"

@@ -31,7 +31,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -46,8 +48,8 @@ import numpy as np
 import hygieia
 from hygieia import dataset as ds
 from hygieia.errors import HygieiaError
-from hygieia.files import (npz_headers, require_dir, require_file_or_dir, writable_dir, write_csv, write_json,
-                           write_npz)
+from hygieia.files import (entry_kind, npz_headers, require_dir, require_file_or_dir, special_entries, writable_dir,
+                           write_csv, write_json, write_npz)
 from hygieia.submission import child, isolation
 from hygieia.submission.api import check_labels, check_probabilities
 from hygieia.submission.isolation import SubmissionProcess, changed_limits, make_undumpable, own_limits
@@ -103,6 +105,15 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             found[name] = None
     return found
+
+
+def identity(path: Path) -> tuple[int, int, int] | None:
+    """(device, inode, type) of what is at ``path`` (a link itself, not followed), or None."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino, stat.S_IFMT(info.st_mode)
 
 
 def observed_device() -> str:
@@ -163,6 +174,7 @@ class Ingestion:
         self.started = {}
         self.child = {"error": None, "finished": False, "unreadable": 0}
         self.over_budget, self.exit_status, self.all_ended = False, None, True
+        self.output_identity, self.present_before, self.output_problems = None, {}, []
 
     def save(self) -> None:
         write_json(self.output / REPORT, self.report)
@@ -209,6 +221,8 @@ class Ingestion:
         try:
             self.run_child(folder, results, deadline)
         finally:
+            if self.all_ended:  # nothing of the submission runs any more: what it left in the output goes
+                self.clean_output()
             try:
                 self.publish(results)
             except HygieiaError as err:  # reported after the child's own failure, which comes first
@@ -324,7 +338,7 @@ class Ingestion:
     def publish(self, results: Path) -> None:
         """Check what the submission's process left in ``results``; write it to the output folder (not
         while a process it started may still be running)."""
-        if not self.all_ended or not (results / PREDICTIONS).is_file():
+        if not self.all_ended or not self.result_file(results / PREDICTIONS):
             return
         predictions = self.checked_predictions(results / PREDICTIONS)
         write_csv(self.output / PREDICTIONS, predictions[PREDICTION_COLUMNS])
@@ -332,13 +346,23 @@ class Ingestion:
         for split in ds.SCORED_SPLITS:
             positive = predictions["label"][predictions["split"] == split]
             self.report["counts"][f"{split}_positive"] = int(positive.sum())
-        if not (results / HEATMAPS).is_file():
+        if not self.result_file(results / HEATMAPS):
             return
         ids, maps = self.checked_heatmaps(results / HEATMAPS, predictions)
         write_npz(self.output / HEATMAPS, ids=ids, maps=maps)
         self.report["files"].append(HEATMAPS)
         self.report["counts"]["heatmaps"] = len(ids)
         self.report["counts"]["zero_heatmaps"] = int((~maps.any(axis=(1, 2))).sum())
+
+    @staticmethod
+    def result_file(path: Path) -> bool:
+        """Whether the submission's process left a file at ``path``; RunFailed for a link, FIFO or device
+        (refused without being followed or read, so no read can block)."""
+        kind = entry_kind(path)
+        if kind not in (None, "file"):
+            raise RunFailed(f"{path.name} of the submission's process is a {kind}: refused without following "
+                            "or reading it")
+        return kind == "file"
 
     def checked_predictions(self, path: Path):
         what = f"{PREDICTIONS} of the submission's process"
@@ -359,6 +383,9 @@ class Ingestion:
         what = f"{HEATMAPS} of the submission's process"
         positives = predictions["id"][predictions["label"] == 1].tolist() if self.report["explanation"] else []
         expected = {"ids": (len(positives),), "maps": (len(positives), *self.shape)}
+        largest = 2 * len(positives) * (int(np.prod(self.shape)) * 2 + 100) + (1 << 20)  # deflate never doubles
+        if path.stat().st_size > largest:
+            raise RunFailed(f"{what}: {path.stat().st_size} bytes, too large for {len(positives)} maps")
         try:
             shapes = {name: shape for name, (shape, _dtype) in npz_headers(path).items()}
         except (OSError, ValueError) as err:
@@ -373,16 +400,33 @@ class Ingestion:
             raise RunFailed(f"{what}: maps must be float16 in [0, 1]")
         return ids.astype(str), maps
 
-    def remove_foreign_outputs(self, present_before: set[str]) -> None:
-        """Output files that this run did not write (the submission's forgeries, or stale ones) go."""
-        for name in (PREDICTIONS, HEATMAPS):
-            if name not in self.report["files"] and (self.output / name).is_file():
-                (self.output / name).unlink()
-                print(f"ingestion: removed {self.output / name}: not written by this run", file=sys.stderr)
-        forged = self.output / WORKER_METADATA
-        if WORKER_METADATA not in present_before and forged.is_file():
-            forged.unlink()
-            raise RunFailed(f"the submission's process wrote {forged}, the worker's own file (removed)")
+    def clean_output(self) -> None:
+        """Remove every entry of the output folder that this run did not write and that was not there
+        before (the submission's forgeries, stale outputs), without following a link; a link, FIFO,
+        socket or device, or the worker's ``metadata``, is a problem of the run (``output_problems``)."""
+        if identity(self.output) != self.output_identity:
+            self.output_problems.append(f"the output folder {self.output} was replaced during the run")
+            return
+        for name in sorted(os.listdir(self.output)):
+            path = self.output / name
+            kind = entry_kind(path)
+            if (name == REPORT or name in self.report["files"]) and kind == "file":
+                continue
+            if name not in (PREDICTIONS, HEATMAPS) and self.present_before.get(name) == identity(path):
+                continue
+            inside = special_entries(path) if kind == "folder" else []
+            if kind == "folder":
+                shutil.rmtree(path)  # follows no link
+            else:
+                path.unlink()
+            print(f"ingestion: removed {path}: not written by this run", file=sys.stderr)
+            if name == WORKER_METADATA:
+                self.output_problems.append(f"the submission's process wrote {path}, the worker's own file "
+                                            "(removed)")
+            elif kind != "file" or inside:
+                what = f"{kind} {path}" if kind != "folder" else f"{inside[0][1]} {path / inside[0][0]}"
+                self.output_problems.append(f"the submission's process left a {what} in the output folder "
+                                            "(removed; links, FIFOs and devices are never followed)")
 
     def fail(self, err: BaseException) -> str:
         stage = self.report["stage"]
@@ -407,7 +451,8 @@ def run_ingestion(input_dir, output_dir, submission, time_budget_s: float | None
     """
     run = Ingestion(input_dir, output_dir, submission, time_budget_s, budget_source, limits)
     run.output.mkdir(parents=True, exist_ok=True)
-    present_before = set(os.listdir(run.output))
+    run.output_identity = identity(run.output)
+    run.present_before = {name: identity(run.output / name) for name in os.listdir(run.output)}
     start = time.perf_counter()
     become_subreaper()
     make_undumpable()  # before the submission's process exists: no ptrace, no /proc/<pid>/mem of ingestion
@@ -421,10 +466,9 @@ def run_ingestion(input_dir, output_dir, submission, time_budget_s: float | None
         failure = err
     with run.lock:
         run.closed = True
-        try:
-            run.remove_foreign_outputs(present_before)
-        except RunFailed as err:
-            failure = failure or err
+        run.clean_output()
+        if run.output_problems:
+            failure = failure or RunFailed(run.output_problems[0])
         if failure is not None:
             print(run.fail(failure), file=sys.stderr)
             if isinstance(failure, Interrupted):
