@@ -276,3 +276,61 @@ def test_an_empty_zip_is_named_as_such(input_dir, tmp_path, capsys):
         handle.writestr("__MACOSX/._model.py", "")
     status, report, err = ingest(input_dir, tmp_path, archive, capsys)
     assert report["error"]["message"] == f"{archive}: the zip holds only system clutter (__MACOSX/._model.py)"
+
+
+def test_a_refused_publish_is_the_reported_cause(input_dir, tmp_path, capsys):
+    """explain() rewrites the predictions its process already wrote, with probabilities of 1.5: the run fails
+    with that cause, not with the heatmaps that could then not be published."""
+    folder = hostile(tmp_path, "pass")
+    code = (folder / "model.py").read_text().replace("0.3)", "0.7)") + """
+    def explain(self, X):
+        path = os.path.join(sys.argv[3], "predictions.csv")
+        with open(path) as f:
+            lines = f.read().splitlines()
+        with open(path, "w") as f:
+            f.write("\\n".join([lines[0]] + [line.replace(",0.7,", ",1.5,") for line in lines[1:]]) + "\\n")
+        return np.ones_like(X["images"], dtype=float)
+"""
+    (folder / "model.py").write_text(code)
+    status, report, err = ingest(input_dir, tmp_path, folder, capsys)
+    assert status == 1 and report["error"]["message"].startswith(
+        "Model.predict_proba returned values outside [0, 1] for 6 valid images (min 1.5, max 1.5")
+    assert report["files"] == []
+
+
+def test_device_is_what_ingestion_sees_and_the_submissions_statements_are_claims(input_dir, tmp_path, capsys):
+    folder = hostile(tmp_path, """
+        claim = {"info": {"device": "cuda (NVIDIA H100 80GB HBM3)", "explanation": None}}
+        os.write(int(sys.argv[4]), (json.dumps(claim) + "\\n").encode())  # the message channel to ingestion
+    """)
+    status, report, err = ingest(input_dir, tmp_path, folder, capsys)
+    assert status == 0 and report["claims"] == {"device": "cuda (NVIDIA H100 80GB HBM3)", "explanation": None}
+    gpus = sorted(Path("/proc/driver/nvidia/gpus").glob("*/information"))
+    assert report["device"] == "cpu" if not gpus else report["device"].startswith("cpu; GPU: ")
+
+
+def test_progress_messages_do_not_rewrite_the_report_each_time(input_dir, tmp_path, capsys, monkeypatch):
+    """20,000 stage messages: the report is written at most every 0.25 s, not 20,000 times."""
+    from hygieia.submission import ingestion
+
+    saves = []
+    original = ingestion.Ingestion.save
+    monkeypatch.setattr(ingestion.Ingestion, "save", lambda self: saves.append(1) or original(self))
+    folder = hostile(tmp_path, """
+        fd = int(sys.argv[4])
+        for _ in range(10_000):
+            os.write(fd, b'{"stage": "fit"}\\n{"done": "fit"}\\n')
+    """)
+    start = time.monotonic()
+    status, report, err = ingest(input_dir, tmp_path, folder, capsys)
+    elapsed = time.monotonic() - start
+    assert status == 0 and report["status"] == "ok"
+    assert len(saves) <= 6 + elapsed / 0.25, (len(saves), elapsed)
+
+
+def test_ingestion_outside_a_container_says_so(input_dir, tmp_path, capsys):
+    from hygieia.submission.isolation import UNSANDBOXED_WARNING
+
+    status, report, err = ingest(input_dir, tmp_path, hostile(tmp_path, "pass"), capsys)
+    assert status == 0 and UNSANDBOXED_WARNING in err
+    assert "ingestion: WARNING: not inside a container or sandbox" in UNSANDBOXED_WARNING

@@ -183,9 +183,10 @@ def place(request, input_dir, tmp_path, capsys):
 
 
 def assert_innocent_run_as_before(place: Place) -> None:
-    status, report, _ = place.run(INNOCENT_FIT)
+    status, report, err = place.run(INNOCENT_FIT)
     assert status == 0 and report["status"] == "ok", report["error"]
     assert report["isolation"]["mechanism"] == MECHANISM[place.name]
+    assert ("WARNING: not inside a container or sandbox" in err) == (place.name == "host")
     predictions = (place.output / PREDICTIONS).read_text().splitlines()
     assert len(predictions) == 13 and [line.rsplit(",", 1)[1] for line in predictions[1:]] == ["1", "0"] * 6
 

@@ -533,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ingestion: error: {err}", file=sys.stderr)
         return 2
     print(f"ingestion: time budget {budget:g} s ({source})")
+    if warning := isolation.sandbox_warning():
+        print(warning, file=sys.stderr, flush=True)
     report = run_ingestion(input_dir, output_dir, submission, budget, source)
     if report["status"] != "ok":
         return 128 + report["interrupted"] if "interrupted" in report else 1
