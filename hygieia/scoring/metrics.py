@@ -55,10 +55,10 @@ METRICS = (
            "0 (a constant rule, or one that reads only the view, gets a whole group wrong)",
            "lowest accuracy over the groups class × view position", "hygieia.scoring.groups:worst_group_accuracy",
            "groups"),
-    Metric("shortcut_gap", "Shortcut gap", "asc", (-1, 1), CLASSIFICATION + ("probes",),
+    Metric("shortcut_gap", "Shortcut gap", "asc", (0, 1), CLASSIFICATION + ("probes",),
            "0 (a rule that ignores the film calls probes and normal films positive alike)",
-           "mean over off-box probes of (called positive − false-positive rate on normal films of the "
-           "probe's view)",
+           "max(0, mean over off-box probes of (called positive − false-positive rate on normal films of "
+           "the probe's view)): below 0 is no better than 0",
            "hygieia.scoring.shortcut:shortcut_gap", "shortcut", nullable=True),
     Metric("fbeta2", "F-beta (2)", "desc", (0, 1), CLASSIFICATION,
            "the prevalence (calling positive at random at the prevalence's rate)",
