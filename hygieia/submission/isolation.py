@@ -5,7 +5,7 @@ namespace no process can ptrace it or open its ``/proc/<pid>/mem``), then starts
 process with the first of these mechanisms that the machine allows:
 
 - ``namespaces``: the submission runs in a user, PID and mount namespace of its own, under a small
-  trusted init (``python -m hygieia.submission.isolation``, this module's ``main``). Ingestion is not
+  trusted init (``hygieia.submission.launcher``, whose protocol is there). Ingestion is not
   in that PID namespace: ptrace, ``prlimit`` and ``kill`` on it name no process there, and a pidfd
   made from its ``/proc`` entry is refused. When the submission's process ends, the init kills every
   process left in the namespace at once (``kill(-1)``, which no fork can outrun) and reaps them; if
@@ -21,39 +21,23 @@ process with the first of these mechanisms that the machine allows:
   kills what it finds of its descendants for a bounded number of rounds. The submission can signal
   ingestion and change its limits; a fork chain may outrun the rounds (the run then fails). Said
   loudly in the log and in ingestion.json.
-
-The launcher's protocol: ``python -m hygieia.submission.isolation REPORT_FD PARENT_PID PASSED_FDS --
-ARGV...``. It maps the caller's uid and gid into the new user namespace (when the kernel lets it:
-root needs CAP_SETFCAP to map uid 0), forks the init, which mounts a /proc of its own (when allowed),
-starts a new session and execs ARGV as its one child (dying with it: ``PR_SET_PDEATHSIG``). The
-file descriptors PASSED_FDS (comma-separated, ``-`` for none) go to ARGV and are closed in the
-launcher and the init. On SIGTERM the launcher kills the init. At the end it writes one JSON line to
-REPORT_FD: ``status`` (ARGV's wait status, None if it did not end by itself), ``others`` (processes
-killed in the namespace after it ended), ``own_proc``, ``stopped`` (ingestion asked for the stop).
-Standard library only: the launcher starts in a few tens of milliseconds.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
 
+from hygieia.submission import launcher
+from hygieia.submission.launcher import NAMESPACES, call, changed_limits, make_undumpable, own_limits
 from hygieia.submission.processes import alive, children, descendants, kill_all, process_table
 
-CLONE_NEWNS = 0x00020000
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWPID = 0x20000000
-NAMESPACES = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 0x40000
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
-EXEC_FAILED = 127
+__all__ = ["Isolation", "SubmissionProcess", "changed_limits", "choose", "make_undumpable", "own_limits"]
 
 MECHANISMS = ("namespaces", "alone", "session")
 DESCRIPTIONS = {
@@ -109,28 +93,6 @@ class Isolation:
         return line
 
 
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _call(name: str, *args) -> int:
-    """A libc call; returns 0 or the errno it failed with (ENOSYS where libc lacks it)."""
-    try:
-        function = getattr(_libc(), name)
-    except (OSError, AttributeError):
-        return errno.ENOSYS
-    return 0 if function(*args) == 0 else ctypes.get_errno()
-
-
-def prctl(option: int, value: int) -> bool:
-    return _call("prctl", option, value, 0, 0, 0) == 0
-
-
-def make_undumpable() -> bool:
-    """No ptrace, no /proc/<pid>/mem, no core dump of this process without CAP_SYS_PTRACE."""
-    return prctl(PR_SET_DUMPABLE, 0)
-
-
 def namespaces_problem() -> str | None:
     """Why this process cannot create user + PID + mount namespaces for a child, or None: tried in a
     forked process, which exits at once."""
@@ -139,7 +101,7 @@ def namespaces_problem() -> str | None:
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the probe: nothing but the system call, then out
-        code = _call("unshare", NAMESPACES)
+        code = call("unshare", NAMESPACES)
         os.write(write_end, str(code).encode())
         os._exit(0)
     os.close(write_end)
@@ -204,8 +166,8 @@ class SubmissionProcess:
         if isolation.mechanism == "namespaces":
             self.report_fd, report_write = os.pipe()
             passed = ",".join(map(str, pass_fds)) or "-"
-            command = [sys.executable, "-m", __spec__.name, str(report_write), str(os.getpid()), passed, "--",
-                       *argv("1")]  # the init is PID 1 of the new namespace
+            command = [sys.executable, "-S", "-m", launcher.__name__, str(report_write), str(os.getpid()), passed,
+                       "--", *argv("1")]  # the init is PID 1 of the new namespace
             fds = (*pass_fds, report_write)
         else:
             command, fds = argv(str(os.getpid())), pass_fds
@@ -290,21 +252,6 @@ def describe_status(returncode: int) -> str:
         return f"was killed by signal {-returncode}"
 
 
-def own_limits() -> dict[str, tuple[int, int]]:
-    """This process's resource limits, by name (the first name of each: RLIMIT_OFILE is RLIMIT_NOFILE)."""
-    names = {}
-    for name in sorted(dir(resource)):
-        if name.startswith("RLIMIT_"):
-            names.setdefault(getattr(resource, name), name)
-    return {name: resource.getrlimit(number) for number, name in sorted(names.items())}
-
-
-def changed_limits(before: dict[str, tuple[int, int]]) -> str:
-    """The limits that differ from ``before`` (a process that reached this one used ``prlimit``), or ""."""
-    now = own_limits()
-    return ", ".join(f"{name} {before[name]} -> {now[name]}" for name in before if now[name] != before[name])
-
-
 def kill_all_adopted(keep: set[int]) -> tuple[int, list[int]]:
     """SIGKILL and reap our descendants outside ``keep`` (none unless a launcher died before its init)."""
     found = descendants(os.getpid(), keep)
@@ -319,132 +266,3 @@ def kill_all_adopted(keep: set[int]) -> tuple[int, list[int]]:
         except ChildProcessError:
             pass
     return len(found), alive(descendants(os.getpid(), keep))
-
-
-# ---------------------------------------------------------------- the launcher and the init (main)
-
-def _write_file(path: str, text: str) -> bool:
-    try:
-        fd = os.open(path, os.O_WRONLY)
-    except OSError:
-        return False
-    try:
-        os.write(fd, text.encode())
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def _map_ids(uid: int, gid: int) -> None:
-    """The caller's uid and gid, the same inside (root without CAP_SETFCAP stays unmapped: nobody)."""
-    _write_file("/proc/self/setgroups", "deny")
-    _write_file("/proc/self/uid_map", f"{uid} {uid} 1\n")
-    _write_file("/proc/self/gid_map", f"{gid} {gid} 1\n")
-
-
-def _mount_proc() -> bool:
-    """A /proc of the new PID namespace (refused where the old one is partly hidden, as in bubblewrap)."""
-    if _call("mount", None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
-        return False
-    return _call("mount", b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) == 0
-
-
-def _reap_all() -> int:
-    """Wait for every child (adopted ones included) until none is left; return how many."""
-    count = 0
-    while True:
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return count
-        count += 1
-
-
-def _init(report_fd: int, passed: list[int], argv: list[str]) -> None:
-    """PID 1 of the new namespace: run ARGV, then end everything else, reap it, report. Never returns."""
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the launcher, and the namespace with it
-    for signum in (signal.SIGINT, signal.SIGTERM):  # as PID 1, unhandled signals from inside are dropped
-        signal.signal(signum, signal.SIG_DFL)
-    os.setsid()
-    own_proc = _mount_proc()
-    limits = own_limits()  # the submission sees this process (its parent) and may prlimit it: checked at the end
-    child = os.fork()
-    if child == 0:
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        try:
-            os.execv(argv[0], argv)
-        finally:
-            os._exit(EXEC_FAILED)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    for fd in passed:
-        os.close(fd)
-    while True:  # reap orphans as they come, until the submission's own process ends
-        pid, status = os.waitpid(-1, 0)
-        if pid == child:
-            break
-    try:
-        os.kill(-1, signal.SIGKILL)  # every other process of the namespace, at once
-    except ProcessLookupError:
-        pass  # none is left
-    others = _reap_all()
-    os.write(report_fd, json.dumps({"status": status, "others": others, "own_proc": own_proc,
-                                    "limits_changed": changed_limits(limits)}).encode())
-    os._exit(0)
-
-
-def launch(report_fd: int, parent: int, passed: list[int], argv: list[str]) -> None:
-    """The launcher, in ingestion's namespaces: make the new ones, fork the init, wait, report."""
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(1)  # ingestion ended before the request took effect
-    make_undumpable()
-    uid, gid = os.geteuid(), os.getegid()
-    code = _call("unshare", NAMESPACES)
-    if code:
-        os.write(report_fd, json.dumps({"error": f"unshare: {os.strerror(code)}"}).encode())
-        os._exit(1)
-    _map_ids(uid, gid)
-    state = {"init": None, "stopped": False}
-
-    def stop(signum, frame):
-        state["stopped"] = True
-        if state["init"]:
-            os.kill(state["init"], signal.SIGKILL)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # a stop before the fork waits for its pid
-    read_end, write_end = os.pipe()
-    init = os.fork()
-    if init == 0:
-        os.close(read_end)
-        os.close(report_fd)
-        _init(write_end, passed, argv)
-    os.close(write_end)
-    for fd in passed:
-        os.close(fd)
-    state["init"] = init
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-    _, init_status = os.waitpid(init, 0)  # returns once every process of the namespace is gone
-    with os.fdopen(read_end, "rb") as stream:
-        try:
-            report = json.loads(stream.read() or b"{}")
-        except ValueError:
-            report = {}
-    report.setdefault("status", None)
-    report.update(stopped=state["stopped"], init_status=init_status)
-    os.write(report_fd, json.dumps(report).encode())
-    os._exit(0)
-
-
-def main(argv: list[str]) -> None:
-    report_fd, parent, passed, separator, *command = argv
-    if separator != "--" or not command:
-        sys.exit(f"usage: python -m {__spec__.name} REPORT_FD PARENT_PID PASSED_FDS -- ARGV...")
-    launch(int(report_fd), int(parent), [int(fd) for fd in passed.split(",") if fd != "-"], command)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

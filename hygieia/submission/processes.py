@@ -9,32 +9,25 @@ which a fast fork chain can outrun; it then says how many processes are still al
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import time
 from pathlib import Path
 
-PR_SET_PDEATHSIG = 1
+from hygieia.submission.launcher import PR_SET_PDEATHSIG, prctl
+
 PR_SET_CHILD_SUBREAPER = 36
 KILL_ROUNDS = 50  # a process forked between two scans is found in the next one
 
 
-def _prctl(option: int, value: int) -> bool:
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
-    except (OSError, AttributeError):  # not Linux
-        return False
-
-
 def become_subreaper() -> bool:
     """Adopt the orphans of our descendants (Linux); False where the system does not offer it."""
-    return _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    return prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
 def die_with_parent(parent: int) -> None:
     """In the submission's process: be killed if ingestion is (a worker's SIGKILL at its time limit)."""
-    if _prctl(PR_SET_PDEATHSIG, signal.SIGKILL) and os.getppid() != parent:
+    if prctl(PR_SET_PDEATHSIG, signal.SIGKILL) and os.getppid() != parent:
         os._exit(1)  # ingestion ended before the request took effect
 
 
