@@ -166,7 +166,7 @@ def launch(report_fd: int, parent: int, passed: list[int], argv: list[str]) -> N
     def stop(signum, frame):
         state["stopped"] = True
         if state["init"]:
-            os.kill(state["init"], signal.SIGKILL)
+            os.kill(state["init"], signal.SIGKILL)  # not reaped yet (below): its pid is still its own
 
     signal.signal(signal.SIGTERM, stop)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # a stop before the fork waits for its pid
@@ -181,7 +181,11 @@ def launch(report_fd: int, parent: int, passed: list[int], argv: list[str]) -> N
         os.close(fd)
     state["init"] = init
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-    _, init_status = os.waitpid(init, 0)  # returns once every process of the namespace is gone
+    # Once every process of the namespace is gone; the init is left a zombie until no stop can target it.
+    os.waitid(os.P_PID, init, os.WEXITED | os.WNOWAIT)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    state["init"] = None
+    _, init_status = os.waitpid(init, 0)
     with os.fdopen(read_end, "rb") as stream:
         try:
             report = json.loads(stream.read() or b"{}")
