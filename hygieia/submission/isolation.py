@@ -39,10 +39,10 @@ from hygieia.submission.processes import alive, children, descendants, kill_all,
 
 __all__ = ["Isolation", "SubmissionProcess", "changed_limits", "choose", "make_undumpable", "own_limits"]
 
-MECHANISMS = ("namespaces", "alone", "session")
 DESCRIPTIONS = {
-    "namespaces": "the submission runs in user, PID and mount namespaces of its own: it cannot see, "
-                  "trace, signal or limit ingestion, and every process it starts ends with it",
+    "namespaces": "the submission runs in user, PID and mount namespaces of its own: it cannot trace, "
+                  "signal or limit ingestion (nor see it, with a /proc of its own), and every process it "
+                  "starts ends with it",
     "alone": "no namespace can be created here (Docker's seccomp profile?); ingestion is alone in its PID "
              "namespace, so kill(-1) ends every process of the submission at once",
     "session": "no namespace can be created here and ingestion is not alone in its PID namespace: the "
