@@ -215,7 +215,9 @@ def test_links_fifos_and_devices_left_in_the_output_fail_the_run(input_dir, tmp_
     assert report["error"]["message"].startswith(f"the submission's process left a {kind} {tmp_path / 'output'}/")
     assert report["error"]["message"].endswith(" in the output folder (removed; links, FIFOs and devices are "
                                                "never followed)")
-    assert sorted(os.listdir(tmp_path / "output")) == [HEATMAPS, REPORT, PREDICTIONS]  # its own outputs are kept
+    left = sorted(os.listdir(tmp_path / "output"))  # ingestion's outputs, and the submission's own folder
+    assert left == sorted([HEATMAPS, REPORT, PREDICTIONS] + (["deep"] if "deep" in plant else []))
+    assert not os.path.lexists(tmp_path / "output" / "deep" / "er" / "map")
 
 
 def test_a_dangling_metadata_link_is_removed_not_written_through(input_dir, tmp_path, capsys):
@@ -334,3 +336,22 @@ def test_ingestion_outside_a_container_says_so(input_dir, tmp_path, capsys):
     status, report, err = ingest(input_dir, tmp_path, hostile(tmp_path, "pass"), capsys)
     assert status == 0 and UNSANDBOXED_WARNING in err
     assert "ingestion: WARNING: not inside a container or sandbox" in UNSANDBOXED_WARNING
+
+
+def test_a_link_the_submission_locked_in_the_output_is_removed_and_the_folder_restored(input_dir, tmp_path, capsys):
+    """A link inside folders the submission made unreadable, the output folder itself read-only: ingestion (its
+    owner too: as root without CAP_DAC_OVERRIDE in Codabench's container) takes its access back."""
+    folder = hostile(tmp_path, """
+        deep = os.path.join(OUTPUT, "locked", "inner")
+        os.makedirs(deep)
+        os.symlink("/etc/hostname", os.path.join(deep, "link"))
+        os.chmod(deep, 0)
+        os.chmod(os.path.dirname(deep), 0)
+        os.chmod(OUTPUT, 0o500)
+    """)
+    status, report, err = ingest(input_dir, tmp_path, folder, capsys)
+    assert status == 1 and report["error"]["message"].startswith(
+        "the submission's process changed the permissions of the output folder")
+    link = tmp_path / "output" / "locked" / "inner" / "link"
+    assert not os.path.lexists(link) and f"removed {link}: not written by this run" in err
+    assert sorted(os.listdir(tmp_path / "output")) == [HEATMAPS, REPORT, "locked", PREDICTIONS]

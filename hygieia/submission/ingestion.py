@@ -22,7 +22,8 @@ private folder and writes the output folder itself:
 
 Nothing the submission writes can make a run look finished: a budget overrun, an interrupt, a crash
 or an exit from inside the model (``os._exit``, an ``atexit`` handler) is reported as such, and
-output files this process did not write are removed. Any failure ends the run with a one-line message
+output files this process did not write are removed, as is any link, FIFO or device in the output
+folder (none is followed, and the run fails). Any failure ends the run with a one-line message
 on stderr and in ingestion.json, keeps what was already produced, and gives a non-zero exit status.
 """
 
@@ -116,6 +117,19 @@ def identity(path: Path) -> tuple[int, int, int] | None:
     return info.st_dev, info.st_ino, stat.S_IFMT(info.st_mode)
 
 
+def open_folders(root: Path) -> None:
+    """Give this process (their owner, as the submission's) back full access to ``root`` and every folder
+    under it, links not followed, so that they can be listed and removed."""
+    todo = [root]
+    while todo:
+        folder = todo.pop()
+        try:
+            os.chmod(folder, 0o700)
+            todo += [Path(entry.path) for entry in os.scandir(folder) if entry.is_dir(follow_symlinks=False)]
+        except OSError:
+            continue  # not ours: removing it fails below, naming it
+
+
 def observed_device() -> str:
     """What ingestion sees of the devices the submission's process may use: "cpu", or "cpu; GPU: <model>"
     for each NVIDIA GPU the driver lists (what the model used is only its own claim)."""
@@ -174,17 +188,21 @@ class Ingestion:
         self.started = {}
         self.child = {"error": None, "finished": False, "unreadable": 0}
         self.over_budget, self.exit_status, self.all_ended = False, None, True
-        self.output_identity, self.present_before, self.output_problems = None, {}, []
+        self.output_identity, self.output_mode, self.present_before, self.output_problems = None, None, {}, []
 
     def save(self) -> None:
         write_json(self.output / REPORT, self.report)
         self.dirty = False
 
     def flush(self) -> None:
-        """Write the report if messages changed it since the last write."""
+        """Write the report if messages changed it since the last write (best effort: the submission may
+        have locked the output folder; the last write comes after ``clean_output``)."""
         with self.lock:
             if self.dirty and not self.closed:
-                self.save()
+                try:
+                    self.save()
+                except OSError as err:
+                    print(f"ingestion: could not update {self.output / REPORT} during the run: {err}", file=sys.stderr)
 
     def begin(self, name: str, save: bool = True) -> None:
         self.report["stage"] = name
@@ -401,32 +419,46 @@ class Ingestion:
         return ids.astype(str), maps
 
     def clean_output(self) -> None:
-        """Remove every entry of the output folder that this run did not write and that was not there
-        before (the submission's forgeries, stale outputs), without following a link; a link, FIFO,
-        socket or device, or the worker's ``metadata``, is a problem of the run (``output_problems``)."""
+        """Once nothing of the submission runs: remove from the output folder every link, FIFO, socket or
+        device (at any depth, without following any), the worker's ``metadata`` and the outputs this run
+        did not write (forgeries or stale ones); give back the folder's permissions. What is not the
+        submission's own plain file or folder is a problem of the run (``output_problems``)."""
         if identity(self.output) != self.output_identity:
             self.output_problems.append(f"the output folder {self.output} was replaced during the run")
             return
+        mode = stat.S_IMODE(os.lstat(self.output).st_mode)
+        if mode != self.output_mode:
+            os.chmod(self.output, self.output_mode)
+            self.output_problems.append(f"the submission's process changed the permissions of the output folder "
+                                        f"{self.output} ({self.output_mode:o} -> {mode:o}; restored)")
         for name in sorted(os.listdir(self.output)):
             path = self.output / name
             kind = entry_kind(path)
             if (name == REPORT or name in self.report["files"]) and kind == "file":
                 continue
-            if name not in (PREDICTIONS, HEATMAPS) and self.present_before.get(name) == identity(path):
-                continue
-            inside = special_entries(path) if kind == "folder" else []
+            if name not in (PREDICTIONS, HEATMAPS, WORKER_METADATA) and self.present_before.get(name) == identity(path):
+                continue  # there before the run, unchanged
             if kind == "folder":
-                shutil.rmtree(path)  # follows no link
-            else:
-                path.unlink()
-            print(f"ingestion: removed {path}: not written by this run", file=sys.stderr)
-            if name == WORKER_METADATA:
-                self.output_problems.append(f"the submission's process wrote {path}, the worker's own file "
-                                            "(removed)")
-            elif kind != "file" or inside:
-                what = f"{kind} {path}" if kind != "folder" else f"{inside[0][1]} {path / inside[0][0]}"
-                self.output_problems.append(f"the submission's process left a {what} in the output folder "
-                                            "(removed; links, FIFOs and devices are never followed)")
+                open_folders(path)  # the submission may have taken our (its owner's) access away
+            if name in (PREDICTIONS, HEATMAPS, WORKER_METADATA) or kind not in ("file", "folder"):
+                self.remove_output(path, kind)
+            elif kind == "folder":
+                for inner, inner_kind in special_entries(path):
+                    self.remove_output(path / inner, inner_kind)
+
+    def remove_output(self, path: Path, kind: str) -> None:
+        """Remove ``path`` (a link itself, not what it names), saying so; note it unless it was only a stale
+        or forged output."""
+        if kind == "folder":
+            shutil.rmtree(path)  # follows no link
+        else:
+            path.unlink()
+        print(f"ingestion: removed {path}: not written by this run", file=sys.stderr)
+        if path.name == WORKER_METADATA and path.parent == self.output:
+            self.output_problems.append(f"the submission's process wrote {path}, the worker's own file (removed)")
+        elif kind not in ("file", "folder"):
+            self.output_problems.append(f"the submission's process left a {kind} {path} in the output folder "
+                                        "(removed; links, FIFOs and devices are never followed)")
 
     def fail(self, err: BaseException) -> str:
         stage = self.report["stage"]
@@ -452,6 +484,7 @@ def run_ingestion(input_dir, output_dir, submission, time_budget_s: float | None
     run = Ingestion(input_dir, output_dir, submission, time_budget_s, budget_source, limits)
     run.output.mkdir(parents=True, exist_ok=True)
     run.output_identity = identity(run.output)
+    run.output_mode = stat.S_IMODE(os.lstat(run.output).st_mode)
     run.present_before = {name: identity(run.output / name) for name in os.listdir(run.output)}
     start = time.perf_counter()
     become_subreaper()
