@@ -158,9 +158,9 @@ METRICS = (
         compute=worst_group, reference="Sagawa et al. 2020, *Distributionally robust neural networks* (ICLR)",
         chance="0: a constant rule, or one that reads only the view, gets a whole group wrong"),
     SplitMetric(
-        key="shortcut_gap", title="Shortcut gap", sorting="asc", value_range=(-1, 1), needs=(*LABELS, "probes"),
-        definition="mean over off-box probes of (called positive − false-positive rate on normal films of "
-                   "the probe's view)",
+        key="shortcut_gap", title="Shortcut gap", sorting="asc", value_range=(0, 1), needs=(*LABELS, "probes"),
+        definition="max(0, mean over off-box probes of (called positive − false-positive rate on normal films "
+                   "of the probe's view)): below 0 is no better than 0",
         compute=shortcut_gap, nullable=True,
         reference="Geirhos et al. 2020, *Shortcut learning in deep neural networks*; Zech et al. 2018 (PLOS Med.)",
         chance="0: a constant rule calls probes and normal films positive alike"),

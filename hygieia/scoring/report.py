@@ -367,7 +367,10 @@ def shortcut_section(results: dict) -> str:
     if gap["n_unmatched"]:
         parts.append(f"<p class='note'>{gap['n_unmatched']} probes have no normal film of their view and "
                      "are left out.</p>")
-    parts.append(f"<p><b>shortcut gap</b> {gap['value']:.4f} {_interval(gap['ci'])}</p>")
+    parts.append(f"<p><b>shortcut gap</b> {gap['value']:.4f} {_interval(gap['ci'])} (the leaderboard's: "
+                 f"max(0, gap)); the gap itself {gap['raw']:+.4f} {_interval(gap['raw_ci'])}. A gap below 0 "
+                 "is no better than 0: it comes from calling probe-like items negative, not from reading "
+                 "the opacity.</p>")
     return "".join(parts)
 
 

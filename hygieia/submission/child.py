@@ -1,8 +1,11 @@
 """The submission's own process: load the data, import ``model.py``, fit, predict, explain.
 
 Ingestion (``hygieia.submission.ingestion``) starts it as ``python -m hygieia.submission.child
-INPUT_DATA SUBMISSION_FOLDER RESULTS_FOLDER MESSAGE_FD PARENT_PID`` in ingestion's process group;
-it dies with ingestion (``PR_SET_PDEATHSIG``). Nothing this
+INPUT_DATA SUBMISSION_FOLDER RESULTS_FOLDER MESSAGE_FD PARENT_PID`` in a session of its own, where
+the machine allows under the init of its own user and PID namespaces (``hygieia.submission.isolation``;
+PARENT_PID is its parent's pid as this process sees it: 1 there, ingestion's elsewhere). It dies
+with its parent (``PR_SET_PDEATHSIG``), which dies with ingestion. MESSAGE_FD is the one channel
+to ingestion; another (ingestion to this process) would be passed the same way. Nothing this
 process does is trusted: it reports progress as JSON lines on MESSAGE_FD (``{"stage": name}``,
 ``{"done": name}``, ``{"info": {...}}``, ``{"error": {...}}``, ``{"finished": true}``) and writes
 ``predictions.csv`` and ``heatmaps.npz`` into RESULTS_FOLDER, a private folder; ingestion checks
