@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from hygieia.scoring.explanation import box_mask
+from hygieia.boxes import box_mask
 
 
 def cell_shares(cells: np.ndarray, boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
