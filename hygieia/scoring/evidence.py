@@ -15,6 +15,8 @@ Bhatt et al., IJCAI 2020). A map unrelated to what the model uses scores 0.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from scipy import stats
 
@@ -60,3 +62,35 @@ def faithfulness(heatmap: np.ndarray, drops: np.ndarray, cells: np.ndarray) -> f
     if np.ptp(mass) == 0 or np.ptp(drops) == 0:
         return 0.0
     return float(stats.spearmanr(mass, drops).statistic)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evidence:
+    """A run's evidence on one split's scored opacity images (probes left out): ``ids`` (K,) of the sampled
+    ones, their ``drops`` (K, M) and the shares of their own boxes in each cell (``own``, (K, M)); ``split``
+    (P, M): the cell shares of every scored opacity image's boxes, the box-blind reference; ``cells`` (M, 4)."""
+    ids: list[str]
+    drops: np.ndarray
+    own: np.ndarray
+    split: np.ndarray
+    cells: np.ndarray
+
+    @classmethod
+    def of(cls, evidence: dict, positive_ids: list[str], boxes: dict[str, np.ndarray],
+           shape: tuple[int, int]) -> Evidence:
+        cells = evidence["cells"]
+        shares = {i: cell_shares(cells, boxes[i], shape) for i in positive_ids}
+        keep = [k for k, i in enumerate(evidence["ids"]) if i in shares]
+        ids = [str(evidence["ids"][k]) for k in keep]
+        return cls(ids, evidence["drops"][keep], np.array([shares[i] for i in ids]).reshape(len(ids), len(cells)),
+                   np.array(list(shares.values())).reshape(len(shares), len(cells)), cells)
+
+    def reliance(self) -> np.ndarray:
+        """``box_reliance`` of each sampled image."""
+        return box_reliance(self.drops, self.own, self.split)
+
+    def faithfulness(self, heatmaps: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
+        """The sampled images that have a map (the explained true positives), and each map's faithfulness."""
+        ids = [i for i in self.ids if i in heatmaps]
+        rows = [self.ids.index(i) for i in ids]
+        return ids, np.array([faithfulness(heatmaps[i], self.drops[k], self.cells) for i, k in zip(ids, rows)])

@@ -2,13 +2,14 @@
 image is taken away (occlusion, Zeiler & Fergus 2014).
 
 Ingestion, the trusted parent, builds the altered copies and reads back the probabilities; the participant's
-process only answers ``predict_proba`` on them, as on any other images. For each explained split it takes a
-fixed-size sample of the images the model predicts positive (the first ``SAMPLE_PER_SPLIT`` of them in the order
-of a hash of their id: the same predictions always give the same sample), cuts each image into a ``GRID`` x
+process only answers ``predict_proba`` on them, as on any other images. For each scored split it takes a
+fixed-size sample of its images (the first ``SAMPLE_PER_SPLIT`` of them in the order of a hash of their id),
+cuts each image into a ``GRID`` x
 ``GRID`` grid of cells, and makes one copy per cell with that cell filled in by linear interpolation from the
 pixels around it: a Coons patch of the cell's border, the class-neutral imputation that ROAD (Rong et al., ICML
 2022) recommends over a constant or a blur, which keep or add information of their own. The drop of a cell is
 the image's probability minus the copy's. No box is needed: scoring combines the drops with the hidden boxes.
+The sample does not depend on the predictions: every submission is measured on the same images.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import hashlib
 import numpy as np
 
 GRID = 4                 # cells per side: 25 x 25 pixels on the competition's 100 x 100 crops
-SAMPLE_PER_SPLIT = 128   # predicted positives measured per split; the rest is the bootstrap's business
+SAMPLE_PER_SPLIT = 200   # images measured per split (about 80 opacity images at 3:2)
 
 
 def grid_cells(shape: tuple[int, int], grid: int = GRID) -> np.ndarray:
@@ -59,11 +60,10 @@ def occluded_copies(images: np.ndarray, cells: np.ndarray) -> np.ndarray:
     return copies
 
 
-def sample_positions(ids: list[str], predicted: np.ndarray, limit: int = SAMPLE_PER_SPLIT) -> np.ndarray:
-    """Positions of at most ``limit`` predicted positives, in the order of the SHA-256 of their id (deterministic,
-    and unrelated to the split's order)."""
-    positives = np.flatnonzero(np.asarray(predicted) == 1)
-    order = sorted(positives, key=lambda k: hashlib.sha256(ids[k].encode()).digest())
+def sample_positions(ids: list[str], limit: int = SAMPLE_PER_SPLIT) -> np.ndarray:
+    """Positions of at most ``limit`` of the split's images, in the order of the SHA-256 of their id: the
+    same images for every submission (paired comparisons), and unrelated to the split's order."""
+    order = sorted(range(len(ids)), key=lambda k: hashlib.sha256(ids[k].encode()).digest())
     return np.array(order[:limit], dtype=np.int64)
 
 
