@@ -369,7 +369,10 @@ def evidence_section(results: dict) -> str:
     if not reliance["n_images"]:
         parts.append("<p class='error'>No sampled image of this split is an opacity image: box reliance scores "
                      "0.</p>")
-    checks = e.get("randomisation") or []
+    check = e.get("randomisation") or {}
+    checks = check.get("stages") or []
+    if check.get("error"):
+        parts.append(f"<p class='error'>The randomisation check of Grad-CAM failed: {html.escape(check['error'])}</p>")
     if checks:
         check_rows = [[c["stage"], c["modules"], f"{c['parameters']:,}", _number(c["rank_correlation"], 3)]
                       for c in checks]

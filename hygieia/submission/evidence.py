@@ -15,11 +15,18 @@ The sample does not depend on the predictions: every submission is measured on t
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
+
+from hygieia import dataset as ds
+from hygieia.files import write_csv, write_npy
 
 GRID = 4                 # cells per side: 25 x 25 pixels on the competition's 100 x 100 crops
 SAMPLE_PER_SPLIT = 200   # images measured per split (about 80 opacity images at 3:2)
+ANSWERS = "evidence.csv"  # what the submission's process answers: id, proba of every altered copy
+RANDOMISATION = "randomisation.json"  # its randomisation check of Grad-CAM (``gradcam.randomisation_check``)
 
 
 def grid_cells(shape: tuple[int, int], grid: int = GRID) -> np.ndarray:
@@ -71,3 +78,44 @@ def drops(base: np.ndarray, altered: np.ndarray, cells: int) -> np.ndarray:
     """(K, M) float32: each image's probability minus that of each of its M altered copies."""
     base = np.asarray(base, dtype=np.float64)
     return (base[:, None] - np.asarray(altered, dtype=np.float64).reshape(len(base), cells)).astype(np.float32)
+
+
+def copy_id(image_id: str, cell: int) -> str:
+    """The id of an altered copy: the image's id and the cell filled in."""
+    return f"{image_id}~{cell}"
+
+
+def write_input(input_dir: str | Path, out_dir: str | Path) -> dict[str, list[str]]:
+    """The altered copies of each scored split's sampled images, laid out as input splits of ``out_dir``
+    (images.npy, features.npy and meta.csv, as ``hygieia.dataset.load_input_split`` reads them: a copy keeps
+    its image's features and metadata); returns {split: the sampled ids, in order}."""
+    sampled = {}
+    for split in ds.SCORED_SPLITS:
+        X = ds.load_input_split(input_dir, split)
+        positions = sample_positions(X["ids"])
+        cells = grid_cells(X["images"].shape[1:])
+        sampled[split] = [X["ids"][k] for k in positions]
+        rows = np.repeat(positions, len(cells))
+        folder = Path(out_dir) / split
+        write_npy(folder / ds.IMAGES, occluded_copies(X["images"][positions], cells))
+        write_npy(folder / ds.FEATURES, X["features"][rows])
+        meta = X["meta"].iloc[rows].reset_index(drop=True)
+        meta.insert(0, "id", [copy_id(i, m) for i in sampled[split] for m in range(len(cells))])
+        write_csv(folder / ds.META, meta[ds.INPUT_META_COLUMNS])
+    return sampled
+
+
+def expected_copies(sampled: dict[str, list[str]], cells: int) -> list[str]:
+    """Every altered copy's id, valid's then test's, as the submission's process answers them."""
+    return [copy_id(i, m) for split in ds.SCORED_SPLITS for i in sampled[split] for m in range(cells)]
+
+
+def measured(sampled: dict[str, list[str]], shape: tuple[int, int], answers: pd.DataFrame,
+             predictions: pd.DataFrame) -> dict:
+    """evidence.npz's arrays from the checked answers (id, proba of every copy, in ``expected_copies``'
+    order) and the checked predictions (id, proba...)."""
+    cells = grid_cells(shape)
+    ids = [i for split in ds.SCORED_SPLITS for i in sampled[split]]
+    base = predictions.set_index("id").loc[ids, "proba"].to_numpy(np.float64)
+    return {"ids": np.array(ids, dtype=str), "cells": cells.astype(np.int64), "base": base.astype(np.float32),
+            "drops": drops(base, answers["proba"].to_numpy(np.float64), len(cells))}
