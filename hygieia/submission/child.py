@@ -1,7 +1,7 @@
 """The submission's own process: load the data, import ``model.py``, fit, predict, explain.
 
 Ingestion (``hygieia.submission.ingestion``) starts it as ``python -m hygieia.submission.child
-INPUT_DATA SUBMISSION_FOLDER RESULTS_FOLDER EVIDENCE_INPUT MESSAGE_FD PARENT_PID`` in a session of its own,
+INPUT_DATA SUBMISSION_FOLDER RESULTS_FOLDER MESSAGE_FD PARENT_PID EVIDENCE_INPUT`` in a session of its own,
 where the machine allows under the init of its own user and PID namespaces (``hygieia.submission.isolation``;
 PARENT_PID is its parent's pid as this process sees it: 1 there, ingestion's elsewhere). EVIDENCE_INPUT holds
 ingestion's altered copies of sampled images, laid out as input splits. It dies with its parent
@@ -171,7 +171,7 @@ class ModelRun:
 
 
 def main(argv: list[str]) -> None:
-    input_dir, folder, results, evidence_dir, fd, parent = argv
+    input_dir, folder, results, fd, parent, evidence_dir = argv
     die_with_parent(int(parent))
     channel = os.fdopen(int(fd), "w", encoding="utf-8")
     run = ModelRun(Path(input_dir), Path(folder), Path(results), Path(evidence_dir), channel)

@@ -256,7 +256,7 @@ class Ingestion:
 
         def argv(parent: str) -> list[str]:
             return [sys.executable, "-m", child.__name__, str(self.input_dir.resolve()), str(folder),
-                    str(results), str(evidence_dir), str(write_fd), parent]
+                    str(results), str(write_fd), parent, str(evidence_dir)]
 
         limits = own_limits()
         try:
