@@ -216,7 +216,7 @@ def test_links_fifos_and_devices_left_in_the_output_fail_the_run(input_dir, tmp_
     assert report["error"]["message"].endswith(" in the output folder (removed; links, FIFOs and devices are "
                                                "never followed)")
     left = sorted(os.listdir(tmp_path / "output"))  # ingestion's outputs, and the submission's own folder
-    assert left == sorted([HEATMAPS, REPORT, PREDICTIONS] + (["deep"] if "deep" in plant else []))
+    assert left == sorted([HEATMAPS, REPORT, PREDICTIONS, ds.EVIDENCE] + (["deep"] if "deep" in plant else []))
     assert not os.path.lexists(tmp_path / "output" / "deep" / "er" / "map")
 
 
@@ -354,4 +354,4 @@ def test_a_link_the_submission_locked_in_the_output_is_removed_and_the_folder_re
         "the submission's process changed the permissions of the output folder")
     link = tmp_path / "output" / "locked" / "inner" / "link"
     assert not os.path.lexists(link) and f"removed {link}: not written by this run" in err
-    assert sorted(os.listdir(tmp_path / "output")) == [HEATMAPS, REPORT, "locked", PREDICTIONS]
+    assert sorted(os.listdir(tmp_path / "output")) == sorted([ds.EVIDENCE, HEATMAPS, REPORT, "locked", PREDICTIONS])

@@ -52,13 +52,15 @@ from hygieia.dataset import IngestionFailed
 from hygieia.errors import DataError, HygieiaError
 from hygieia.files import (entry_kind, require_dir, require_file_or_dir, special_entries, writable_dir, write_csv,
                            write_json, write_npz)
-from hygieia.submission import child, isolation
+from hygieia.submission import child, evidence, isolation
 from hygieia.submission.api import check_labels, check_probabilities
+from hygieia.submission.gradcam import RANDOMISATION_STAGES
 from hygieia.submission.isolation import SubmissionProcess, changed_limits, make_undumpable, own_limits
 from hygieia.submission.loading import MAX_BYTES_ENV, MAX_ENTRIES_ENV, open_submission, unwrap
 from hygieia.submission.processes import become_subreaper
 
 PREDICTIONS, HEATMAPS, REPORT, WORKER_METADATA = ds.PREDICTIONS, ds.HEATMAPS, ds.INGESTION_REPORT, ds.WORKER_METADATA
+OUTPUTS = (PREDICTIONS, HEATMAPS, ds.EVIDENCE, WORKER_METADATA)  # only this run writes them
 
 TIME_BUDGET_ENV = "HYGIEIA_TIME_BUDGET"
 BUDGET_FILE = "budget.json"  # {"time_budget_s": S} in the ingestion program's folder, from the bundle builder
@@ -71,7 +73,7 @@ HELP = ("Fits the submission's Model on INPUT_DATA/train, predicts valid and tes
         f"({{\"time_budget_s\": S}}), else {DEFAULT_TIME_BUDGET:g}.\nA zipped submission is unpacked within "
         f"${MAX_BYTES_ENV} MB and ${MAX_ENTRIES_ENV} entries.")
 VERSIONED = ("numpy", "pandas", "scikit-learn", "torch", "torchvision", "captum")
-CHILD_STAGES = ("load", "import", "fit", "predict", "explain")
+CHILD_STAGES = ("load", "import", "fit", "predict", "evidence", "explain")
 MESSAGE_LIMIT = 1 << 20  # bytes of one progress line from the submission's process
 ROW_BYTES = 200  # the most a line of predictions.csv may take (id, proba, label)
 TRACEBACK_LIMIT = 20_000  # characters of the submission's traceback kept in ingestion.json
@@ -220,13 +222,18 @@ class Ingestion:
             self.ids = {split: scored[split]["ids"] for split in ds.SCORED_SPLITS}
             self.shape = scored["valid"]["images"].shape[1:]
             self.report["counts"] = {split: len(ids) for split, ids in self.ids.items()}
+        with self.stage("alter"):  # the copies that measure where the model's decision comes from
+            self.sampled = evidence.write_input(self.input_dir, workdir / "evidence")
+            self.report["evidence"] = {"grid": evidence.GRID, "cells": evidence.GRID ** 2,
+                                       "images": {split: len(ids) for split, ids in self.sampled.items()},
+                                       "copies": evidence.GRID ** 2 * sum(map(len, self.sampled.values()))}
         with self.stage("import"):
             folder = open_submission(self.submission, workdir / "submission", self.limits).resolve()
         results = workdir / "results"
         results.mkdir()
         unusable = None
         try:
-            self.run_child(folder, results, deadline)
+            self.run_child(folder, results, workdir / "evidence", deadline)
         finally:
             if self.all_ended:  # nothing of the submission runs any more: what it left in the output goes
                 self.clean_output()
@@ -237,10 +244,11 @@ class Ingestion:
         self.check_child_finished()
         if unusable is not None:
             raise unusable
-        if HEATMAPS not in self.report["files"]:
-            raise IngestionFailed("the submission's process finished without writing its heatmaps")
+        for name, what in ((ds.EVIDENCE, "its answers on the altered copies"), (HEATMAPS, "its heatmaps")):
+            if name not in self.report["files"]:
+                raise IngestionFailed(f"the submission's process finished without writing {what}")
 
-    def run_child(self, folder: Path, results: Path, deadline: float | None) -> None:
+    def run_child(self, folder: Path, results: Path, evidence_dir: Path, deadline: float | None) -> None:
         """Run the submission's process to its end or to the deadline; end every process it started."""
         read_fd, write_fd = os.pipe()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -248,7 +256,7 @@ class Ingestion:
 
         def argv(parent: str) -> list[str]:
             return [sys.executable, "-m", child.__name__, str(self.input_dir.resolve()), str(folder),
-                    str(results), str(write_fd), parent]
+                    str(results), str(write_fd), parent, str(evidence_dir)]
 
         limits = own_limits()
         try:
@@ -353,6 +361,11 @@ class Ingestion:
         for split in ds.SCORED_SPLITS:
             positive = predictions["label"][predictions["split"] == split]
             self.report["counts"][f"{split}_positive"] = int(positive.sum())
+        if not self.result_file(results / evidence.ANSWERS):
+            return
+        write_npz(self.output / ds.EVIDENCE, **evidence.measured(self.sampled, self.shape, self.checked_answers(
+            results / evidence.ANSWERS), predictions))
+        self.report["files"].append(ds.EVIDENCE)
         if not self.result_file(results / HEATMAPS):
             return
         ids, maps = self.checked_heatmaps(results / HEATMAPS, predictions)
@@ -360,6 +373,8 @@ class Ingestion:
         self.report["files"].append(HEATMAPS)
         self.report["counts"]["heatmaps"] = len(ids)
         self.report["counts"]["zero_heatmaps"] = int((~maps.any(axis=(1, 2))).sum())
+        if self.result_file(results / evidence.RANDOMISATION):
+            self.report["randomisation"] = self.checked_randomisation(results / evidence.RANDOMISATION)
 
     @staticmethod
     def result_file(path: Path) -> bool:
@@ -385,6 +400,35 @@ class Ingestion:
             check_probabilities(table["proba"][rows].to_numpy(), self.ids[split], split)
             check_labels(table["label"][rows].to_numpy(), self.ids[split], split)
         return table
+
+    def checked_answers(self, path: Path):
+        """The submission's probabilities of the altered copies: every copy's id in order, each in [0, 1]."""
+        what = f"{evidence.ANSWERS} of the submission's process"
+        expected = evidence.expected_copies(self.sampled, evidence.GRID ** 2)
+        if path.stat().st_size > ROW_BYTES * (len(expected) + 1):
+            raise IngestionFailed(f"{what}: {path.stat().st_size} bytes, too large for {len(expected)} rows")
+        table = ds.read_table(path, ["id", "proba"])
+        if table["id"].tolist() != expected:
+            raise IngestionFailed(f"{what}: its ids are not the altered copies' ids in order")
+        check_probabilities(table["proba"].to_numpy(), expected, "altered copies")
+        return table
+
+    def checked_randomisation(self, path: Path) -> dict:
+        """The randomisation check the submission's process ran: stages with a rank correlation in [-1, 1]."""
+        what = f"{evidence.RANDOMISATION} of the submission's process"
+        if path.stat().st_size > 100_000:
+            raise IngestionFailed(f"{what}: {path.stat().st_size} bytes, far more than the check writes")
+        found = ds.read_json(path)
+        stages = found.get("stages") if isinstance(found, dict) else None
+        good = isinstance(stages, list) and all(
+            isinstance(stage, dict) and stage.get("stage") in RANDOMISATION_STAGES
+            and isinstance(stage.get("modules"), int) and isinstance(stage.get("parameters"), int)
+            and isinstance(stage.get("rank_correlation"), (int, float, type(None)))
+            and (stage["rank_correlation"] is None or -1 <= stage["rank_correlation"] <= 1) for stage in stages)
+        if not good or not isinstance(found.get("images"), int) \
+                or not isinstance(found.get("error"), (str, type(None))):
+            raise IngestionFailed(f"{what}: not what the check writes")
+        return {"stages": stages, "images": found["images"], "error": (found["error"] or "")[:2000] or None}
 
     def checked_heatmaps(self, path: Path, predictions):
         positives = predictions["id"][predictions["label"] == 1].tolist() if self.report["explanation"] else []
@@ -418,11 +462,11 @@ class Ingestion:
             kind = entry_kind(path)
             if (name == REPORT or name in self.report["files"]) and kind == "file":
                 continue
-            if name not in (PREDICTIONS, HEATMAPS, WORKER_METADATA) and self.present_before.get(name) == identity(path):
+            if name not in OUTPUTS and self.present_before.get(name) == identity(path):
                 continue  # there before the run, unchanged
             if kind == "folder":
                 open_folders(path)  # the submission may have taken our (its owner's) access away
-            if name in (PREDICTIONS, HEATMAPS, WORKER_METADATA) or kind not in ("file", "folder"):
+            if name in OUTPUTS or kind not in ("file", "folder"):
                 self.remove_output(path, kind)
             elif kind == "folder":
                 for inner, inner_kind in special_entries(path):
