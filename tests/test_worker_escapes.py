@@ -22,13 +22,13 @@ from hygieia.bundle.limits import CgroupUnavailable, FolderWatch, Limits, Memory
 from hygieia.bundle.sandbox import DROP_PRIVILEGES, Step, bwrap_argv, bwrap_problem, command_argv, step_env
 from hygieia.bundle.worker import detailed_results, read_scores, run_submission, write_worker_metadata
 from hygieia.errors import HygieiaError
-from hygieia.files import special_entries
+from hygieia.files import special_entries as found_special_entries
 from test_worker import ROOT, bundle_dir, write_model  # noqa: F401
 from test_worker_docker import test_image  # noqa: F401
 
 
 # -- the worker's own reads and copies: nothing followed, nothing blocks --------------------------
-def special_entries(folder: Path) -> dict[str, str]:
+def make_special_entries(folder: Path) -> dict[str, str]:
     """One of each thing a step could leave, by name -> what the refusal calls it."""
     (folder / "pagemap").symlink_to("/proc/self/pagemap")
     os.mkfifo(folder / "pipe")
@@ -45,7 +45,7 @@ def special_entries(folder: Path) -> dict[str, str]:
 @pytest.mark.parametrize("depth", ["top", "nested"])
 def test_a_folder_holding_a_link_fifo_device_or_socket_is_refused_before_anything_is_copied(tmp_path, depth):
     (tmp_path / "kinds").mkdir()
-    made = special_entries(tmp_path / "kinds")
+    made = make_special_entries(tmp_path / "kinds")
     for name, kind in made.items():
         folder = tmp_path / name / "submission"
         (folder / "sub").mkdir(parents=True)
@@ -295,7 +295,6 @@ def test_a_step_cannot_remount_write_or_plant_anything(bundle_dir, tmp_path, san
         status = report["status"]
         assert status["Uid"].split() == ["65534"] * 4 and status["Gid"].split() == ["65534"] * 4
         assert status["Groups"] in ("", "65534") and status["NoNewPrivs"] == "1"   # docker adds its gid
-        print("STATUS", status, report["setuid_root"], report["mknod"], report["read_shadow"], report["write_sysctl"]); print("TARGETS", report["targets"])
         # No capability to use, and none to gain (no-new-privileges). The bounding set is empty, unless
         # ingestion put the submission in a user namespace of its own (where uid 0 is not even mapped).
         assert {status[key] for key in ("CapInh", "CapPrm", "CapEff", "CapAmb")} == {"0000000000000000"}
@@ -349,7 +348,8 @@ class Model:
         return [0.5] * len(X["ids"])
 """
 INGESTION_SAYS = {"pagemap_link": "left a symbolic link to /proc/self/pagemap /app/output/leak.bin",
-                  "reference_link": "left a symbolic link to ", "host_file_link": "left a symbolic link to /etc/hostname",
+                  "reference_link": "left a symbolic link to ",
+                  "host_file_link": "left a symbolic link to /etc/hostname",
                   "folder_link": "left a symbolic link to /etc /app/output/etc", "fifo": "left a FIFO /app/output/pipe",
                   "metadata_link": "wrote /app/output/metadata, the worker's own file"}
 REFUSED = {"pagemap_link": "leak.bin is a symbolic link (to /proc/self/pagemap)",
@@ -379,7 +379,7 @@ def test_what_a_step_leaves_in_its_output_is_never_followed(bundle_dir, tmp_path
     if len(result.steps) == 2:   # ingestion removed the entry itself, without following it, and failed the run
         assert "ingestion exited with code 1: the submission's process " in result.error, result.report()
         assert INGESTION_SAYS[case] in result.error and "never followed" in result.error or case == "metadata_link"
-        assert list(special_entries(copied)) == []   # no link, FIFO or device reached the scoring input
+        assert found_special_entries(copied) == []   # no link, FIFO or device reached the scoring input
     elif case == "metadata_link":   # the worker's own refusal, where ingestion did not clean its output
         assert result.error.startswith("Error, the output directory already contains a metadata file")
     else:
