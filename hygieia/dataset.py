@@ -4,7 +4,9 @@ A prepared dataset (``hygieia prepare`` output) is laid out as::
 
     input_data/{train,valid,test}/images.npy     (N, H, W) uint8   crops, 100x100 by default
     input_data/{train,valid,test}/features.npy   (N, 1280) float32 MobileNetV2 features
-    input_data/{train,valid,test}/meta.csv       id + INPUT_META_COLUMNS (no label-predicting field)
+    input_data/{valid,test}/meta.csv             id + INPUT_META_COLUMNS (no label-predicting field)
+    input_data/train/meta.csv                    TRAIN_META_COLUMNS: also view_position (group labels for
+                                                 training, withheld at test time as in WILDS)
     input_data/train/labels.csv                  id, label          (public)
     input_data/train/boxes.csv                   id, x, y, width, height (public, crop pixels)
     reference_data/{valid,test}/labels.csv       id, label, probe   hidden from participants
@@ -62,9 +64,17 @@ BOX_PRIOR = "box_prior.npy"
 SPLIT_INFO = "split.json"
 
 META_COLUMNS = ["id", "age", "sex", "view_position"]    # reference side (and RSNA headers)
-# What models see: only fields whose best one-field rule does no better than the majority class on
-# real RSNA headers (hygieia.prepare.meta_check); view_position predicts the label and stays hidden.
+# What models see of valid and test: only fields whose best one-field rule does no better than the
+# majority class on real RSNA headers (hygieia.prepare.meta_check); view_position predicts the label there
+# and stays hidden. Training also gets the view: the groups (class x view) for group reweighting or
+# GroupDRO; on the view-balanced hidden splits a rule on the view is worthless.
 INPUT_META_COLUMNS = ["id", "age", "sex"]
+TRAIN_META_COLUMNS = [*INPUT_META_COLUMNS, "view_position"]
+
+
+def input_meta_columns(split: str) -> list[str]:
+    """The columns of ``input_data/<split>/meta.csv``."""
+    return TRAIN_META_COLUMNS if split == "train" else INPUT_META_COLUMNS
 LABEL_COLUMNS = ["id", "label"]
 REFERENCE_LABEL_COLUMNS = ["id", "label", "probe"]
 BOX_COLUMNS = ["id", "x", "y", "width", "height"]
@@ -153,11 +163,11 @@ def load_input_split(input_dir: str | Path, split: str, *, features: bool = True
     """Read one split of ``input_data`` as the mapping ``X`` that participants' models receive.
 
     Keys: ``ids`` (list of str), ``images`` (N,H,W) uint8, ``features`` (N,1280) float32,
-    ``meta`` (DataFrame: INPUT_META_COLUMNS but id — age, sex — indexed by id); for train also
+    ``meta`` (DataFrame indexed by id: age, sex; for train also view_position); for train also
     ``boxes`` (DataFrame id,x,y,width,height) and ``labels`` ((N,) int64 array).
     """
     folder = Path(input_dir) / split
-    meta = read_table(folder / META, INPUT_META_COLUMNS)
+    meta = read_table(folder / META, input_meta_columns(split))
     ids = meta["id"].reset_index(drop=True)
     images = read_array(folder / IMAGES, np.uint8, 3)
     X = {"ids": ids.tolist(), "images": images, "meta": meta.set_index("id")}

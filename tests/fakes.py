@@ -74,7 +74,7 @@ def write_fake_dataset(root: str | Path, sizes=(60, 20, 20), seed: int = 0, size
         public = root / ds.INPUT_DIR / split
         write_npy(public / ds.IMAGES, data["images"])
         write_npy(public / ds.FEATURES, data["features"])
-        write_csv(public / ds.META, data["meta"])
+        write_csv(public / ds.META, data["meta"][ds.input_meta_columns(split)])
         label_table = pd.DataFrame({"id": data["ids"], "label": data["labels"]})
         if split == "train":
             write_csv(public / ds.LABELS, label_table)

@@ -91,7 +91,10 @@ def check_prepared(out: Path, rsna_dir: Path, sizes: dict, crop: int = 100, full
             np.testing.assert_allclose(prior, recomputed, atol=1 / len(train_boxes) + 1e-6)
             assert (np.abs(prior - recomputed) > 1e-6).mean() < 0.05
             assert list(ref["meta"].columns) == ["age", "sex", "view_position"]
-        assert list(X["meta"].columns) == ds.INPUT_META_COLUMNS[1:] and "view_position" not in X["meta"]
+        if split == "train":  # the view as a group label for training; never on the hidden splits
+            assert list(X["meta"].columns) == ["age", "sex", "view_position"]
+        else:
+            assert list(X["meta"].columns) == ds.INPUT_META_COLUMNS[1:] and "view_position" not in X["meta"]
         assert (by_id.loc[X["ids"], "probe"].to_numpy() == probe).all()
         assert X["images"].shape == (n + probe.sum(), crop, crop)
         assert X["features"].shape == (n + probe.sum(), ds.N_FEATURES)
@@ -121,8 +124,8 @@ def check_prepared(out: Path, rsna_dir: Path, sizes: dict, crop: int = 100, full
             assert np.array_equal(X["images"][k], crop_image(pixels, window, crop))
             assert X["meta"].loc[i, "sex"] == header["sex"] and X["meta"].loc[i, "age"] == header["age"]
             assert row["view"] == header["view_position"]
-            if split != "train":
-                assert ref["meta"].loc[i, "view_position"] == header["view_position"]
+            where = X if split == "train" else ref
+            assert where["meta"].loc[i, "view_position"] == header["view_position"]
             original = _original_boxes(rsna_dir, row["patientId"])
             np.testing.assert_allclose(boxes[boxes["id"] == i][["x", "y", "width", "height"]].to_numpy(),
                                        boxes_in_window(original, window, crop), rtol=1e-5, atol=1e-3)

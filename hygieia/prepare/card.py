@@ -122,10 +122,11 @@ def design_text(summary: dict) -> list[str]:
             "from every box of the film, from films not otherwise used, served as ordinary items. Only "
             "the reference data mark them; they are left out of the classification metrics and measure "
             "how often a model calls a sick patient's film positive where no opacity is in view.", "",
-            f"**Metadata.** Models see `{', '.join(INPUT_META_COLUMNS)}`; `view_position` is kept for the "
-            "reference data's "
-            "bias report only, because a rule on it alone beats the majority class by about 20 points "
-            "of accuracy on RSNA's headers (`python -m hygieia.prepare.meta_check`).", ""]
+            f"**Metadata.** Models see `{', '.join(INPUT_META_COLUMNS)}` for every split, and `view_position` "
+            "for the training split only: the groups (class x view) for group reweighting or GroupDRO. On "
+            "valid and test the view stays in the reference data (bias report, worst-group accuracy), because "
+            "a rule on it alone beats the majority class by about 20 points of accuracy on RSNA's headers "
+            "(`python -m hygieia.prepare.meta_check`); on the view-balanced hidden splits it is worthless.", ""]
 
 
 HIDDEN_NOTE = ("Per class for the training split. Valid and test: all their served items together (both classes "

@@ -317,7 +317,7 @@ def _write_dataset(root: Path, samples: pd.DataFrame, decoded: dict, image_key: 
         public = root / ds.INPUT_DIR / split
         write_npy(public / ds.IMAGES, images)
         write_npy(public / ds.FEATURES, features)
-        write_csv(public / ds.META, meta[ds.INPUT_META_COLUMNS])
+        write_csv(public / ds.META, meta[ds.input_meta_columns(split)])
         if split == "train":
             write_csv(public / ds.LABELS, labels[ds.LABEL_COLUMNS])
             write_csv(public / ds.BOXES, boxes)
