@@ -52,6 +52,7 @@ from hygieia.dataset import IngestionFailed
 from hygieia.errors import DataError, HygieiaError
 from hygieia.files import (entry_kind, require_dir, require_file_or_dir, special_entries, writable_dir, write_csv,
                            write_json, write_npz)
+from hygieia.isolation import warn_no_sandbox
 from hygieia.submission import child, evidence, isolation
 from hygieia.submission.api import check_labels, check_probabilities
 from hygieia.submission.gradcam import RANDOMISATION_STAGES
@@ -587,8 +588,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ingestion: error: {err}", file=sys.stderr)
         return 2
     print(f"ingestion: time budget {budget:g} s ({source})")
-    if warning := isolation.sandbox_warning():
-        print(warning, file=sys.stderr, flush=True)
+    if why := isolation.unsandboxed_reason():
+        warn_no_sandbox("ingestion", why)
     report = run_ingestion(input_dir, output_dir, submission, budget, source)
     if report["status"] != "ok":
         return 128 + report["interrupted"] if "interrupted" in report else 1

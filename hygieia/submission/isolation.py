@@ -57,18 +57,13 @@ MISSING = {
 }
 
 
-# Printed by ``ingestion.py`` and ``hygieia ingest`` outside a container or sandbox (as ``hygieia run``
-# prints hygieia.bundle.sandbox.NO_SANDBOX_WARNING without one; the ingestion program carries no bundle/).
-UNSANDBOXED_WARNING = """\
-ingestion: WARNING: not inside a container or sandbox (other processes share ingestion's PID namespace).
-ingestion: WARNING: the submission can read this machine's files (reference data included), use the
-ingestion: WARNING: network and leave processes behind. Do not run untrusted code this way: run it in the
-ingestion: WARNING: competition's Docker image, or with `hygieia run` (Docker or bubblewrap)."""
+# Why ingestion warns (hygieia.isolation.warn_no_sandbox, the warning ``hygieia run`` prints too).
+NOT_CONTAINED = "not inside a container or sandbox (other processes share ingestion's PID namespace)"
 
 
-def sandbox_warning() -> str | None:
-    """UNSANDBOXED_WARNING unless ingestion is alone in its PID namespace (a container's or a sandbox's)."""
-    return None if alone_in_pid_namespace() else UNSANDBOXED_WARNING
+def unsandboxed_reason() -> str | None:
+    """NOT_CONTAINED unless ingestion is alone in its PID namespace (a container's or a sandbox's)."""
+    return None if alone_in_pid_namespace() else NOT_CONTAINED
 
 
 @dataclass
