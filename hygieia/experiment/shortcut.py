@@ -277,6 +277,10 @@ def results_subset(output: Path, ids: list[str], out: Path) -> None:
     with np.load(output / ds.HEATMAPS, allow_pickle=False) as archive:
         keep = np.isin(archive["ids"], ids)
         write_npz(out / ds.HEATMAPS, ids=archive["ids"][keep], maps=archive["maps"][keep])
+    with np.load(output / ds.EVIDENCE, allow_pickle=False) as archive:
+        keep = np.isin(archive["ids"], ids)
+        write_npz(out / ds.EVIDENCE, ids=archive["ids"][keep], cells=archive["cells"],
+                  base=archive["base"][keep], drops=archive["drops"][keep])
     shutil.copy2(output / ds.INGESTION_REPORT, out / ds.INGESTION_REPORT)
 
 
