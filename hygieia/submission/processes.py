@@ -18,6 +18,7 @@ from hygieia.submission.launcher import PR_SET_PDEATHSIG, prctl
 
 PR_SET_CHILD_SUBREAPER = 36
 KILL_ROUNDS = 50  # a process forked between two scans is found in the next one
+QUIET_SCANS = 5   # a chain between two steps can be missed by one scan of /proc: none running in 5 in a row
 
 
 def become_subreaper() -> bool:
@@ -106,12 +107,11 @@ def kill_all(process, keep: set[int]) -> tuple[int, list[int]]:
     fork chain's head, when a scan catches it: a chain that changes group at every step can outrun it)."""
     _signal(process.pid, signal.SIGKILL, group=True)
     _signal(process.pid, signal.SIGKILL)
-    others = set()
+    others, quiet = set(), 0
     for _ in range(KILL_ROUNDS):
-        found = [pid for pid in descendants(os.getpid(), keep) if pid != process.pid]
-        _reap(found)
-        running = alive(found)
-        if not running:
+        running = _running_descendants(keep, process.pid)
+        quiet = 0 if running else quiet + 1
+        if quiet == QUIET_SCANS:
             break
         others.update(running)
         for pid in running:
@@ -119,4 +119,15 @@ def kill_all(process, keep: set[int]) -> tuple[int, list[int]]:
         time.sleep(0.01)
     process.wait()
     _reap(others)
-    return len(others), alive(descendants(os.getpid(), keep))
+    survivors = set()
+    for _ in range(QUIET_SCANS):
+        survivors.update(_running_descendants(keep, process.pid))
+        time.sleep(0.01)
+    return len(others), sorted(survivors)  # seen running in one of the last scans, when nothing was killed
+
+
+def _running_descendants(keep: set[int], submission: int) -> list[int]:
+    """One scan: our running descendants outside ``keep`` but the submission's own process; zombies reaped."""
+    found = [pid for pid in descendants(os.getpid(), keep) if pid != submission]
+    _reap(found)
+    return alive(found)
