@@ -5,8 +5,11 @@ picture for any hidden image: PNG files, and PNGs inlined as base64 in HTML or J
 an image when, sampled every 1 to 4 pixels (undoing an integer upscaling, at any offset), some
 window of it correlates with the image at ``MATCH`` or more (normalized cross-correlation of the
 luminance), or when the whole picture, resized to the image's shape, does.
-That finds the report's thumbnails and a picture of an image alone at any size; a chart (bars,
-lines, text) correlates with no radiograph.
+That finds the report's thumbnails and a picture of an image alone at any size. A chart (bars, lines,
+text) may correlate with a radiograph that is little more than an edge (dark lung beside bright
+mediastinum: 0.90 for a histogram seen here), so a match must also hold for the image's detail (each
+picture less its Gaussian blur, sigma DETAIL_SIGMA, the picture resized by each of DETAIL_FACTORS): at
+DETAIL_MATCH or more, where a chart's bars have none of the film's texture.
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ import re
 import numpy as np
 from PIL import Image
 from scipy import fft as sfft
+from scipy.ndimage import gaussian_filter
 
 MATCH = 0.9
+DETAIL_MATCH = 0.5
+DETAIL_SIGMA = 2.0
+DETAIL_FACTORS = (1.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.1, 1.25, 1.4)  # the scales between two integer samplings
 SCALES = (1, 2, 3, 4)
 INLINE_PNG = re.compile(rb"data:image/png;base64,([A-Za-z0-9+/=]+)")
 
@@ -36,6 +43,7 @@ class Candidate:
     its spectrum and each window's standard deviation are computed once."""
 
     def __init__(self, picture: np.ndarray, h: int, w: int):
+        self.picture = picture
         self.shape = tuple(sfft.next_fast_len(n + k - 1, real=True) for n, k in zip(picture.shape, (h, w)))
         self.valid = (picture.shape[0] - h + 1, picture.shape[1] - w + 1)
         self.h, self.w = h, w
@@ -83,9 +91,32 @@ def candidates(picture: np.ndarray, h: int, w: int) -> list[Candidate]:
 def shown_images(picture: np.ndarray, images: np.ndarray) -> list[int]:
     """Indices of the ``images`` (N, H, W) that ``picture`` shows (see the module's docstring)."""
     h, w = images.shape[1:]
-    best = np.max([candidate.best_matches(images.astype(np.float64)) for candidate in candidates(picture, h, w)],
-                  axis=0)
-    return np.flatnonzero(best >= MATCH).tolist()
+    images = images.astype(np.float64)
+    shown = set()
+    for candidate in candidates(picture, h, w):
+        close = np.flatnonzero(candidate.best_matches(images) >= MATCH)
+        if len(close):
+            m = int(3 * DETAIL_SIGMA) + 1  # the inner part: its detail owes nothing to what surrounds it
+            inner = np.stack([_detail(images[k])[m:-m, m:-m] for k in close])
+            pictures = [_resized(candidate.picture, factor) for factor in DETAIL_FACTORS]
+            detail = np.max([Candidate(_detail(p), h - 2 * m, w - 2 * m).best_matches(inner) for p in pictures
+                             if p.shape[0] >= h - 2 * m and p.shape[1] >= w - 2 * m], axis=0)
+            shown.update(close[detail >= DETAIL_MATCH].tolist())
+    return sorted(shown)
+
+
+def _resized(picture: np.ndarray, factor: float) -> np.ndarray:
+    """The picture resized by ``factor``: the integer sampling of a picture upscaled by 2.5 leaves the image
+    at 1.25 times its size, close enough for the whole-picture match, not for its detail."""
+    if factor == 1:
+        return picture
+    h, w = (max(1, round(n * factor)) for n in picture.shape)
+    return np.asarray(Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8)).resize((w, h), Image.BILINEAR),
+                      dtype=np.float64)
+
+
+def _detail(picture: np.ndarray) -> np.ndarray:
+    return picture - gaussian_filter(picture, DETAIL_SIGMA)
 
 
 def find_leaks(seen: dict[str, bytes], ids: list[str], images: np.ndarray) -> dict[str, dict]:
