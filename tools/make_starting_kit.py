@@ -352,7 +352,9 @@ with np.load(ingested / "heatmaps.npz", allow_pickle=False) as saved:
 row_of = {key: i for i, key in enumerate(local_valid["ids"])}
 finder_maps = finder.heatmaps(local_valid["images"][[row_of[key] for key in explained]])
 np.savez_compressed(swapped / "heatmaps.npz", ids=explained, maps=finder_maps.astype(np.float16))
-score(LOCAL / "reference_data" / "valid", swapped, WORK / "baseline_with_box_finder_scores", progress=False)
+finder_scores = WORK / "baseline_with_box_finder_scores"
+finder_scores.mkdir(parents=True, exist_ok=True)
+score(LOCAL / "reference_data" / "valid", swapped, finder_scores, progress=False)
 
 COLUMNS = ["accuracy", "worst_group_accuracy", "box_reliance", "activation_in_box", "activation_over_prior"]
 
@@ -363,7 +365,7 @@ def row(scores_dir):
     return {**values, "box_reliance 95% interval": f"[{low:+.3f}, {high:+.3f}]"}
 
 rows = {"baseline (Grad-CAM of its classifier)": row(scored),
-        "baseline + a separate box-finder's map": row(WORK / "baseline_with_box_finder_scores")}
+        "baseline + a separate box-finder's map": row(finder_scores)}
 pd.DataFrame(rows).T
 """),
     ("md", r"""
