@@ -15,7 +15,8 @@ cross-entropy. Every image is weighted by the inverse size of its group, class x
 (``X["meta"]["view_position"]`` in training; the class alone when the column is absent), so that
 the few AP normal films and PA opacity films weigh as much as the many others (group reweighting,
 Sagawa et al. 2020). Three heads (seeds 0, 1, 2) are trained with AdamW on the cached features of
-the crops and of their mirror images; their cell logits are averaged. The backbone is never trained.
+the crops (and of their mirror images, below 2,000 training crops); their cell logits are averaged.
+The backbone is never trained.
 
 Weights: ``$HYGIEIA_MOBILENET_WEIGHTS`` (a torchvision mobilenet_v2 state_dict) if set, else
 ``mobilenet_v2_imagenet.pth`` beside this file if present, else torchvision's ``IMAGENET1K_V1``.
@@ -45,6 +46,7 @@ STEPS, BATCH_SIZE = 1200, 32
 LEARNING_RATE, WEIGHT_DECAY = 1e-3, 1e-4
 BOX_WEIGHT = 1.0
 FAST_IMAGES = 300
+MIRROR_BELOW = 2000         # mirror images below this many training crops (at full size they would double fit's cost)
 EMBED_BATCH_SIZE = 64
 SEED = 0
 BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "mobilenet_v2_imagenet.pth"
@@ -187,11 +189,15 @@ class Model:
             raise ValueError("X['boxes'] is missing: this model learns where the opacity is from the training "
                              "boxes (input_data/train/boxes.csv)")
         images, y, meta, ids = self.training_subset(X, np.asarray(y).astype(np.int64))
-        features = torch.cat([self.cells(images), self.cells(images, flip=True)])
+        features = self.cells(images)
         targets = cell_targets(ids, X["boxes"], images.shape[1:], features.shape[1])
-        targets = torch.cat([targets, targets.flip(-1)]).to(self.device)
-        labels = torch.from_numpy(np.concatenate([y, y])).float().to(self.device)
-        weights = torch.from_numpy(np.tile(group_weights(y, meta), 2)).float().to(self.device)
+        weights = group_weights(y, meta)
+        if len(y) < MIRROR_BELOW:
+            features = torch.cat([features, self.cells(images, flip=True)])
+            targets, y, weights = torch.cat([targets, targets.flip(-1)]), np.tile(y, 2), np.tile(weights, 2)
+        targets = targets.to(self.device)
+        labels = torch.from_numpy(y).float().to(self.device)
+        weights = torch.from_numpy(weights).float().to(self.device)
         threads = torch.get_num_threads()
         if self.device.type == "cpu":
             torch.set_num_threads(1)   # the head's steps are tiny: one thread is faster, much faster on a busy CPU
