@@ -360,7 +360,8 @@ COLUMNS = ["accuracy", "worst_group_accuracy", "box_reliance", "activation_in_bo
 
 def row(scores_dir):
     detailed = json.loads((Path(scores_dir) / "detailed_scores.json").read_text())
-    values = {key: round(detailed["scores"][key], 3) for key in COLUMNS}
+    values = {key: None if detailed["scores"].get(key) is None else round(detailed["scores"][key], 3)
+              for key in COLUMNS}
     low, high = detailed["ci"]["box_reliance"]
     return {**values, "box_reliance 95% interval": f"[{low:+.3f}, {high:+.3f}]"}
 
