@@ -98,9 +98,12 @@ def test_boxes_sample_end_to_end_its_decision_rests_on_the_box(input_dir, tmp_pa
     assert maps.shape == (len(heatmaps["ids"]), 100, 100) and len(maps) > 0 and (maps >= 0).all()
     # its map is its top-4 cells of an 8 x 8 grid: at most about a quarter of the crop lit
     assert ((maps > 0).mean(axis=(1, 2)) < 0.3).all()
-    # the fake opacity is a bright blob in the box: taking the box away must cost more than elsewhere
+    # The fake opacity is a bright blob in the box: filling in the box's cells must cost more than as
+    # much area elsewhere (above chance, 0). The blob is so plain that one filled cell leaves the
+    # probability near 1 (its other cells still fire), so the margin is small: the interval is tested.
     results = compute_results(*load_inputs(input_dir.parent / ds.REFERENCE_DIR / "valid", output), progress=False)
-    assert results["scores"]["box_reliance"] > 0.05, results["scores"]
+    assert results["ci"]["box_reliance"][0] > 0, results["evidence"]
+    assert results["scores"]["activation_in_box"] > 0.8
 
 
 @pytest.mark.slow
