@@ -343,9 +343,11 @@ import shutil
 from hygieia.scoring.score import score
 
 local_train = ds.load_input_split(LOCAL / "input_data", "train")
-local_valid = ds.load_input_split(LOCAL / "input_data", "valid")
+crops = {}                                        # the local valid and test crops by id
+for split in ("valid", "test"):
+    local = ds.load_input_split(LOCAL / "input_data", split, features=False)
+    crops.update(zip(local["ids"], local["images"]))
 finder = box_heatmap.BoxHeatmap().fit(*box_heatmap.opacity_masks(local_train, np.arange(len(local_train["ids"]))))
-row_of = {key: i for i, key in enumerate(local_valid["ids"])}
 COLUMNS = ["accuracy", "worst_group_accuracy", "box_reliance", "activation_in_box", "activation_over_prior"]
 
 def with_box_finder(ingested_dir, name):
@@ -355,7 +357,7 @@ def with_box_finder(ingested_dir, name):
     shutil.copytree(ingested_dir, swapped)
     with np.load(ingested_dir / "heatmaps.npz", allow_pickle=False) as saved:
         explained = saved["ids"]
-    maps = finder.heatmaps(local_valid["images"][[row_of[key] for key in explained]])
+    maps = finder.heatmaps(np.stack([crops[key] for key in explained])) if len(explained) else np.zeros((0, 100, 100))
     np.savez_compressed(swapped / "heatmaps.npz", ids=explained, maps=maps.astype(np.float16))
     scores_dir.mkdir(parents=True, exist_ok=True)
     score(LOCAL / "reference_data" / "valid", swapped, scores_dir, progress=False)
