@@ -14,7 +14,10 @@ does by default), and the ratio of the two totals is printed (target: probes add
 predictions and maps, not training. The fake probes hold no blob, so the baseline calls few of them
 positive and explains few; the printed upper bound prices every probe at one prediction and one map.
 
-    python benchmarks/bench_ingestion.py [--sizes 10000 2000 2000] [--probe-share 0.1] [--out DIR]
+``--submission`` benchmarks another submission folder (``sample_submission_boxes``: its map is its own
+decision, so the Grad-CAM ratio is skipped).
+
+    python benchmarks/bench_ingestion.py [--submission DIR] [--sizes 10000 2000 2000] [--probe-share 0.1] [--out DIR]
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from fakes import write_fake_dataset  # noqa: E402
 from hygieia import dataset as ds  # noqa: E402
 from hygieia.submission.gradcam import gradcam_heatmaps  # noqa: E402
-from hygieia.submission.ingestion import run_ingestion  # noqa: E402
+from hygieia.submission.ingestion import read_budget, run_ingestion  # noqa: E402
 from hygieia.submission.loading import import_model_class  # noqa: E402
 
 SAMPLE = ROOT / "sample_submission"
@@ -46,11 +49,15 @@ POSITIVE_SHARE = 0.4        # tests/fakes.py's splits are 3:2 normal:opacity
 STAGES = ("load", "alter", "import", "fit", "predict", "evidence", "explain")
 
 
-def forward_and_gradcam_seconds(images: np.ndarray, batch_size: int = 64) -> dict:
-    """Wall and CPU seconds per image of one forward pass (no grad) and of Grad-CAM, sample's network."""
+def forward_and_gradcam_seconds(submission: Path, images: np.ndarray, batch_size: int = 64) -> dict | None:
+    """Wall and CPU seconds per image of one forward pass (no grad) and of Grad-CAM of the submission's
+    network; None when it has no ``gradcam_target``."""
     import torch
 
-    module, layer = import_model_class(SAMPLE)().gradcam_target()
+    model_class = import_model_class(submission)
+    if not hasattr(model_class, "gradcam_target"):
+        return None
+    module, layer = model_class().gradcam_target()
     module.eval()
     costs = {}
     wall, cpu = time.perf_counter(), time.process_time()
@@ -88,11 +95,11 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def ingest(data_dir: Path, output: Path) -> tuple[dict, float]:
-    """One ingestion of the sample submission: its report and the CPU seconds of this process tree,
-    the submission's process included."""
+def ingest(data_dir: Path, output: Path, submission: Path) -> tuple[dict, float]:
+    """One ingestion of the submission: its report and the CPU seconds of this process tree, the
+    submission's process included."""
     cpu = cpu_seconds()
-    report = run_ingestion(data_dir / ds.INPUT_DIR, output, SAMPLE, time_budget_s=3600)
+    report = run_ingestion(data_dir / ds.INPUT_DIR, output, submission, time_budget_s=3600)
     if report["status"] != "ok":
         sys.exit(f"ingestion of {data_dir} failed: {report['error']['message']}")
     return report, cpu_seconds() - cpu
@@ -134,6 +141,8 @@ def probe_cost(plain: dict, probed: dict, n_probes: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--submission", type=Path, default=SAMPLE,
+                        help="submission folder to ingest (default: sample_submission)")
     parser.add_argument("--sizes", type=int, nargs=3, default=(10_000, 2_000, 2_000),
                         metavar=("TRAIN", "VALID", "TEST"))
     parser.add_argument("--out", type=Path, default=None, help="folder for data and outputs (default: a temporary one)")
@@ -149,19 +158,20 @@ def main() -> None:
     write_fake_dataset(out / "data", sizes=tuple(args.sizes))
     print(f"fake data {args.sizes} written in {time.perf_counter() - start:.1f} s", flush=True)
 
-    report, cpu = ingest(out / "data", out / "output")
+    report, cpu = ingest(out / "data", out / "output", args.submission)
     durations, counts = report["durations"], report["counts"]
     images = ds.load_input_split(out / "data" / ds.INPUT_DIR, "valid")["images"][:args.ratio_images]
-    costs = forward_and_gradcam_seconds(images)
+    costs = forward_and_gradcam_seconds(args.submission, images)
     load_after = os.getloadavg()
     n_probes = round(args.probe_share * POSITIVE_SHARE * args.sizes[1])
     if n_probes:
         write_fake_dataset(out / "data_probes", sizes=tuple(args.sizes), probes=n_probes)
-        probed, _ = ingest(out / "data_probes", out / "output_probes")
+        probed, _ = ingest(out / "data_probes", out / "output_probes", args.submission)
         load_probes = os.getloadavg()
 
     total = durations["total"]
-    print(f"device {report['device']}; load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
+    print(f"{args.submission.name} on device {report['device']}; load average before {load_before[0]:.2f}, "
+          f"after {load_after[0]:.2f} "
           f"({os.cpu_count()} CPUs)")
     print(f"total ingestion {total:.1f} s wall, {cpu:.1f} s CPU "
           f"(target < {TARGET_TOTAL_S:.0f} s: {'ok' if total < TARGET_TOTAL_S else 'MISSED'})")
@@ -172,7 +182,7 @@ def main() -> None:
     print(f"  fit {args.sizes[0] / durations['fit']:.0f} train images/s; predict "
           f"{n_predicted / durations['predict']:.0f} images/s; explain {counts['heatmaps']} heatmaps, "
           f"{counts['heatmaps'] / max(durations['explain'], 1e-9):.0f} images/s")
-    for kind, index in (("wall", 0), ("CPU", 1)):
+    for kind, index in (("wall", 0), ("CPU", 1)) if costs else ():
         forward, gradcam = costs["forward"][index], costs["gradcam"][index]
         ratio = gradcam / forward
         print(f"{kind}: forward {forward * 1e3:.2f} ms/image, Grad-CAM {gradcam * 1e3:.2f} ms/image: ratio "
@@ -180,7 +190,10 @@ def main() -> None:
     if n_probes:
         print(f"load average after the probe run {load_probes[0]:.2f}")
         probe_cost(report, probed, n_probes)
-    title = (f"baseline ingestion {args.sizes}: {total:.0f} s on {report['device']}, "
+    budget, source = read_budget(ROOT / "ingestion_program")
+    print(f"time budget {budget:.0f} s ({source}): "
+          f"{'fits' if total < budget else 'DOES NOT FIT'} ({total / budget:.0%} of it)")
+    title = (f"{args.submission.name} ingestion {args.sizes}: {total:.0f} s on {report['device']}, "
              f"load {load_before[0]:.1f}-{load_after[0]:.1f}")
     plot(durations, out / "ingestion_benchmark.png", title)
     print(f"chart and outputs in {out}")

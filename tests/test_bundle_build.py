@@ -42,7 +42,8 @@ def test_layout_has_yaml_at_root_and_every_part(bundle):
                      "ingestion_program/ingestion.py", "ingestion_program/metadata.yaml",
                      "scoring_program/score.py", "scoring_program/metadata.yaml",
                      "reference_data/valid/labels.csv", "reference_data/test/boxes.csv",
-                     "starting_kit/sample_submission.zip", "starting_kit/sample_submission_tabular.zip",
+                     "starting_kit/sample_submission.zip", "starting_kit/sample_submission_boxes.zip",
+                     "starting_kit/sample_submission_tabular.zip",
                      "starting_kit/input_data/train/images.npy", "starting_kit/scoring_program/score.py",
                      "starting_kit/ingestion_program/ingestion.py", "starting_kit/README.ipynb"):
         assert expected in names, expected
@@ -113,7 +114,7 @@ def test_data_page_inlines_the_dataset_card(bundle):
 
 def test_sample_submission_zips_have_model_at_root(bundle):
     with zipfile.ZipFile(bundle) as archive:
-        for name in ("sample_submission", "sample_submission_tabular"):
+        for name in ("sample_submission", "sample_submission_boxes", "sample_submission_tabular"):
             inner = zipfile.ZipFile(io.BytesIO(archive.read(f"starting_kit/{name}.zip")))
             assert "model.py" in inner.namelist()
 

@@ -1,4 +1,4 @@
-"""The two sample submissions, zipped as a participant uploads them, through ingestion_program/ingestion.py."""
+"""The three sample submissions, zipped as a participant uploads them, through ingestion_program/ingestion.py."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT
 from fakes import write_fake_dataset
 from hygieia import dataset as ds
+from hygieia.scoring.score import compute_results, load_inputs
 from hygieia.submission.ingestion import HEATMAPS, PREDICTIONS, REPORT, run_ingestion
 from hygieia.submission.loading import import_model_class, open_submission, zip_submission
 
@@ -85,6 +86,43 @@ def test_cnn_sample_is_deterministic(input_dir, weights_path, monkeypatch):
     assert probas[0].shape == (20,) and np.array_equal(probas[0], probas[1])
 
 
+@pytest.mark.slow
+def test_boxes_sample_end_to_end_its_decision_rests_on_the_box(input_dir, tmp_path, weights_path):
+    output, report = run_entry_point(input_dir, tmp_path, "sample_submission_boxes", HYGIEIA_FAST="1",
+                                     HYGIEIA_MOBILENET_WEIGHTS=str(weights_path))
+    assert report["status"] == "ok" and report["explanation"] == "explain"
+    predictions = check_predictions(input_dir, output)
+    heatmaps = np.load(output / HEATMAPS)
+    assert heatmaps["ids"].tolist() == predictions["id"][predictions["label"] == 1].tolist()
+    maps = heatmaps["maps"].astype(np.float32)
+    assert maps.shape == (len(heatmaps["ids"]), 100, 100) and len(maps) > 0 and (maps >= 0).all()
+    # its map is its top-4 cells of an 8 x 8 grid: at most about a quarter of the crop lit
+    assert ((maps > 0).mean(axis=(1, 2)) < 0.3).all()
+    # The fake opacity is a bright blob in the box: filling in the box's cells must cost more than as
+    # much area elsewhere (above chance, 0). The blob is so plain that one filled cell leaves the
+    # probability near 1 (its other cells still fire), so the margin is small: the interval is tested.
+    results = compute_results(*load_inputs(input_dir.parent / ds.REFERENCE_DIR / "valid", output), progress=False)
+    assert results["ci"]["box_reliance"][0] > 0, results["evidence"]
+    assert results["scores"]["activation_in_box"] > 0.8
+
+
+@pytest.mark.slow
+def test_boxes_sample_without_the_view_on_non_square_crops(input_dir, weights_path, monkeypatch, capsys):
+    monkeypatch.setenv("HYGIEIA_FAST", "1")
+    monkeypatch.setenv("HYGIEIA_MOBILENET_WEIGHTS", str(weights_path))
+    model = import_model_class(ROOT / "sample_submission_boxes")()
+    train, valid = ds.load_input_split(input_dir, "train"), ds.load_input_split(input_dir, "valid")
+    y = train.pop("labels")
+    with pytest.raises(ValueError, match=r"X\['boxes'\] is missing"):
+        model.fit({key: value for key, value in train.items() if key != "boxes"}, y)
+    train = {**train, "images": train["images"][:, :, :80], "meta": train["meta"].drop(columns="view_position")}
+    valid = {**valid, "images": valid["images"][:, :, :80]}
+    model.fit(train, y)
+    assert "no view_position; balancing the classes only" in capsys.readouterr().err
+    proba, maps = model.predict_proba(valid), model.explain(valid)
+    assert proba.shape == (20,) and np.isfinite(proba).all() and maps.shape == (20, 100, 80)
+
+
 def test_cnn_sample_names_unusable_weights(input_dir, tmp_path, monkeypatch):
     (tmp_path / "bad.pth").write_bytes(b"not a state dict")
     monkeypatch.setenv("HYGIEIA_MOBILENET_WEIGHTS", str(tmp_path / "bad.pth"))
@@ -95,13 +133,14 @@ def test_cnn_sample_names_unusable_weights(input_dir, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_cnn_sample_on_the_prepared_phantom(request, tmp_path, weights_path, monkeypatch):
+@pytest.mark.parametrize("sample", ["sample_submission", "sample_submission_boxes"])
+def test_image_samples_on_the_prepared_phantom(request, tmp_path, weights_path, monkeypatch, sample):
     pytest.importorskip("hygieia.prepare.pipeline")
     pytest.importorskip("hygieia.rsna.phantom")
     prepared = request.getfixturevalue("phantom_prepared")
     monkeypatch.setenv("HYGIEIA_FAST", "1")
     monkeypatch.setenv("HYGIEIA_MOBILENET_WEIGHTS", str(weights_path))
-    report = run_ingestion(prepared / ds.INPUT_DIR, tmp_path / "output", ROOT / "sample_submission")
+    report = run_ingestion(prepared / ds.INPUT_DIR, tmp_path / "output", ROOT / sample)
     assert report["status"] == "ok", report["error"]
     check_predictions(prepared / ds.INPUT_DIR, tmp_path / "output")
     assert report["counts"]["heatmaps"] == report["counts"]["valid_positive"] + report["counts"]["test_positive"]

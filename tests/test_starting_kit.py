@@ -293,6 +293,8 @@ def test_notebook_runs_in_the_bundles_starting_kit_and_its_zip_is_accepted(
     # a true positive, which it may not on so few images: the explanation figures are tested below)
     assert len(outputs(notebook, mime="image/png")) >= 4
     assert "status: Finished" in printed
+    # section 6: the separate box-finder's map leaves the headline column exactly where it was
+    assert printed.count("(identical)") == 2 and "(CHANGED)" not in printed
 
     submission = kit / "local_run" / "submission.zip"
     with zipfile.ZipFile(submission) as archive:

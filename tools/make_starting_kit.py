@@ -90,7 +90,7 @@ if source.is_file() and json.loads(source.read_text())["source"] == "phantom":
 |---|---|
 | `images.npy` | (N, 100, 100) uint8 grayscale crops |
 | `features.npy` | (N, 1280) float32 MobileNetV2 features (see section 2) |
-| `meta.csv` | `id, age, sex` (the view position is withheld: on its own it predicts the label) |
+| `meta.csv` | `id, age, sex`, and in **train only** `view_position` (AP or PA: on its own it predicts the label) |
 | `labels.csv` | `id, label` — **train only** |
 | `boxes.csv` | `id, x, y, width, height` of the opacity boxes, in crop pixels — **train only** |
 
@@ -125,12 +125,14 @@ figures.show_crops(train, per_class=6)
 plt.show()
 """),
     ("md", r"""
-The metadata (age, sex) is given for every split. The film's view position is not: AP radiographs
-are often taken at the bedside of patients too ill to stand, and in RSNA's data "opacity if AP"
-alone beats always answering "normal" by about 20 points of accuracy, so it is kept for the scoring
-program's bias report (validation and test are balanced on it). Age and sex on their own do no
+The metadata (age, sex) is given for every split; the film's view position for train only. AP
+radiographs are often taken at the bedside of patients too ill to stand, and in RSNA's data "opacity if AP"
+alone beats always answering "normal" by about 20 points of accuracy, so valid and test withhold it
+and are balanced on it (the scoring program's bias report uses it). Age and sex on their own do no
 better than the majority class (the table after the plots gives the share of opacities per sex in
-train). Crops can still carry such cues (markers, devices); the scores are there to catch that.
+train). In train, the view lets you balance the groups class × view while training (group
+reweighting, GroupDRO); in valid and test a view rule is worthless. Crops can still carry such cues
+(markers, devices); the scores are there to catch that.
 """),
     ("code", r"""
 figures.show_metadata(splits)
@@ -211,14 +213,14 @@ in every fold): the model is fitted on four folds, exactly as ingestion fits it 
 boxes, and `y`), and predicts the fifth, whose labels and boxes it does not see. Every image is
 predicted once; the spread over the folds tells you how far a difference between two models is noise.
 
-The kit ships the two sample submissions as the zips you would upload; we unpack them to folders you
+The kit ships the three sample submissions as the zips you would upload; we unpack them to folders you
 can edit. `sample_submission/model.py` is the original design's baseline: an ImageNet MobileNetV2,
 frozen, with a linear layer trained on top (crops resized to 128×128), and Grad-CAM on its last
 convolutional block through `gradcam_target()`. With `HYGIEIA_FAST=1` it trains on at most 300
 images.
 """),
     ("code", r"""
-for name in ["sample_submission", "sample_submission_tabular"]:
+for name in ["sample_submission", "sample_submission_boxes", "sample_submission_tabular"]:
     if not (KIT / name / "model.py").is_file():
         with zipfile.ZipFile(KIT / f"{name}.zip") as archive:
             archive.extractall(KIT / name)
@@ -319,37 +321,99 @@ plt.show()
 pd.concat({name: spread(folds) for name, folds in cv.items()})
 """),
     ("md", r"""
-## 6. Using the training boxes
+## 6. Using the training boxes: in the decision, not beside it
 
-The boxes of train are public: they can teach a model *where* an opacity is, which is what the
-explanation columns reward. `box_heatmap.BoxHeatmap` is a small fully convolutional network fitted,
-pixel by pixel, to the box masks of the training opacity crops: its output is a heatmap. We
-cross-validate it on the same folds and measure `activation_in_box` on the held-out opacity crops,
-against two maps that ignore the pixels: a uniform map (it scores the boxes' share of the crop) and
-the **box prior**, the mean box mask of the training folds (it knows only where boxes usually lie).
-A heatmap is worth something only where it beats the prior, and this small network, trained from
-scratch on a few hundred crops, barely matches it: it is a starting point, not a solution (a
-pretrained backbone, more crops, the prior as an extra input channel ...). To use such maps, return
-them from your model's `explain(X)` (section 3), or add the box masks as a second loss to your
-classifier.
+The headline explanation column, **`box_reliance`**, is not computed from your map. The ingestion
+program takes a sample of each split's images, fills in one cell of a coarse grid at a time and asks
+*your model's own* `predict_proba` what it thinks of each altered copy. Scoring then compares, on
+the opacity crops, the probability lost when the box's cells are filled in with the probability lost
+for as much area elsewhere (chance: 0). A map handed in by `explain` or drawn by Grad-CAM plays no
+part in it: a map from elsewhere cannot raise it.
+
+**A separate box-finder scores at chance.** `box_heatmap.BoxHeatmap` is a small fully convolutional
+network fitted, pixel by pixel, to the box masks of the training opacity crops: its output is a map
+of where boxes are, whatever the classifier does. We take the baseline's run of section 4, replace
+its maps with the box-finder's (trained on the local training part only) and score again with the
+kit's scoring program. The plausibility columns (`activation_in_box`, `activation_over_prior` ...)
+move wherever there are true positives to explain; `box_reliance` stays exactly where it was,
+because the classifier did not change.
 """),
     ("code", r"""
-box_folds = []
-for fit, held in local_eval.fold_rows(train["labels"], FOLDS, LIMIT):   # the folds of section 4
-    fit_images, fit_masks = box_heatmap.opacity_masks(train, fit)
-    held_images, held_masks = box_heatmap.opacity_masks(train, held)
-    learnt = box_heatmap.BoxHeatmap().fit(fit_images, fit_masks)
-    prior = box_heatmap.box_prior(fit_masks)
-    maps = {"uniform": [np.ones(prior.shape)] * len(held_masks), "box prior": [prior] * len(held_masks),
-            "box-supervised": learnt.heatmaps(held_images)}
-    box_folds.append({name: box_heatmap.mean_activation_in_box(m, held_masks) for name, m in maps.items()})
-box_folds = pd.DataFrame(box_folds).rename_axis("fold")
-display(box_folds.round(3))
-display(pd.DataFrame({"mean": box_folds.mean(), "sd": box_folds.std(ddof=1)}).T.round(3))
-shown = np.arange(min(6, len(held_images)))
-figures.show_heatmaps(held_images[shown], maps["box-supervised"][shown], held_masks[shown],
-                      "Box-supervised heatmaps of held-out opacity crops (last fold); red: the boxes")
-plt.show()
+import shutil
+from hygieia.scoring.score import score
+
+local_train = ds.load_input_split(LOCAL / "input_data", "train")
+crops = {}                                        # the local valid and test crops by id
+for split in ("valid", "test"):
+    local = ds.load_input_split(LOCAL / "input_data", split, features=False)
+    crops.update(zip(local["ids"], local["images"]))
+finder = box_heatmap.BoxHeatmap().fit(*box_heatmap.opacity_masks(local_train, np.arange(len(local_train["ids"]))))
+COLUMNS = ["accuracy", "worst_group_accuracy", "box_reliance", "activation_in_box", "activation_over_prior"]
+
+def with_box_finder(ingested_dir, name):
+    # A copy of ingestion's output with the box-finder's maps in place of the model's, scored again.
+    swapped, scores_dir = WORK / f"{name}_with_box_finder", WORK / f"{name}_with_box_finder_scores"
+    shutil.rmtree(swapped, ignore_errors=True)
+    shutil.copytree(ingested_dir, swapped)
+    with np.load(ingested_dir / "heatmaps.npz", allow_pickle=False) as saved:
+        explained = saved["ids"]
+    maps = finder.heatmaps(np.stack([crops[key] for key in explained])) if len(explained) else np.zeros((0, 100, 100))
+    np.savez_compressed(swapped / "heatmaps.npz", ids=explained, maps=maps.astype(np.float16))
+    scores_dir.mkdir(parents=True, exist_ok=True)
+    score(LOCAL / "reference_data" / "valid", swapped, scores_dir, progress=False)
+    return scores_dir
+
+def row(scores_dir):
+    detailed = json.loads((Path(scores_dir) / "detailed_scores.json").read_text())
+    values = {key: None if detailed["scores"].get(key) is None else round(detailed["scores"][key], 3)
+              for key in COLUMNS}
+    low, high = detailed["ci"]["box_reliance"]
+    return {**values, "box_reliance 95% interval": f"[{low:+.3f}, {high:+.3f}]"}
+
+rows = {"baseline (Grad-CAM of its classifier)": row(scored),
+        "baseline + the box-finder's map": row(with_box_finder(ingested, "baseline"))}
+pd.DataFrame(rows).T
+"""),
+    ("md", r"""
+**A model whose decision is its map.** To win `box_reliance` the *decision* has to rest on the
+opacity. `sample_submission_boxes/model.py` does this: a frozen MobileNetV2 cut after its 13th block
+gives an 8×8 grid of cells, a small head scores every cell for opacity, and the image's probability
+comes from its 4 most opaque cells, so the image is positive *because* some cells are. Training
+uses the boxes as cell targets (inside a box: opacity; the rest of every crop, including the film
+around the box of an opacity crop: none) and weights the groups class × view position
+(`X["meta"]["view_position"]`, given for training only) so that the rare groups count as much as the
+common ones. Its `explain` returns the 4 cells it decided on. Here it runs through the same local
+worker as the baseline, on the same hold-out, and its maps too are swapped for the box-finder's.
+"""),
+    ("code", r"""
+print((KIT / "sample_submission_boxes" / "README.md").read_text().split("## Training")[0])
+boxes_run = local_eval.score_submission(KIT, KIT / "sample_submission_boxes.zip", DATA, WORK / "boxes", fast=FAST)
+boxes_ingested = boxes_run.out_dir / "prediction" / "output"
+rows["decision is its map (sample_submission_boxes)"] = row(boxes_run.out_dir / "scoring" / "output")
+rows["sample_submission_boxes + the box-finder's map"] = row(with_box_finder(boxes_ingested, "boxes"))
+table = pd.DataFrame(rows).T
+display(table)
+reliance = table["box_reliance"].tolist()
+for own, swapped in ((0, 1), (2, 3)):
+    print(f"box_reliance {table.index[own]}: {reliance[own]:+.3f}; with the box-finder's map "
+          f"{reliance[swapped]:+.3f} ({'identical' if reliance[own] == reliance[swapped] else 'CHANGED'})")
+"""),
+    ("md", r"""
+Why the scores come out this way. The box-finder's map sits on the boxes, so the map columns
+(`activation_in_box`, `activation_over_prior`) follow it wherever there are true positives to explain,
+but `box_reliance` does not move by a digit: it was measured through the model's `predict_proba`,
+which the map does not touch. A baseline that finds few opacities here has few maps to score at all.
+
+The cell model's own maps sit on the boxes too (they are the cells it decided on), and it separates
+the classes better. Its `box_reliance` depends on the data. On the organizers' real radiographs, with
+full training, it is above chance in both data seeds and both hidden splits (0.13 to 0.25, every
+interval above 0, against −0.02 to 0.08 for the baseline; its `README.md` and the *Evaluation* page
+give the table): filling in the opacity's cells costs it more probability than filling in as much
+film elsewhere. On synthetic crops (the phantom, the tests' fakes) the opacity is a large, plain
+patch: the model is sure of it from many cells, filling in any one of the 16 cells of the grid leaves
+enough of the patch to keep its probability near 1, and `box_reliance` sits near 0. With
+`HYGIEIA_FAST=1` it also trains on at most 300 crops, and the local hold-out is small: read the
+intervals, not only the points.
 """),
     ("md", r"""
 ## 7. Your submission
@@ -358,10 +422,10 @@ Edit `sample_submission/model.py` (or start a new folder with a `model.py`), rer
 and when you are happy zip the folder: `model.py` must be at the zip's root, with any helper files
 beside it. `zip_submission` does exactly that, leaving out caches and hidden files.
 
-Some directions: fine-tune the backbone instead of freezing it; augment the crops; use
-`X["meta"]`; and use the training boxes, as in section 6. Mind the time: the ingestion program stops
-a run after its time budget (the platform kills it at the phase's time limit);
-`HYGIEIA_TIME_BUDGET` changes that budget for local runs.
+Some directions: start from `sample_submission_boxes/` (section 6); fine-tune the backbone instead
+of freezing it; augment the crops; use the groups of `X["meta"]` (GroupDRO instead of reweighting).
+Mind the time: the ingestion program stops a run after its time budget (the platform kills it at
+the phase's time limit); `HYGIEIA_TIME_BUDGET` changes that budget for local runs.
 """),
     ("code", r"""
 SUBMISSION = zip_submission(KIT / "sample_submission", WORK / "submission.zip")
