@@ -106,11 +106,11 @@ def write_local_dataset(X: dict, rows: dict[str, np.ndarray], root: str | Path) 
         public = root / ds.INPUT_DIR / split
         write_npy(public / ds.IMAGES, X["images"][index])
         write_npy(public / ds.FEATURES, X["features"][index])
-        write_csv(public / ds.META, meta)
+        write_csv(public / ds.META, meta.reindex(columns=ds.input_meta_columns(split)))  # the view: train only
         hidden = public if split == "train" else root / ds.REFERENCE_DIR / split
         write_csv(hidden / ds.LABELS, labels if split == "train" else labels.assign(probe=0))
         write_csv(hidden / ds.BOXES, boxes)
-        if split != "train":  # the reference side's layout; the view position is not public
+        if split != "train":  # the reference side's layout, with the view the public side lacks
             write_csv(hidden / ds.META, meta.reindex(columns=ds.META_COLUMNS))
             write_npy(hidden / ds.IMAGES, X["images"][index])
             train = rows["train"]
