@@ -305,7 +305,8 @@ def summary(rows: list[dict]) -> list[dict]:
     table = pd.DataFrame(rows)
     return [{"model": model, "split": split,
              "columns": {key: spread([r[key] for r in group["scores"]]) for key in (m.key for m in mt.METRICS)},
-             "ingestion_s": spread([r.get("total") for r in group["durations"]])}
+             "ingestion_s": spread([r.get("total") for r in group["durations"]]),
+             "maps": bool(group["explanation_method"].notna().any())}
             for (model, split), group in table.groupby(["model", "split"], sort=False)]
 
 
@@ -347,15 +348,15 @@ def header(first: list[str], columns: list[str]) -> list[str]:
     return ["| " + " | ".join(first + columns) + " |", "|" + "---|" * (len(first) + len(columns))]
 
 
-def titles() -> list[str]:
-    return [f"{m.title} (`{m.key}`)" for m in mt.METRICS]
+def titles(metrics: list) -> list[str]:
+    return [f"{m.title} (`{m.key}`)" for m in metrics]
 
 
-def scores_table(result: dict) -> str:
-    lines = header(["model", "data", "split"], titles() + ["worst group", "explained TPs"])
+def scores_table(result: dict, metrics: list) -> str:
+    lines = header(["model", "data", "split"], titles(metrics) + ["worst group", "true positives"])
     for r in result["rows"]:
         cells = []
-        for m in mt.METRICS:
+        for m in metrics:
             if isinstance(m, mt.MapMetric) and r["explanation_method"] is None:
                 cells.append("no maps")
             else:
@@ -377,12 +378,12 @@ def per_image_keys() -> set[str]:
             and m.key not in ("worst_group_accuracy", "shortcut_gap")}
 
 
-def paired_table(result: dict) -> str:
-    lines = header(["model", "data", "split"], [f"Δ {t}" for t in titles()])
+def paired_table(result: dict, metrics: list) -> str:
+    lines = header(["model", "data", "split"], [f"Δ {t}" for t in titles(metrics)])
     keys = per_image_keys()
     for p in result["paired"]:
         lines.append(f"| {p['title']} | {p['dataset']} | {p['split']} | "
-                     + " | ".join(paired_cell(p["columns"][m.key], m.key in keys) for m in mt.METRICS) + " |")
+                     + " | ".join(paired_cell(p["columns"][m.key], m.key in keys) for m in metrics) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -396,20 +397,25 @@ def spread_text(cell: dict | None, signed: bool = False) -> str:
     return f"{number(cell['mean'], signed)} ({number(cell['min'], signed)} to {number(cell['max'], signed)})"
 
 
-def summary_table(result: dict) -> str:
-    lines = header(["model", "split"], titles() + ["ingestion s"])
+def seconds_text(cell: dict | None) -> str:
+    return "n/a" if not cell else f"{cell['mean']:.0f} ({cell['min']:.0f} to {cell['max']:.0f})"
+
+
+def summary_table(result: dict, metrics: list) -> str:
+    lines = header(["model", "split"], titles(metrics) + ["ingestion s"])
     for s in result["summary"]:
-        lines.append(f"| {title_of(result, s['model'])} | {s['split']} | "
-                     + " | ".join(spread_text(s["columns"][m.key]) for m in mt.METRICS)
-                     + f" | {spread_text(s['ingestion_s'])} |")
+        cells = ["no maps" if isinstance(m, mt.MapMetric) and not s["maps"] else spread_text(s["columns"][m.key])
+                 for m in metrics]
+        lines.append(f"| {title_of(result, s['model'])} | {s['split']} | " + " | ".join(cells)
+                     + f" | {seconds_text(s['ingestion_s'])} |")
     return "\n".join(lines) + "\n"
 
 
-def paired_summary_table(result: dict) -> str:
-    lines = header(["model", "split"], [f"Δ {t}" for t in titles()])
+def paired_summary_table(result: dict, metrics: list) -> str:
+    lines = header(["model", "split"], [f"Δ {t}" for t in titles(metrics)])
     for s in result["paired_summary"]:
         cells = []
-        for m in mt.METRICS:
+        for m in metrics:
             c = s["columns"][m.key]
             cells.append("n/a" if not c["n"] else
                          f"{spread_text(c, signed=True)}; ↑{c['above_0']} ↓{c['below_0']} of {c['n']}")
@@ -431,24 +437,29 @@ def time_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict, columns: list[str] | None = None) -> str:
+    """The tables, with the columns ``columns`` (default: every column of the metric table)."""
+    metrics = [m for m in mt.METRICS if not columns or m.key in columns]
     datasets = ", ".join(f"{name} (seed {d['seed']}, valid/test {d['n_items']['valid']}/{d['n_items']['test']} "
                          "items)" for name, d in result["datasets"].items())
     reference = title_of(result, result["reference"])
+    ran = {step: sum(not r["reused"][step] for r in result["rows"]) for step in ("ingestion", "scoring")}
+    ran["ingestion"] //= len(ds.SCORED_SPLITS)   # one ingestion, one row per split
     return "\n".join([
-        f"Datasets: {datasets}. Full training{' (HYGIEIA_FAST=1)' if result['fast'] else ''}; "
-        f"{result['seconds']:.0f} s in all.\n",
+        f"Datasets: {datasets}. Training: {'HYGIEIA_FAST=1 (fast)' if result['fast'] else 'full'}. "
+        f"This invocation: {result['seconds']:.0f} s, {ran['ingestion']} ingestion(s) and {ran['scoring']} "
+        "scoring(s) run, the others reused.\n",
         "### Every column, per dataset and split (95% bootstrap intervals of the scoring program)\n",
-        scores_table(result),
+        scores_table(result, metrics),
         f"### Paired differences against {reference} (model − reference, same images; paired bootstrap, "
         f"{result['bootstrap']['paired_resamples']} resamples, seed {result['bootstrap']['paired_seed']}; "
         "n: images both explained or measured)\n",
-        paired_table(result),
+        paired_table(result, metrics),
         f"### Mean (range) over the {len(result['datasets'])} datasets\n",
-        summary_table(result),
+        summary_table(result, metrics),
         f"### Paired differences against {reference}: mean (range) over the datasets; ↑/↓: datasets whose "
         "interval lies above / below 0\n",
-        paired_summary_table(result),
+        paired_summary_table(result, metrics),
         "### Ingestion time (s) at this size, from ingestion.json\n",
         time_table(result)])
 
@@ -500,8 +511,9 @@ def draw_figure(result: dict, path: Path) -> None:
     plt.close(figure)
 
 
-def write_outputs(result: dict, out_dir: Path, markdown_path: Path | None, json_path: Path | None) -> str:
-    text = markdown(result)
+def write_outputs(result: dict, out_dir: Path, markdown_path: Path | None, json_path: Path | None,
+                  columns: list[str] | None = None) -> str:
+    text = markdown(result, columns)
     for path in (out_dir / "real_radiographs.md", markdown_path):
         if path:
             path.write_text(text)
@@ -531,6 +543,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="add a submission folder (SUB: the folder of DATA_DIR it runs on, `.` or full_128)")
     parser.add_argument("--reference", default=REFERENCE, help=f"the model paired against (default {REFERENCE})")
     parser.add_argument("--fast", action="store_true", help="HYGIEIA_FAST=1 for the ingestions (tests, demos)")
+    parser.add_argument("--columns", nargs="+", choices=[m.key for m in mt.METRICS],
+                        help="show only these columns in the markdown tables (the JSON and the figure keep all)")
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
@@ -543,7 +557,7 @@ def main(argv: list[str] | None = None) -> None:
         result = run_all(data_dirs, out_dir, models, args.reference, args.reuse, args.fast)
     except HygieiaError as err:
         sys.exit(f"real_radiographs: {err}")
-    print(write_outputs(result, out_dir, args.markdown, args.json))
+    print(write_outputs(result, out_dir, args.markdown, args.json, args.columns))
 
 
 if __name__ == "__main__":
