@@ -73,10 +73,19 @@ class Model(Baseline):
 BOX_FINDER = '''\
 """A box-finder separate from the classifier: box_heatmap.py's BoxHeatmap (the starting kit's),
 trained on the training opacity crops and their box masks. Its maps explain whatever the classifier
-decides: they come from the boxes, not from the classifier."""
+decides: they come from the boxes, not from the classifier.
+
+Trained as a participant chasing the map columns would: the kit's 40 epochs barely match the box
+prior (the kit says so), so 200 epochs, and the map is the 8th power of the predicted probability,
+which keeps its mass where the network is confident. On held-out training crops of the real
+radiographs (630/200/200, seed 0) that puts 0.75 of the map's mass in the box, against 0.34 for the
+box prior's map and 0.36 for the kit's setting."""
 import numpy as np
 
 from box_heatmap import BoxHeatmap, opacity_masks
+
+EPOCHS = 200
+SHARPEN = 8
 
 
 class BoxFinder:
@@ -86,11 +95,11 @@ class BoxFinder:
         images, masks = opacity_masks({**X, "labels": np.asarray(y)}, np.arange(len(y)))
         if not len(images):
             raise ValueError("the box-finder needs opacity crops with boxes in the training split")
-        self.box_finder = BoxHeatmap().fit(images, masks)
+        self.box_finder = BoxHeatmap(epochs=EPOCHS).fit(images, masks)
         return self
 
     def explain(self, X):
-        return self.box_finder.heatmaps(X["images"])
+        return self.box_finder.heatmaps(X["images"]) ** SHARPEN
 '''
 
 SAMPLE_BOX_FINDER_MODEL = '''\
