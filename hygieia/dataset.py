@@ -4,7 +4,9 @@ A prepared dataset (``hygieia prepare`` output) is laid out as::
 
     input_data/{train,valid,test}/images.npy     (N, H, W) uint8   crops, 100x100 by default
     input_data/{train,valid,test}/features.npy   (N, 1280) float32 MobileNetV2 features
-    input_data/{train,valid,test}/meta.csv       id + INPUT_META_COLUMNS (no label-predicting field)
+    input_data/{valid,test}/meta.csv             id + INPUT_META_COLUMNS (no label-predicting field)
+    input_data/train/meta.csv                    TRAIN_META_COLUMNS: also view_position (group labels for
+                                                 training, withheld at test time as in WILDS)
     input_data/train/labels.csv                  id, label          (public)
     input_data/train/boxes.csv                   id, x, y, width, height (public, crop pixels)
     reference_data/{valid,test}/labels.csv       id, label, probe   hidden from participants
@@ -19,7 +21,11 @@ A prepared dataset (``hygieia prepare`` output) is laid out as::
 Ingestion's output folder (``ingestion → scoring``) holds ``predictions.csv`` (PREDICTION_COLUMNS, every
 valid and test id), ``heatmaps.npz`` (``ids`` and ``maps`` (K, H, W) float16 in [0, 1], each map
 divided by its own maximum, for the predicted positives of valid and test) and ``ingestion.json``
-(status, stage, error, explanation method, counts ...); on Codabench the worker adds ``metadata``.
+(status, stage, error, explanation method, counts ...) and ``evidence.npz``: what ingestion measured
+through the model (``ids`` (K,) of the sampled images, ``cells`` (M, 4) int64 grid cells as top, left,
+bottom, right, ``base`` (K,) float32 their probability, ``drops`` (K, M) float32 the probability each
+loses when one cell is filled in: ``hygieia.submission.evidence``); on Codabench the worker adds
+``metadata``.
 A failed run is ``IngestionFailed``, whichever side finds it.
 
 ``probe`` is 1 for an off-box probe (a window cut from a Lung Opacity film away from every box; its
@@ -58,9 +64,17 @@ BOX_PRIOR = "box_prior.npy"
 SPLIT_INFO = "split.json"
 
 META_COLUMNS = ["id", "age", "sex", "view_position"]    # reference side (and RSNA headers)
-# What models see: only fields whose best one-field rule does no better than the majority class on
-# real RSNA headers (hygieia.prepare.meta_check); view_position predicts the label and stays hidden.
+# What models see of valid and test: only fields whose best one-field rule does no better than the
+# majority class on real RSNA headers (hygieia.prepare.meta_check); view_position predicts the label there
+# and stays hidden. Training also gets the view: the groups (class x view) for group reweighting or
+# GroupDRO; on the view-balanced hidden splits a rule on the view is worthless.
 INPUT_META_COLUMNS = ["id", "age", "sex"]
+TRAIN_META_COLUMNS = [*INPUT_META_COLUMNS, "view_position"]
+
+
+def input_meta_columns(split: str) -> list[str]:
+    """The columns of ``input_data/<split>/meta.csv``."""
+    return TRAIN_META_COLUMNS if split == "train" else INPUT_META_COLUMNS
 LABEL_COLUMNS = ["id", "label"]
 REFERENCE_LABEL_COLUMNS = ["id", "label", "probe"]
 BOX_COLUMNS = ["id", "x", "y", "width", "height"]
@@ -69,6 +83,7 @@ N_FEATURES = 1280
 PREDICTIONS = "predictions.csv"
 HEATMAPS = "heatmaps.npz"
 INGESTION_REPORT = "ingestion.json"
+EVIDENCE = "evidence.npz"
 WORKER_METADATA = "metadata"  # Codabench's worker writes it after ingestion; a submission must not
 PREDICTION_COLUMNS = ["id", "proba", "label"]
 EXPLANATION_METHODS = ("explain", "gradcam")
@@ -148,11 +163,11 @@ def load_input_split(input_dir: str | Path, split: str, *, features: bool = True
     """Read one split of ``input_data`` as the mapping ``X`` that participants' models receive.
 
     Keys: ``ids`` (list of str), ``images`` (N,H,W) uint8, ``features`` (N,1280) float32,
-    ``meta`` (DataFrame: INPUT_META_COLUMNS but id — age, sex — indexed by id); for train also
+    ``meta`` (DataFrame indexed by id: age, sex; for train also view_position); for train also
     ``boxes`` (DataFrame id,x,y,width,height) and ``labels`` ((N,) int64 array).
     """
     folder = Path(input_dir) / split
-    meta = read_table(folder / META, INPUT_META_COLUMNS)
+    meta = read_table(folder / META, input_meta_columns(split))
     ids = meta["id"].reset_index(drop=True)
     images = read_array(folder / IMAGES, np.uint8, 3)
     X = {"ids": ids.tolist(), "images": images, "meta": meta.set_index("id")}
@@ -298,4 +313,46 @@ def read_heatmaps(path: str | Path, shape: tuple[int, int], limit: int | None = 
         raise DataError(f"{name}: heatmap values above 1 for {above.sum()} images (each map is divided by its "
                         f"maximum; first ids: {first_ids(ids, above)})")
     return ids, maps
+
+
+def read_evidence(path: str | Path, shape: tuple[int, int], known_ids, name: str | None = None) -> dict:
+    """``evidence.npz`` as ingestion stores it: {"ids" (K,) str, "cells" (M, 4) int64, "base" (K,) float32,
+    "drops" (K, M) float32}, each id once and one of ``known_ids`` (the predicted ids), every cell inside an
+    image of ``shape``, probabilities in [0, 1] and drops in [-1, 1]; DataError naming the file otherwise.
+    A file whose headers hold more images than ``known_ids`` is refused before it is loaded."""
+    path = Path(path)
+    name = name or str(path)
+    if not path.is_file():
+        raise DataError(f"{name}: file not found (ingestion measures the evidence of every run)")
+    try:
+        headers = npz_headers(path)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{name}: not a readable .npz archive ({err})") from err
+    expected = ("base", "cells", "drops", "ids")
+    if sorted(headers) != list(expected):
+        raise DataError(f"{name}: expected arrays {list(expected)}, found {sorted(headers)}")
+    shapes = {key: shape for key, (shape, _dtype) in headers.items()}
+    known = set(known_ids)
+    k = shapes["ids"][0] if len(shapes["ids"]) == 1 else -1
+    m = shapes["cells"][0] if len(shapes["cells"]) == 2 and shapes["cells"][1] == 4 else -1
+    if k < 0 or m < 1 or shapes["base"] != (k,) or shapes["drops"] != (k, m) or k > len(known):
+        raise DataError(f"{name}: arrays {shapes}; expected ids (K,), base (K,), cells (M, 4) and drops (K, M), "
+                        f"K at most the {len(known)} predicted ids")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            found = {key: archive[key] for key in expected}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{name}: not a readable .npz archive ({err})") from err
+    ids = found["ids"].astype(str)
+    if pd.Index(ids).duplicated().any() or not set(ids) <= known:
+        raise DataError(f"{name}: ids must be distinct predicted ids")
+    cells = found["cells"]
+    if not np.issubdtype(cells.dtype, np.integer) or (cells[:, :2] < 0).any() or (cells[:, 2] > shape[0]).any() \
+            or (cells[:, 3] > shape[1]).any() or (cells[:, 2:] <= cells[:, :2]).any():
+        raise DataError(f"{name}: cells must be integer (top, left, bottom, right) rectangles inside {shape}")
+    base, drops = found["base"].astype(np.float64), found["drops"].astype(np.float64)
+    if not (np.isfinite(base).all() and np.isfinite(drops).all()) or (base < 0).any() or (base > 1).any() \
+            or (np.abs(drops) > 1).any():
+        raise DataError(f"{name}: probabilities must lie in [0, 1] and drops in [-1, 1]")
+    return {"ids": ids, "cells": cells.astype(np.int64), "base": base, "drops": drops}
 

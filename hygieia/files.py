@@ -161,6 +161,41 @@ def extract_zip(zip_path: str | Path, dest: str | Path, *, max_bytes: int, max_e
     return dest
 
 
+def entry_kind(path: str | Path) -> str | None:
+    """What is at ``path``, the link itself when it is one (nothing is followed, nothing is read): "file",
+    "folder", "symbolic link to <target>", "FIFO", "socket", "character device", "block device"; None if
+    nothing is there."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(mode):
+        try:
+            return f"symbolic link to {os.readlink(path)}"
+        except OSError:
+            return "symbolic link"
+    kinds = ((stat.S_ISREG, "file"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+             (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+    return next((kind for test, kind in kinds if test(mode)), "special file")
+
+
+def special_entries(folder: str | Path, max_entries: int | None = None) -> list[tuple[str, str]]:
+    """(path relative to ``folder``, kind) of every entry under ``folder`` that is neither a file nor a folder
+    (links, FIFOs, sockets, devices), found without following any link or reading any file; HygieiaError
+    past ``max_entries`` entries."""
+    folder = Path(folder)
+    found, seen = [], 0
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        for name in sorted(dirs) + sorted(files):
+            seen += 1
+            if max_entries is not None and seen > max_entries:
+                raise HygieiaError(f"{folder}: more than {max_entries} entries")
+            kind = entry_kind(Path(root) / name)
+            if kind not in ("file", "folder"):
+                found.append(((Path(root) / name).relative_to(folder).as_posix(), kind))
+    return found
+
+
 def npz_headers(path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """{array name: (shape, dtype)} of an .npz file, read from the .npy headers only (no array is loaded)."""
     headers = {}

@@ -199,3 +199,18 @@ def test_a_program_command_that_turns_on_per_image_results_is_an_error(folder):
     metadata.write_text("command: env HYGIEIA_PER_IMAGE=1 python3 $program/score.py $input $output\n")
     found = errors(folder)
     assert any(e.startswith("error: tasks[0].scoring_program:") and "would publish ids" in e for e in found), found
+
+
+def test_the_view_in_a_hidden_split_s_metadata_is_an_error_in_train_s_it_is_not(folder, tmp_path):
+    data = extract(folder / "input_data.zip", tmp_path / "input_data")
+    train, valid = (data / split / "meta.csv" for split in ("train", "valid"))
+    assert train.read_text().splitlines()[0] == "id,age,sex,view_position"
+    assert errors(folder) == []
+    table = valid.read_text().splitlines()
+    valid.write_text("\n".join([table[0] + ",view_position"] + [row + ",AP" for row in table[1:]]) + "\n")
+    (folder / "input_data.zip").unlink()
+    shutil.make_archive(str(folder / "input_data"), "zip", data)
+    found = errors(folder)
+    assert len(found) == 2, found  # both tasks (phases) use this input data
+    assert all(e.startswith(f"error: tasks[{i}].input_data/valid/meta.csv: columns ['id', 'age', 'sex', "
+                            "'view_position']") and "predicts the label" in e for i, e in enumerate(found)), found

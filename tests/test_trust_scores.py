@@ -125,11 +125,28 @@ def test_shortcut_gap_catches_a_film_cue_and_not_an_opacity_reader():
                              np.where(truth == 1, rng.random(600) < 0.8, rng.random(600) < 0.1)).astype(int)
     marker = shortcut.shortcut_gap(truth, reads_marker, probes, view)
     opacity = shortcut.shortcut_gap(truth, reads_opacity, probes, view)
-    assert marker["value"] > 0.7 and marker["ci"][0] > 0.6
-    assert abs(opacity["value"]) < 0.1 and opacity["ci"][0] < 0 < opacity["ci"][1]
+    assert marker["value"] == marker["raw"] > 0.7 and marker["ci"] == marker["raw_ci"] and marker["ci"][0] > 0.6
+    assert abs(opacity["raw"]) < 0.1 and opacity["raw_ci"][0] < 0 < opacity["raw_ci"][1]
+    assert opacity["value"] == max(opacity["raw"], 0) and opacity["ci"] == [0.0, opacity["raw_ci"][1]]
     assert [row["stratum"] for row in marker["strata"]] == ["AP", "PA"] and marker["n_unmatched"] == 0
     none = shortcut.shortcut_gap(truth[:500], reads_marker[:500], probes[:500], view[:500])
     assert none["value"] is None and "no off-box probe" in none["reason"]
+
+
+def test_calling_probe_like_items_negative_gains_nothing_on_the_shortcut_gap():
+    """A model that guesses the probes (say, items whose whole-film features say opacity while the crop looks
+    clean) and calls them negative drives the gap below 0, which scores 0: what a model that reads the opacity
+    scores up to noise, and no better."""
+    rng, truth, probes, view = shortcut_split()
+    reads_opacity = np.where(truth == 1, rng.random(600) < 0.8, rng.random(600) < 0.1).astype(int)
+    honest = np.where(probes == 1, rng.random(600) < 0.1, reads_opacity)   # probes called like normals
+    guesser = np.where(probes == 1, 0, reads_opacity)                       # every probe guessed and called 0
+    honest_gap, guessed_gap = (shortcut.shortcut_gap(truth, c, probes, view) for c in (honest, guesser))
+    assert guessed_gap["raw"] < -0.05 and guessed_gap["raw_ci"][1] < 0
+    assert guessed_gap["value"] == 0.0 and guessed_gap["ci"] == [0.0, 0.0]
+    assert 0 <= honest_gap["value"] < 0.1
+    metric = metrics.BY_KEY["shortcut_gap"]
+    assert metric.sorting == "asc" and metric.value_range == (0, 1)   # 0, the best value, is the guesser's floor
 
 
 def test_shortcut_gap_matches_views_so_the_view_alone_makes_no_gap():

@@ -156,7 +156,7 @@ def worst_group_statistic(items: pd.DataFrame, weights: np.ndarray) -> np.ndarra
 def gap_statistic(items: pd.DataFrame, weights: np.ndarray) -> np.ndarray:
     """The view-matched shortcut gap of each weighted sample of probes and normal films: over the
     strata that keep a normal film, (probes called positive − n_probes × the stratum's false-positive
-    rate) summed, over their probes (``hygieia.scoring.shortcut``)."""
+    rate) summed, over their probes, floored at 0 (``hygieia.scoring.shortcut``)."""
     called = items["predicted"].to_numpy().astype(np.float64)
     probe = items["probe"].to_numpy().astype(np.float64)
     gap_sum, probe_sum = np.zeros(len(weights)), np.zeros(len(weights))
@@ -170,7 +170,7 @@ def gap_statistic(items: pd.DataFrame, weights: np.ndarray) -> np.ndarray:
         gap_sum[kept] += (weights @ (is_probe * called))[kept] - n_probe[kept] * fpr[kept]
         probe_sum[kept] += n_probe[kept]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return gap_sum / probe_sum
+        return np.maximum(gap_sum / probe_sum, 0.0)   # floored at 0, as the leaderboard's column
 
 
 def gap_items(items: pd.DataFrame) -> pd.DataFrame:

@@ -1,8 +1,8 @@
 """Every leaderboard column of many submissions on real radiographs, over several prepared datasets,
 with paired differences against a reference submission.
 
-    hygieia prepare RSNA_DIR DATA_DIR --train 630 --valid 200 --test 200 --full-size 128 --seed S \\
-        --probe-share 0.5
+    hygieia prepare RSNA_DIR DATA_DIR --train 630 --valid 200 --test 200 --full-size 128 \\
+        --probe-share 0.5 --id-secret-file SECRET_S
     python tools/real_radiographs.py DATA_DIR [DATA_DIR ...] OUT_DIR [--reuse] [--only KEY ...]
         [--model KEY=TITLE=PATH[=DATA_SUBDIR] ...] [--reference KEY] [--markdown T.md] [--json T.json]
 
@@ -202,7 +202,7 @@ def unmatched_gap(ref_dir: Path, res_dir: Path) -> dict:
     probes, normal = labels["probe"].to_numpy() == 1, (labels["label"].to_numpy() == 0)
     gap = shortcut.shortcut_gap(labels["label"].to_numpy(), called["label"].to_numpy(), probes)
     ap = (view == "AP").to_numpy()
-    return {"unmatched_gap": gap["value"],
+    return {"unmatched_gap": gap["raw"],
             "probe_ap_share": float(ap[probes].mean()) if probes.any() else None,
             "normal_ap_share": float(ap[normal & ~probes].mean())}
 
@@ -344,6 +344,11 @@ def with_interval(value, ci, signed: bool = False) -> str:
     return f"{text} [{number(ci[0], signed)}, {number(ci[1], signed)}]" if ci else text
 
 
+def needs_maps(metric: mt.Metric) -> bool:
+    """A column measured on the submitted maps (the map columns, map faithfulness)."""
+    return "heatmaps" in metric.needs
+
+
 def header(first: list[str], columns: list[str]) -> list[str]:
     return ["| " + " | ".join(first + columns) + " |", "|" + "---|" * (len(first) + len(columns))]
 
@@ -357,7 +362,7 @@ def scores_table(result: dict, metrics: list) -> str:
     for r in result["rows"]:
         cells = []
         for m in metrics:
-            if isinstance(m, mt.MapMetric) and r["explanation_method"] is None:
+            if needs_maps(m) and r["explanation_method"] is None:
                 cells.append("no maps")
             else:
                 cells.append(with_interval(r["scores"][m.key], r["ci"][m.key]))
@@ -404,7 +409,7 @@ def seconds_text(cell: dict | None) -> str:
 def summary_table(result: dict, metrics: list) -> str:
     lines = header(["model", "split"], titles(metrics) + ["ingestion s"])
     for s in result["summary"]:
-        cells = ["no maps" if isinstance(m, mt.MapMetric) and not s["maps"] else spread_text(s["columns"][m.key])
+        cells = ["no maps" if needs_maps(m) and not s["maps"] else spread_text(s["columns"][m.key])
                  for m in metrics]
         lines.append(f"| {title_of(result, s['model'])} | {s['split']} | " + " | ".join(cells)
                      + f" | {seconds_text(s['ingestion_s'])} |")

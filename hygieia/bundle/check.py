@@ -22,6 +22,7 @@ import yaml
 from dateutil import parser as date_parser
 
 from hygieia.bundle.archive import read_zip, safe_extract, unpack
+from hygieia import dataset as ds
 from hygieia.bundle.fact_sheet import question_problems
 from hygieia.errors import HygieiaError
 
@@ -202,7 +203,18 @@ class Checker:
                     path = self.path(f"{where}.{field}", task[field])
                     if path is not None and field.endswith("_program"):
                         self.program(f"{where}.{field}", path)
+                    elif path is not None and field == "input_data":
+                        self.hidden_meta(f"{where}.{field}", path)
         return found
+
+    def hidden_meta(self, where: str, input_data: Path) -> None:
+        """Valid and test show models no field beyond INPUT_META_COLUMNS (the view gives labels away there)."""
+        for split in ds.SCORED_SPLITS:
+            header = _first_line(input_data, f"{split}/{ds.META}").split(",")
+            if header != [""] and header != ds.INPUT_META_COLUMNS:
+                self.error(f"{where}/{split}/{ds.META}",
+                           f"columns {header}; a hidden split's metadata must be exactly {ds.INPUT_META_COLUMNS} "
+                           "(a field such as view_position predicts the label: hygieia.prepare.meta_check)")
 
     def solutions(self, tasks: dict) -> None:
         for i, solution in enumerate(self.yaml.get("solutions") or []):
@@ -426,6 +438,19 @@ def read_score_keys(leaderboard_file: Path) -> list[str]:
                                                 for c in columns):
         raise HygieiaError(f"expected a list of columns, each with a string \"key\"; got {columns!r:.200}")
     return [column["key"] for column in columns]
+
+
+def _first_line(folder_or_zip: Path, name: str) -> str:
+    """The first line of ``name`` in a folder or a zip (at its top or under one folder); "" if absent."""
+    if folder_or_zip.is_dir():
+        path = folder_or_zip / name
+        return path.read_bytes().split(b"\n", 1)[0].decode("utf-8", "replace").strip() if path.is_file() else ""
+    with read_zip(folder_or_zip) as archive:
+        for member in archive.namelist():
+            if member == name or (member.endswith("/" + name) and member.count("/") == name.count("/") + 1):
+                with archive.open(member) as f:
+                    return f.readline().decode("utf-8", "replace").strip()
+    return ""
 
 
 def _program_folder(path: Path, tmp: Path) -> Path:

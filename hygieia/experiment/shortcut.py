@@ -187,14 +187,15 @@ def prepared(config: ShortcutConfig, variant: Variant) -> Path:
     from hygieia.prepare.pipeline import prepare
 
     source = phantom(config, variant)
-    # one id secret for every variant: the counterfactual matches a patient's crops across them by id
+    # one secret for every variant (it keys the ids and every draw of prepare): the counterfactual matches a
+    # patient's crops across variants by id. Public, like the phantom it prepares.
     id_secret = f"shortcut-experiment-ids-seed-{config.seed}".ljust(32, "-")
     key = {"phantom": str(source), **config.sizes, "crop": config.crop, "full_size": config.full_size,
-           "seed": config.seed, "id_secret": id_secret, "probe_share": config.probe_share,
-           "weights": str(config.weights) if config.weights else None}
+           "seed": config.seed, "id_secret": id_secret, "draws": "keyed by the secret",
+           "probe_share": config.probe_share, "weights": str(config.weights) if config.weights else None}
     folder = config.out / "cache" / "prepared" / source.name
     return _cached(folder, key, lambda staging: prepare(
-        source, staging, **config.sizes, crop=config.crop, full_size=config.full_size, seed=config.seed,
+        source, staging, **config.sizes, crop=config.crop, full_size=config.full_size,
         id_secret=id_secret, probe_share=config.probe_share, weights=config.weights, progress=False))
 
 

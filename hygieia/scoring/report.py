@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from hygieia import dataset as ds  # noqa: E402
 from hygieia.scoring import explanation as xp  # noqa: E402
 from hygieia.scoring.groups import SMALL_GROUP  # noqa: E402
-from hygieia.scoring.metrics import BY_KEY, EXPLANATION_KEYS, METRICS  # noqa: E402
+from hygieia.scoring.metrics import BY_KEY, EVIDENCE_KEYS, EXPLANATION_KEYS, METRICS  # noqa: E402
 
 GALLERY_SIZE = 4
 GALLERY_TAU = 0.5
@@ -282,8 +282,9 @@ def scores_section(results: dict) -> str:
     if results["shortcut"]["reason"]:
         notes.append(f"Shortcut gap not measured: {results['shortcut']['reason']}.")
     keys = [m.key for m in METRICS]
-    pictures = [scores_figure(results, [k for k in keys if k not in EXPLANATION_KEYS], "Classification and trust"),
-                scores_figure(results, [k for k in keys if k in EXPLANATION_KEYS], "Explanations")]
+    explaining = (*EVIDENCE_KEYS, *EXPLANATION_KEYS)
+    pictures = [scores_figure(results, [k for k in keys if k not in explaining], "Classification and trust"),
+                scores_figure(results, [k for k in keys if k in explaining], "Explanations")]
     return ("<h2>Scores</h2><div class='wide'>" + _table(["metric", "value [95% interval]",
                                                           "chance", "baseline"], rows)
             + "</div>" + _figures(pictures) + f"<p class='note'>{' '.join(html.escape(n) for n in notes)}</p>")
@@ -314,7 +315,7 @@ def blind_table(results: dict) -> str:
 def explanation_section(results: dict) -> str:
     e = results["explanation"]
     method = e["method"] or "none"
-    parts = [f"<h2>Explanations</h2><p>Method: <b>{html.escape(method)}</b>. "
+    parts = [f"<h2>Your maps against the boxes (plausibility)</h2><p>Method: <b>{html.escape(method)}</b>. "
              f"{e['n_true_positives']} true positives of {e['n_positives']} positives are assessed.</p>"]
     if e["n_all_zero_maps"]:
         parts.append(f"<p class='error'>{e['n_all_zero_maps']} of the {e['n_predicted_positive_maps']} "
@@ -347,6 +348,44 @@ def explanation_section(results: dict) -> str:
     return "".join(parts)
 
 
+def evidence_section(results: dict) -> str:
+    """Where the model's own decision comes from: box reliance, the submitted map's faithfulness, and the
+    randomisation check of Grad-CAM."""
+    e, scores, ci = results["evidence"], results["scores"], results["ci"]
+    reliance, faithful = e["box_reliance"], e["faithfulness"]
+    parts = ["<h2>Where the model's decision comes from</h2><p class='note'>Measured through the model by "
+             f"ingestion: each of {e['n_sampled']} sampled images of this split (the same images for every "
+             f"submission) was cut into {e['grid'] or '?'}×{e['grid'] or '?'} cells, and your "
+             "<code>predict_proba</code> was called on copies with one cell filled in from its surroundings. "
+             "A cell's drop is what the image's probability loses. No map of yours is used here.</p>"]
+    rows = [["Box reliance ↑", WithInterval(scores["box_reliance"], ci["box_reliance"]),
+             f"{reliance['n_images']} opacity images",
+             "drop of the box's cells − drop of the other cells, minus the same against the split's other boxes"],
+            ["Map faithfulness ↑", WithInterval(scores["faithfulness"], ci["faithfulness"]),
+             f"{faithful['n_images']} explained true positives",
+             "rank correlation of your map's mass per cell with the model's drop per cell"]]
+    parts.append("<div class='wide'>" + _table(["column", "value [95% interval]", "over", "what it is"], rows)
+                 + "</div>")
+    if not reliance["n_images"]:
+        parts.append("<p class='error'>No sampled image of this split is an opacity image: box reliance scores "
+                     "0.</p>")
+    check = e.get("randomisation") or {}
+    checks = check.get("stages") or []
+    if check.get("error"):
+        parts.append(f"<p class='error'>The randomisation check of Grad-CAM failed: {html.escape(check['error'])}</p>")
+    if checks:
+        check_rows = [[c["stage"], c["modules"], f"{c['parameters']:,}", _number(c["rank_correlation"], 3)]
+                      for c in checks]
+        parts.append("<h3>Randomisation check of Grad-CAM</h3><p class='note'>Grad-CAM again after re-initialising "
+                     "the network from the top down (Adebayo et al., NeurIPS 2018): the rank correlation of the "
+                     "new maps with yours, over the sampled explained images. A map that stays the same when "
+                     "what the model learned is destroyed says little about the model (near 1: it fails the "
+                     "check). Computed in the submission's process.</p><div class='wide'>"
+                     + _table(["re-initialised", "modules", "parameters", "rank correlation"], check_rows)
+                     + "</div>")
+    return "".join(parts)
+
+
 def shortcut_section(results: dict) -> str:
     gap = results["shortcut"]
     parts = ["<h2>Shortcut gap</h2><p class='note'>Some hidden items are off-box probes: windows cut "
@@ -367,7 +406,10 @@ def shortcut_section(results: dict) -> str:
     if gap["n_unmatched"]:
         parts.append(f"<p class='note'>{gap['n_unmatched']} probes have no normal film of their view and "
                      "are left out.</p>")
-    parts.append(f"<p><b>shortcut gap</b> {gap['value']:.4f} {_interval(gap['ci'])}</p>")
+    parts.append(f"<p><b>shortcut gap</b> {gap['value']:.4f} {_interval(gap['ci'])} (the leaderboard's: "
+                 f"max(0, gap)); the gap itself {gap['raw']:+.4f} {_interval(gap['raw_ci'])}. A gap below 0 "
+                 "is no better than 0: it comes from calling probe-like items negative, not from reading "
+                 "the opacity.</p>")
     return "".join(parts)
 
 
@@ -449,7 +491,8 @@ def per_image_table(images: list[dict]) -> str:
                       "enrichment"], rows) + "</div></details>")
 
 
-SECTIONS = (scores_section, classification_section, explanation_section, shortcut_section, bias_section)
+SECTIONS = (scores_section, classification_section, evidence_section, explanation_section, shortcut_section,
+            bias_section)
 PER_IMAGE_SECTIONS = (roc_section, mistakes_section, explanation_galleries_section)
 
 

@@ -139,6 +139,17 @@ def blind_results(split: ScoredSplit) -> dict:
             "prior_reference": xp.prior_reference(split.ref["box_prior"])}
 
 
+def evidence_results(split: ScoredSplit, measured: dict) -> dict:
+    """The evidence columns' details: how ingestion measured (grid, sampled images of this split, of which
+    scored opacity images), the randomisation check of Grad-CAM when it ran, and each column's measure
+    (per image ids and values: kept only for per-image results)."""
+    said = split.run["report"].get("evidence") or {}
+    return {"cells": len(split.run["evidence"]["cells"]), "grid": said.get("grid"),
+            "n_sampled": len(split.run["evidence"]["ids"]), "n_opacity_sampled": len(split.evidence.ids),
+            "randomisation": split.run["report"].get("randomisation"),
+            **{key: measured[key] for key in mt.EVIDENCE_KEYS}}
+
+
 def bias_results(ref: dict, run: dict, scored: np.ndarray, explanation: dict) -> dict:
     """Metrics with intervals by sex, by view position and by class × view position (probes left out)."""
     meta = ref["meta"].loc[ref["ids"]][scored]
@@ -171,6 +182,7 @@ def compute_results(ref: dict, run: dict, ref_dir: str | Path = "", progress: bo
       histograms (``HISTOGRAM_BINS`` counts of true positives per key of ``HISTOGRAM_KEYS``);
     - ``blind_maps``: box-blind maps' means on the split's positives; ``worst_group``; ``shortcut``;
     - ``bias``: {"sex", "view_position", "class_view_position"}: one row per group, with intervals;
+    - ``evidence``: what ingestion measured through the model (``evidence_results``);
     - ``ingestion`` (from ingestion.json) and ``bootstrap`` (resamples, seed, level).
 
     ``per_image`` (only for labels the requester owns) keeps ``explanation.images`` (one row per true
@@ -199,6 +211,7 @@ def compute_results(ref: dict, run: dict, ref_dir: str | Path = "", progress: bo
                "explanation": explanation, "blind_maps": blind_results(split),
                "worst_group": measured["worst_group_accuracy"], "shortcut": measured["shortcut_gap"],
                "bias": bias_results(ref, run, split.scored, explanation),
+               "evidence": evidence_results(split, measured),
                "ingestion": {k: run["report"].get(k) for k in ("explanation", "durations", "device", "counts")},
                "bootstrap": {"resamples": cls.N_RESAMPLES, "seed": cls.BOOTSTRAP_SEED, "level": cls.CI_LEVEL}}
     results["explanation"]["histograms"] = histograms(results["explanation"]["images"])
@@ -222,7 +235,9 @@ def aggregates_only(results: dict) -> dict:
     up is a positive, each step right a negative, in the order of those probabilities)."""
     explanation = {k: v for k, v in results["explanation"].items() if k not in ("images", "all_zero_ids")}
     classification = {k: v for k, v in results["classification"].items() if k != "roc"}
-    return {**results, "explanation": explanation, "classification": classification}
+    evidence = {k: {field: v for field, v in value.items() if field not in ("ids", "images")}
+                if k in mt.EVIDENCE_KEYS else value for k, value in results["evidence"].items()}
+    return {**results, "explanation": explanation, "classification": classification, "evidence": evidence}
 
 
 def write_scores(out_dir: Path, results: dict) -> None:
