@@ -208,6 +208,9 @@ def test_box_finder_rows_keep_the_samples_predictions_and_reuse_skips_what_did_n
         cells = next(p for p in result["paired"] if p["model"] == "box_finder" and p["split"] == split)["columns"]
         assert cells["accuracy"]["difference"] == 0 and cells["accuracy"]["ci"] == [0, 0]
         assert all(cells[key]["difference"] == 0 for key in ("worst_group_accuracy", "recall", "precision", "auroc"))
+        # box reliance is measured through the classifier: the map plays no part, the same images give the same value
+        assert cells["box_reliance"]["n"] > 0
+        assert cells["box_reliance"]["difference"] == 0 and cells["box_reliance"]["ci"] == [0, 0]
 
     # "everything is positive" against the sample: the paired interval by hand, from the run's files
     split = "test"
@@ -231,6 +234,10 @@ def test_box_finder_rows_keep_the_samples_predictions_and_reuse_skips_what_did_n
     assert "| the sample's classifier + a separate box-finder | " + name + " | valid | +0.000 [+0.000, +0.000]" \
         in published
     assert (out / "paired_differences.png").stat().st_size > 10_000
+    headline = next(line for line in published.splitlines()
+                    if line.startswith("| the sample's classifier + a separate box-finder | " + name + " | "))
+    same = "+0.000 [+0.000, +0.000] / +0.000 [+0.000, +0.000]"
+    assert headline.split(" | ")[-4:-1] == [same] * 3   # Δ box reliance, worst group, accuracy
 
     # --reuse: nothing changed, nothing runs; the scoring code changed: only scoring runs again
     models = [m for m in tool.MODELS if m.key == "sample"]

@@ -442,6 +442,48 @@ def time_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+HEADLINE_KEYS = ("accuracy", "worst_group_accuracy", "shortcut_gap", mt.HEADLINE_EXPLANATION_KEY, "faithfulness",
+                 "activation_over_prior")
+HEADLINE_PAIRED = (mt.HEADLINE_EXPLANATION_KEY, "worst_group_accuracy", "accuracy")
+
+
+def split_pair(cells: dict, text) -> str:
+    """``valid / test`` of one model and dataset."""
+    return " / ".join(text(cells[split]) if split in cells else "n/a" for split in ds.SCORED_SPLITS)
+
+
+def headline_table(result: dict, keys=HEADLINE_KEYS, paired_keys=HEADLINE_PAIRED) -> str:
+    """One line per model and dataset, valid / test in each cell: the columns ``keys`` with their
+    intervals, the paired differences ``paired_keys`` against the reference, the ingestion time."""
+    by_metric = {m.key: m for m in mt.METRICS}
+    reference = result["reference"]
+    lines = header(["model", "data"], [f"`{k}` [95% CI]" for k in keys]
+                   + [f"Δ `{k}` vs {reference} [paired 95% CI]" for k in paired_keys] + ["ingestion s"])
+    for model in result["models"]:
+        for name in result["datasets"]:
+            rows = {r["split"]: r for r in result["rows"] if r["model"] == model["key"] and r["dataset"] == name}
+            if not rows:
+                continue
+            pairs = {p["split"]: p for p in result["paired"] if p["model"] == model["key"] and p["dataset"] == name}
+            cells = []
+            for key in keys:
+                def text(r, key=key):
+                    if needs_maps(by_metric[key]) and r["explanation_method"] is None:
+                        return "no maps"
+                    return with_interval(r["scores"][key], r["ci"][key], signed=key in SIGNED_KEYS)
+                cells.append(split_pair(rows, text))
+            for key in paired_keys:
+                cells.append("(reference)" if model["key"] == reference else
+                             split_pair(pairs, lambda p, key=key: paired_cell(p["columns"][key], False)))
+            seconds = rows[ds.SCORED_SPLITS[0]]["durations"].get("total")
+            cells.append("n/a" if seconds is None else f"{seconds:.0f}")
+            lines.append(f"| {model['title']} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+SIGNED_KEYS = {"box_reliance", "faithfulness", "activation_over_prior"}
+
+
 def markdown(result: dict, columns: list[str] | None = None) -> str:
     """The tables, with the columns ``columns`` (default: every column of the metric table)."""
     metrics = [m for m in mt.METRICS if not columns or m.key in columns]
@@ -456,6 +498,9 @@ def markdown(result: dict, columns: list[str] | None = None) -> str:
         f"Ingestion, every model and dataset: {ingested:.0f} s (ingestion.json). This invocation: "
         f"{result['seconds']:.0f} s, {ran['ingestion']} ingestion(s) and {ran['scoring']} scoring(s) run, the "
         "others reused.\n",
+        "### Headline: valid / test in each cell (95% bootstrap intervals of the scoring program; paired "
+        "differences against the reference on the same images)\n",
+        headline_table(result),
         "### Every column, per dataset and split (95% bootstrap intervals of the scoring program)\n",
         scores_table(result, metrics),
         f"### Paired differences against {reference} (model − reference, same images; paired bootstrap, "
