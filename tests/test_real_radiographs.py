@@ -35,6 +35,8 @@ def test_view_only_rule_scores_no_shortcut_gap_and_its_unmatched_gap_is_the_prob
     proba = model.predict_proba(inputs)
     meta = ds.read_table(ref / ds.META, ds.META_COLUMNS).set_index("id").loc[inputs["ids"]]
     assert np.array_equal(proba, (meta["view_position"] == "AP").to_numpy().astype(float))
+    copies = {**inputs, "ids": [f"{i}~5" for i in inputs["ids"]]}   # ingestion's altered copies: the same films
+    assert np.array_equal(model.predict_proba(copies), proba)
 
     res = tmp_path / "res"
     res.mkdir()

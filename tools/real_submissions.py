@@ -45,10 +45,12 @@ class Model:
         return self
 
     def predict_proba(self, X):
-        missing = [i for i in X["ids"] if i not in self.views]
+        # an altered copy that ingestion measures evidence on is named ID~CELL: it is the same film
+        films = [i.split("~", 1)[0] for i in X["ids"]]
+        missing = [i for i in films if i not in self.views]
         if missing:
             raise KeyError(f"views.csv has no view for {len(missing)} id(s), e.g. {missing[:3]}")
-        return np.array([float(self.views[i] == "AP") for i in X["ids"]])
+        return np.array([float(self.views[i] == "AP") for i in films])
 '''
 
 VIEW_CNN_MODEL = '''\
