@@ -6,7 +6,7 @@ with paired differences against a reference submission.
     python tools/real_radiographs.py DATA_DIR [DATA_DIR ...] OUT_DIR [--reuse] [--only KEY ...]
         [--model KEY=TITLE=PATH[=DATA_SUBDIR] ...] [--reference KEY] [--markdown T.md] [--json T.json]
 
-Each DATA_DIR is a ``hygieia prepare`` output (one per seed) with view-balanced hidden splits and a
+Each DATA_DIR is a ``hygieia prepare`` output (one per secret) with view-balanced hidden splits and a
 whole-film version (``--full-size 128``). Each submission folder is run through the real programs, as
 subprocesses: ``hygieia ingest`` once per dataset (full training: ``HYGIEIA_FAST`` is removed unless
 ``--fast``), then ``hygieia score --per-image`` on valid and on test. The models (``MODELS``): the
@@ -484,10 +484,15 @@ def headline_table(result: dict, keys=HEADLINE_KEYS, paired_keys=HEADLINE_PAIRED
 SIGNED_KEYS = {"box_reliance", "faithfulness", "activation_over_prior"}
 
 
+def seed_text(dataset: dict) -> str:
+    """A preparation's seed where it took one (prepare draws from its secret since 2026-12-05)."""
+    return "" if dataset.get("seed") is None else f"seed {dataset['seed']}, "
+
+
 def markdown(result: dict, columns: list[str] | None = None) -> str:
     """The tables, with the columns ``columns`` (default: every column of the metric table)."""
     metrics = [m for m in mt.METRICS if not columns or m.key in columns]
-    datasets = ", ".join(f"{name} (seed {d['seed']}, valid/test {d['n_items']['valid']}/{d['n_items']['test']} "
+    datasets = ", ".join(f"{name} ({seed_text(d)}valid/test {d['n_items']['valid']}/{d['n_items']['test']} "
                          "items)" for name, d in result["datasets"].items())
     reference = title_of(result, result["reference"])
     ran = {step: sum(not r["reused"][step] for r in result["rows"]) for step in ("ingestion", "scoring")}
