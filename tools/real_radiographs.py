@@ -430,14 +430,14 @@ def paired_summary_table(result: dict, metrics: list) -> str:
 
 def time_table(result: dict) -> str:
     names = list(result["datasets"])
-    lines = header(["model"], [f"{n}: total (fit / predict / explain)" for n in names])
+    lines = header(["model"], [f"{n}: total (fit / predict / explain / evidence)" for n in names])
     for model in result["models"]:
         cells = []
         for name in names:
             row = next(r for r in result["rows"] if r["model"] == model["key"] and r["dataset"] == name)
             d = row["durations"]
             cells.append(f"{d.get('total', 0):.0f} s ({d.get('fit', 0):.0f} / {d.get('predict', 0):.0f} / "
-                         f"{d.get('explain', 0):.0f})")
+                         f"{d.get('explain', 0):.0f} / {d.get('evidence', 0):.0f})")
         lines.append(f"| {model['title']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
