@@ -130,6 +130,7 @@ def test_image_models_leave_out_the_pixel_blind_features_models():
     # (2 pairs lost), the 0-0 tie counts half: 6.5 of 9 pairs
     assert table.loc["activation_in_box", "auroc"] == pytest.approx(6.5 / 9)
     assert constant_versions(models, "activation_in_box") == ["features"]
+    assert constant_versions(models[models["train"] == "clean"], "activation_in_box") == []  # no user to miss
 
 
 def _by_seed(key, family, values, image):
@@ -176,10 +177,10 @@ def test_label_stability_counts_the_seeds_a_model_uses_the_marker():
                            "flip_rate": [0.2, 0.3, 0.25, 0.02, 0.07, 0.03],
                            "reliance": [0.2, 0.3, 0.25, 0.02, 0.06, 0.03]})
     stability = label_stability(models).set_index("trained on")
-    assert stability.loc["lung-1", "uses marker (seeds)"] == "3/3" and stability.loc["lung-1", "stable"]
-    assert stability.loc["lung-0.5", "uses marker (seeds)"] == "1/3" and not stability.loc["lung-0.5", "stable"]
+    assert stability.loc["lung-1", ["uses marker (seeds)", "same in every seed"]].tolist() == ["3/3", "yes"]
+    assert stability.loc["lung-0.5", ["uses marker (seeds)", "same in every seed"]].tolist() == ["1/3", "**no**"]
     text = " ".join(stability_findings(stability.reset_index()))
-    assert "1 of the 2 models get the same label in every seed (1 use the marker in every seed, 0 in none)" in text
+    assert "1 of the 2 models get the same label in every seed (a user in every seed: 1; in none: 0)" in text
     assert "crops lung-0.5 (a user in 1/3 seeds" in text
 
 

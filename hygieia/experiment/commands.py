@@ -90,5 +90,29 @@ def shortcut(args) -> int:
                             weights=args.weights,
                             fast=args.fast, workers=args.workers)
     run_experiment(config)
-    print(f"report: {Path(args.out) / 'report' / 'report.md'} and report.html")
+    report = Path(args.out) / "report"
+    print(summary_text(report))
+    print(f"report: {report / 'report.md'} and report.html")
     return 0
+
+
+def summary_text(report: Path) -> str:
+    """What the run measured, for the terminal: each score's separation AUROC over seeds (all models,
+    image models), its median interval half-width, and the minutes each seed took."""
+    import pandas as pd
+
+    from hygieia.experiment.findings import mean_range
+
+    summary = pd.read_csv(report / "separation_over_seeds.csv")
+    halves = pd.read_csv(report / "intervals.csv").set_index("key")
+    lines = [f"{'score':<24} {'all models':<24} {'image models':<24} median ±"]
+    for _, row in summary.iterrows():
+        half = halves["median ±"].get(row["key"], float("nan"))
+        lines.append(f"{row['key']:<24} {mean_range(row, 'auroc'):<24} {mean_range(row, 'auroc image'):<24} "
+                     f"{half:.3f}")
+    timing = report / "timing.csv"
+    if timing.is_file():
+        for _, row in pd.read_csv(timing).iterrows():
+            lines.append(f"seed {int(row['seed'])}: {row.drop('seed').sum() / 60:.1f} min "
+                         f"({', '.join(f'{k} {v / 60:.1f}' for k, v in row.drop('seed').items())})")
+    return "\n".join(lines)

@@ -118,12 +118,16 @@ def plot_separation_by_seed(by_seed: pd.DataFrame, path: Path, goal: float) -> P
         table = by_seed.pivot(index="key", columns="seed", values=column).reindex(keys)
         means = table.mean(axis=1, skipna=True).to_numpy()
         x = np.arange(len(keys))
-        ax.bar(x, np.nan_to_num(means, nan=0.0), width=0.6, color="lightgrey", edgecolor="grey", label="mean")
+        defined = np.isfinite(means)
+        ax.bar(x[defined], means[defined], width=0.6, color="lightgrey", edgecolor="grey", label="mean")
+        for k in np.flatnonzero(~defined):
+            ax.text(k, 0.02, "not defined", rotation=90, ha="center", va="bottom", fontsize=7, color="grey")
         for offset, seed in zip(offsets, seeds):
             ax.scatter(x + offset, table[seed].to_numpy(), s=22, zorder=3, label=f"seed {seed}")
         ax.axhline(0.5, linestyle="--", color="black", alpha=0.5)
         ax.axhline(goal, linestyle="--", color="tab:green", alpha=0.7)
         ax.set_xticks(x, keys, rotation=60, ha="right", fontsize=8)
+        ax.set_xlim(-0.6, len(keys) - 0.4)
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3, axis="y")

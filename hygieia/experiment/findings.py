@@ -294,13 +294,14 @@ def mean_range(row, view: str) -> str:
 
 
 def constant_versions(models: pd.DataFrame, key: str) -> list[str]:
-    """The data versions whose models all score the same on ``key`` in every seed (ties: the score
-    cannot tell them apart there, users or not)."""
+    """The data versions holding users and non-users whose models all score the same on ``key`` in
+    every seed (ties: the score cannot tell them apart there)."""
     out = []
     for version, mine in models.groupby("version", sort=False):
         values = mine[key].to_numpy(np.float64)
+        kinds = mine.loc[np.isfinite(values), "uses_marker"]
         values = values[np.isfinite(values)]
-        if len(values) > 1 and np.ptp(values) == 0:
+        if kinds.any() and not kinds.all() and np.ptp(values) == 0:
             out.append(version)
     return out
 
@@ -310,11 +311,14 @@ def separation_findings(models: pd.DataFrame, summary: pd.DataFrame) -> list[str
     all models and over the image models, with the counts; and the goal."""
     seeds = sorted(set(models["seed"]))
     per_seed = models.groupby("seed")["uses_marker"].agg(["sum", "size"])
-    lines = [f"Over {len(seeds)} seeds ({', '.join(str(s) for s in seeds)}), each a complete replicate, "
-             f"{'/'.join(str(int(n)) for n in per_seed['sum'])} of the "
-             f"{'/'.join(str(int(n)) for n in per_seed['size'])} models use the marker (flip rate more than "
-             f"{RELIANCE:.0%} above the clean-trained model of their data version). Every AUROC below is the mean "
-             "[min, max] of the per-seed AUROCs; one seed's figure over this handful of models is mostly noise."]
+    image = models[models["version"].isin(IMAGE_VERSIONS)].groupby("seed")["uses_marker"].agg(["sum", "size"])
+    counts = "; ".join(f"seed {seed}: {int(per_seed.loc[seed, 'sum'])} of {int(per_seed.loc[seed, 'size'])}"
+                       + (f" ({int(image.loc[seed, 'sum'])} of the {int(image.loc[seed, 'size'])} image models)"
+                          if seed in image.index else "") for seed in seeds)
+    lines = [f"Over {len(seeds)} seeds ({', '.join(str(s) for s in seeds)}), each a complete replicate, the models "
+             f"that use the marker (flip rate more than {RELIANCE:.0%} above the clean-trained model of their data "
+             f"version) are, {counts}. Every AUROC below is the mean [min, max] of the per-seed AUROCs; one seed's "
+             "figure over this handful of models is mostly noise."]
     ranked = summary[np.isfinite(summary["auroc mean"])].sort_values("auroc mean", ascending=False)
     if ranked.empty:
         return lines + ["No score can be judged: in every seed the models are all of one kind."]
@@ -373,16 +377,17 @@ def label_stability(models: pd.DataFrame) -> pd.DataFrame:
                      "uses marker (seeds)": f"{int(mine['uses_marker'].sum())}/{len(mine)}",
                      "flip rate per seed": ", ".join(fmt(v, True) for v in mine["flip_rate"]),
                      "reliance per seed": ", ".join(fmt(v, True) for v in mine["reliance"]),
-                     "stable": bool(mine["uses_marker"].all() or not mine["uses_marker"].any())})
+                     "same in every seed": "yes" if mine["uses_marker"].all() or not mine["uses_marker"].any()
+                     else "**no**"})
     return pd.DataFrame(rows)
 
 
 def stability_findings(stability: pd.DataFrame) -> list[str]:
-    stable = stability[stability["stable"]]
+    same = stability["same in every seed"] == "yes"
+    stable, unstable = stability[same], stability[~same]
     users = stable["uses marker (seeds)"].map(lambda t: not t.startswith("0/")).sum()
-    unstable = stability[~stability["stable"]]
-    lines = [f"{len(stable)} of the {len(stability)} models get the same label in every seed ({users} use the "
-             f"marker in every seed, {len(stable) - users} in none)."]
+    lines = [f"{len(stable)} of the {len(stability)} models get the same label in every seed (a user in every "
+             f"seed: {users}; in none: {len(stable) - users})."]
     if len(unstable):
         lines.append("The label changes across seeds for " + "; ".join(
             f"{row['version']} {row['trained on']} (a user in {row['uses marker (seeds)']} seeds; reliance "
@@ -408,6 +413,17 @@ def interval_halfwidths(table: pd.DataFrame, ci_half: str = "_ci_half") -> pd.Da
         row["largest ±"] = float(np.nanmax(scored[column].to_numpy(np.float64))) if row["sets"] else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def precision_findings(halves: pd.DataFrame) -> list[str]:
+    """The typical interval of one score on one test set, and the widest and narrowest scores."""
+    measured = halves[np.isfinite(halves["median ±"])].sort_values("median ±")
+    if measured.empty:
+        return []
+    low, high = measured.iloc[0], measured.iloc[-1]
+    return [f"Over the {len(measured)} scores, the median half-width of a score's 95 % interval on one test set is "
+            f"±{np.median(measured['median ±']):.3f}; from ±{low['median ±']:.3f} (`{low['key']}`) to "
+            f"±{high['median ±']:.3f} (`{high['key']}`)."]
 
 
 def _median(values: pd.Series) -> float:

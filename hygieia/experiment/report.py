@@ -13,10 +13,10 @@ import pandas as pd
 from hygieia.experiment.figures import (plot_accuracy, plot_examples, plot_explanations, plot_flips,
                                         plot_separation, plot_separation_by_seed)
 from hygieia.experiment.findings import (EXPLANATION_DROP, GOAL_AUROC, IMAGE_VERSIONS, RELIANCE, Results,
-                                         classification_table, explanation_table, findings, fmt,
-                                         interval_halfwidths, label_stability, model_scores, model_table,
-                                         over_seeds, separation_by_seed, separation_findings, separation_table,
-                                         stability_findings, summary_table)
+                                         classification_table, explanation_table, findings, interval_halfwidths,
+                                         label_stability, model_scores, model_table, over_seeds, precision_findings,
+                                         separation_by_seed, separation_findings, separation_table,
+                                         stability_findings, summary_table, fmt)
 from hygieia.files import write_csv, write_text
 
 
@@ -186,6 +186,8 @@ def write_report(config, table: pd.DataFrame, seconds: dict | None = None) -> Pa
     write_csv(folder / "separation_over_seeds.csv", summary)
     write_csv(folder / "marker_users.csv", stability)
     write_csv(folder / "intervals.csv", halves)
+    if seconds:
+        write_csv(folder / "timing.csv", pd.DataFrame([{"seed": seed, **stages} for seed, stages in seconds.items()]))
     first = next(iter(per_seed.values()))
     blocks = [("h1", "Hygieia shortcut experiment: does cropping remove a marker shortcut, and which scores "
                      "catch it?"),
@@ -201,7 +203,7 @@ def write_report(config, table: pd.DataFrame, seconds: dict | None = None) -> Pa
                "the image models; dashed: chance (0.5) and the goal"),
               ("h2", "Marker users across seeds"), ("list", stability_findings(stability)),
               ("table", stability),
-              ("h2", "How precise one score is"),
+              ("h2", "How precise one score is"), ("list", precision_findings(halves)),
               ("p", "Half-width of each score's 95 % bootstrap interval (the scoring program's detailed_scores.json) "
                     "over every scored test set (the clean and confounded sets of every model and seed): the median, "
                     "per data version and the largest."),
