@@ -195,6 +195,47 @@ def test_interval_halfwidths_are_medians_over_the_scored_sets():
     assert halves.loc["accuracy", "largest ±"] == pytest.approx(0.30) and halves.loc["accuracy", "sets"] == 4
 
 
+def test_a_trained_model_and_its_scores_follow_different_code():
+    """The training key follows ingestion, its child and the sample submission, not the scoring program;
+    the scoring key follows the scoring program, not ingestion: a new column re-scores, no re-training."""
+    from hygieia.experiment import shortcut
+
+    root = shortcut.ROOT
+    training = {p.relative_to(root).as_posix() for p in shortcut.code_files(*shortcut.training_entries("image"))}
+    scoring = {p.relative_to(root).as_posix() for p in shortcut.code_files(*shortcut.SCORING_CODE)}
+    assert {"hygieia/submission/ingestion.py", "hygieia/submission/child.py", "sample_submission/model.py",
+            "ingestion_program/ingestion.py"} <= training
+    assert {"hygieia/scoring/metrics.py", "hygieia/scoring/score.py", "scoring_program/score.py"} <= scoring
+    assert not any(f.startswith("hygieia/scoring/") for f in training)
+    assert not any(f.startswith("hygieia/submission/") for f in scoring)
+    assert "sample_submission_tabular/model.py" in {
+        p.relative_to(root).as_posix() for p in shortcut.code_files(*shortcut.training_entries("tabular"))}
+
+
+def test_reuse_data_keeps_a_cache_whose_code_digest_alone_changed(tmp_path):
+    from hygieia.experiment import shortcut
+
+    folder, built = tmp_path / "cache" / "phantom", []
+
+    def build(staging):
+        staging.mkdir(parents=True)
+        built.append(staging)
+
+    config = shortcut.ShortcutConfig(out=tmp_path)
+    shortcut._cached(folder, {"patients": 100, "code": "old"}, build)
+    changed = {"patients": 100, "code": "new"}
+    assert shortcut._data_key(config, folder, changed) == changed  # by default the code's digest counts
+    config.reuse_data = True
+    assert shortcut._data_key(config, folder, changed) == {"patients": 100, "code": "old"}
+    other = {"patients": 200, "code": "new"}
+    assert shortcut._data_key(config, folder, other) == other  # any other change still rebuilds
+    shortcut._cached(folder, shortcut._data_key(config, folder, changed), build)
+    assert len(built) == 1 and shortcut.seconds_of(folder) >= 0
+    config.reuse_data = False
+    shortcut._cached(folder, shortcut._data_key(config, folder, changed), build)
+    assert len(built) == 2 and shortcut._read_key(folder) == changed
+
+
 # ------------------------------------------------------------------------------- end to end (slow)
 
 @pytest.fixture(scope="module")

@@ -76,6 +76,10 @@ def register(subparsers) -> None:
                         help="ImageNet MobileNetV2 state_dict (default: $HYGIEIA_MOBILENET_WEIGHTS or download)")
     parser.add_argument("--fast", action="store_true", help="quick training (HYGIEIA_FAST=1), for tests")
     parser.add_argument("--workers", type=int, default=1, help="phantom generation processes (default 1)")
+    parser.add_argument("--reuse-data", action="store_true",
+                        help="keep the cached phantoms and prepared data where only the code that made them changed "
+                             "(for a change known not to alter them, such as a new ingestion output); trainings "
+                             "and scores still follow their own code")
     parser.set_defaults(func=shortcut)
 
 
@@ -88,7 +92,7 @@ def shortcut(args) -> int:
                             lung_strengths=args.lung_strengths, probe_share=args.probe_share,
                             seeds=(args.one_seed,) if args.one_seed is not None else args.seeds,
                             weights=args.weights,
-                            fast=args.fast, workers=args.workers)
+                            fast=args.fast, workers=args.workers, reuse_data=args.reuse_data)
     run_experiment(config)
     report = Path(args.out) / "report"
     print(summary_text(report))

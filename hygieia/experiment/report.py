@@ -72,7 +72,7 @@ def command_line(config) -> str:
     return (f"hygieia experiment shortcut --patients {config.patients} "
             f"--strengths {','.join(f'{p:g}' for p in config.strengths)} --lung-strengths {lung_strengths} "
             f"--probe-share {config.probe_share:g} --seeds {','.join(str(s) for s in config.seeds)}"
-            + (" --fast" if config.fast else ""))
+            + (" --fast" if config.fast else "") + (" --reuse-data" if config.reuse_data else ""))
 
 
 def _sizes_text(config) -> str:

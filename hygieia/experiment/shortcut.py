@@ -31,7 +31,9 @@ what it is computed from, the code included (the ``hygieia`` modules its program
 phantom (generator code), prepared data (prepare's code and the phantom's key), a trained model
 (ingestion's code, the sample submission and the prepared data's keys) and its scores (the scoring
 program's code and the model's key). A change of the scoring code re-scores without re-training;
-the rows (flip rates, marker mass) are recomputed from the cached outputs at every run.
+the rows (flip rates, marker mass) are recomputed from the cached outputs at every run. The data
+caches also follow the modules shared with ingestion (``hygieia.dataset``...); ``reuse_data``
+(``--reuse-data``) keeps them through a change known not to alter them, such as a new ingestion output.
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ class ShortcutConfig:
     test_fraction: float = 0.3
     workers: int = 1
     versions: tuple[str, ...] = ("crops", "whole", "features")
+    reuse_data: bool = False  # keep cached phantoms and prepared data when only their code's digest changed
     sizes: dict = field(default_factory=dict)  # {seed: split sizes}, filled from each seed's clean phantom
 
     def check(self) -> None:
@@ -162,10 +165,9 @@ def _files_digest(paths) -> str:
     return digest.hexdigest()
 
 
-@functools.cache
-def code_digest(*entry_points: str) -> str:
-    """A digest of the files (``ROOT``-relative) or folders given and of every ``hygieia`` module
-    their Python files import, so that a cached stage is redone when the code it ran changes."""
+def code_files(*entry_points: str) -> set[Path]:
+    """The files (``ROOT``-relative) or folders given and every ``hygieia`` module their Python files
+    import (``hygieia.bundle.closure``, what the bundle vendors)."""
     files = set()
     for entry in entry_points:
         path = ROOT / entry
@@ -174,24 +176,39 @@ def code_digest(*entry_points: str) -> str:
         for source in sources:
             if source.suffix == ".py":
                 files.update(import_closure(source, ROOT))
-    return _files_digest(files)
+    return files
+
+
+@functools.cache
+def code_digest(*entry_points: str) -> str:
+    """A digest of ``code_files``: a cached stage is redone when the code it ran changes."""
+    return _files_digest(code_files(*entry_points))
+
+
+PHANTOM_CODE = ("hygieia/rsna/phantom.py",)
+PREPARE_CODE = ("hygieia/prepare/pipeline.py",)
+SCORING_CODE = ("scoring_program/score.py",)
+
+
+def training_entries(submission: str) -> tuple[str, ...]:
+    """Ingestion (the trusted parent, the child process it starts) and the sample submission it trains."""
+    return "ingestion_program/ingestion.py", SUBMISSIONS[submission].relative_to(ROOT).as_posix()
 
 
 def phantom_code() -> str:
-    return code_digest("hygieia/rsna/phantom.py")
+    return code_digest(*PHANTOM_CODE)
 
 
 def prepare_code() -> str:
-    return code_digest("hygieia/prepare/pipeline.py")
+    return code_digest(*PREPARE_CODE)
 
 
 def training_code(submission: str) -> str:
-    """Ingestion (the trusted parent, the child process it starts) and the sample submission it trains."""
-    return code_digest("ingestion_program/ingestion.py", str(SUBMISSIONS[submission].relative_to(ROOT)))
+    return code_digest(*training_entries(submission))
 
 
 def scoring_code() -> str:
-    return code_digest("scoring_program/score.py")
+    return code_digest(*SCORING_CODE)
 
 
 def _key_digest(key: dict) -> str:
@@ -225,15 +242,30 @@ def seconds_of(folder: Path) -> float:
     return float((_read_key(folder, TIMING_FILE) or {}).get("seconds", 0.0))
 
 
+def _data_key(config: ShortcutConfig, folder: Path, key: dict) -> dict:
+    """``key``; with ``config.reuse_data``, the cached folder's own key where the two differ only in the
+    code digest (the data is kept, and what is computed from it keeps its key too)."""
+    if config.reuse_data:
+        cached = _read_key(folder)
+        if cached is not None and {**cached, "code": key["code"]} == key:
+            return cached
+    return key
+
+
+def phantom_folder(config: ShortcutConfig, variant: Variant, seed: int) -> Path:
+    return config.out / "cache" / "phantom" / f"{variant.name}-n{config.patients}-s{seed}"
+
+
 def phantom_key(config: ShortcutConfig, variant: Variant, seed: int) -> dict:
-    return {"patients": config.patients, "seed": seed, **variant.phantom_args(), "code": phantom_code()}
+    key = {"patients": config.patients, "seed": seed, **variant.phantom_args(), "code": phantom_code()}
+    return _data_key(config, phantom_folder(config, variant, seed), key)
 
 
 def phantom(config: ShortcutConfig, variant: Variant, seed: int) -> Path:
     """The phantom download of one variant and seed, generated once (cached under OUT/cache/phantom/)."""
     from hygieia.rsna.phantom import generate_phantom
 
-    folder = config.out / "cache" / "phantom" / f"{variant.name}-n{config.patients}-s{seed}"
+    folder = phantom_folder(config, variant, seed)
     return _cached(folder, phantom_key(config, variant, seed), lambda staging: generate_phantom(
         staging, patients=config.patients, seed=seed, workers=config.workers, progress=False,
         **variant.phantom_args()))
@@ -263,11 +295,16 @@ def id_secret(seed: int) -> str:
     return f"shortcut-experiment-ids-seed-{seed}".ljust(32, "-")
 
 
+def prepared_folder(config: ShortcutConfig, variant: Variant, seed: int) -> Path:
+    return config.out / "cache" / "prepared" / phantom_folder(config, variant, seed).name
+
+
 def prepared_key(config: ShortcutConfig, variant: Variant, seed: int) -> dict:
-    return {"phantom": _key_digest(phantom_key(config, variant, seed)), **config.sizes[seed], "crop": config.crop,
-            "full_size": config.full_size, "seed": seed, "id_secret": id_secret(seed),
-            "probe_share": config.probe_share, "weights": str(config.weights) if config.weights else None,
-            "code": prepare_code()}
+    key = {"phantom": _key_digest(phantom_key(config, variant, seed)), **config.sizes[seed], "crop": config.crop,
+           "full_size": config.full_size, "seed": seed, "id_secret": id_secret(seed),
+           "probe_share": config.probe_share, "weights": str(config.weights) if config.weights else None,
+           "code": prepare_code()}
+    return _data_key(config, prepared_folder(config, variant, seed), key)
 
 
 def prepared(config: ShortcutConfig, variant: Variant, seed: int) -> Path:
@@ -275,7 +312,7 @@ def prepared(config: ShortcutConfig, variant: Variant, seed: int) -> Path:
     from hygieia.prepare.pipeline import prepare
 
     source = phantom(config, variant, seed)
-    folder = config.out / "cache" / "prepared" / source.name
+    folder = prepared_folder(config, variant, seed)
     return _cached(folder, prepared_key(config, variant, seed), lambda staging: prepare(
         source, staging, **config.sizes[seed], crop=config.crop, full_size=config.full_size, seed=seed,
         id_secret=id_secret(seed), probe_share=config.probe_share, weights=config.weights, progress=False))
