@@ -194,6 +194,7 @@ NO_HEATMAPS = {"features"}
 GOAL_AUROC = 0.9
 GRAD_CAM_BLIND = 0.65  # an activation_in_box AUROC at or below this does not separate them
 GRAD_CAM_KEY = "activation_in_box"
+POOLING_LOSS = 0.05  # a pooled image-model AUROC this far below both versions' own gets a note
 EXPLANATION = "explanation"
 
 
@@ -331,8 +332,19 @@ def separation_findings(models: pd.DataFrame, summary: pd.DataFrame) -> list[str
         lines.append(f"`{row['key']}` ({BY_KEY[row['key']].title}, {row['family']}, worse when {row['worse when']}): "
                      f"AUROC **{mean_range(row, 'auroc')}** over all models that have it, "
                      f"**{mean_range(row, 'auroc image')}** over the image models (within a data version: "
-                     f"{per_version}){tie_text}.")
+                     f"{per_version}){tie_text}{_pooling_text(row)}.")
     return lines + [goal_finding(summary)]
+
+
+def _pooling_text(row) -> str:
+    """A note where pooling the image versions loses what each version shows on its own."""
+    within = [row.get(f"auroc {v} mean", float("nan")) for v in IMAGE_VERSIONS]
+    pooled = row.get("auroc image mean", float("nan"))
+    if not np.isfinite(pooled) or not all(np.isfinite(within)) or pooled >= min(within) - POOLING_LOSS:
+        return ""
+    return ("; pooling the crops and whole images lowers it below each version's own: the two versions' scores "
+            "lie at different levels (a box fills more of a crop than of a whole film), so users of one version "
+            "and non-users of the other mix")
 
 
 def goal_finding(summary: pd.DataFrame) -> str:
