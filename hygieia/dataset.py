@@ -19,7 +19,11 @@ A prepared dataset (``hygieia prepare`` output) is laid out as::
 Ingestion's output folder (``ingestion → scoring``) holds ``predictions.csv`` (PREDICTION_COLUMNS, every
 valid and test id), ``heatmaps.npz`` (``ids`` and ``maps`` (K, H, W) float16 in [0, 1], each map
 divided by its own maximum, for the predicted positives of valid and test) and ``ingestion.json``
-(status, stage, error, explanation method, counts ...); on Codabench the worker adds ``metadata``.
+(status, stage, error, explanation method, counts ...) and ``evidence.npz``: what ingestion measured
+through the model (``ids`` (K,) of the sampled images, ``cells`` (M, 4) int64 grid cells as top, left,
+bottom, right, ``base`` (K,) float32 their probability, ``drops`` (K, M) float32 the probability each
+loses when one cell is filled in: ``hygieia.submission.evidence``); on Codabench the worker adds
+``metadata``.
 A failed run is ``IngestionFailed``, whichever side finds it.
 
 ``probe`` is 1 for an off-box probe (a window cut from a Lung Opacity film away from every box; its
@@ -69,6 +73,7 @@ N_FEATURES = 1280
 PREDICTIONS = "predictions.csv"
 HEATMAPS = "heatmaps.npz"
 INGESTION_REPORT = "ingestion.json"
+EVIDENCE = "evidence.npz"
 WORKER_METADATA = "metadata"  # Codabench's worker writes it after ingestion; a submission must not
 PREDICTION_COLUMNS = ["id", "proba", "label"]
 EXPLANATION_METHODS = ("explain", "gradcam")
@@ -298,4 +303,46 @@ def read_heatmaps(path: str | Path, shape: tuple[int, int], limit: int | None = 
         raise DataError(f"{name}: heatmap values above 1 for {above.sum()} images (each map is divided by its "
                         f"maximum; first ids: {first_ids(ids, above)})")
     return ids, maps
+
+
+def read_evidence(path: str | Path, shape: tuple[int, int], known_ids, name: str | None = None) -> dict:
+    """``evidence.npz`` as ingestion stores it: {"ids" (K,) str, "cells" (M, 4) int64, "base" (K,) float32,
+    "drops" (K, M) float32}, each id once and one of ``known_ids`` (the predicted ids), every cell inside an
+    image of ``shape``, probabilities in [0, 1] and drops in [-1, 1]; DataError naming the file otherwise.
+    A file whose headers hold more images than ``known_ids`` is refused before it is loaded."""
+    path = Path(path)
+    name = name or str(path)
+    if not path.is_file():
+        raise DataError(f"{name}: file not found (ingestion measures the evidence of every run)")
+    try:
+        headers = npz_headers(path)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{name}: not a readable .npz archive ({err})") from err
+    expected = ("base", "cells", "drops", "ids")
+    if sorted(headers) != list(expected):
+        raise DataError(f"{name}: expected arrays {list(expected)}, found {sorted(headers)}")
+    shapes = {key: shape for key, (shape, _dtype) in headers.items()}
+    known = set(known_ids)
+    k = shapes["ids"][0] if len(shapes["ids"]) == 1 else -1
+    m = shapes["cells"][0] if len(shapes["cells"]) == 2 and shapes["cells"][1] == 4 else -1
+    if k < 0 or m < 1 or shapes["base"] != (k,) or shapes["drops"] != (k, m) or k > len(known):
+        raise DataError(f"{name}: arrays {shapes}; expected ids (K,), base (K,), cells (M, 4) and drops (K, M), "
+                        f"K at most the {len(known)} predicted ids")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            found = {key: archive[key] for key in expected}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{name}: not a readable .npz archive ({err})") from err
+    ids = found["ids"].astype(str)
+    if pd.Index(ids).duplicated().any() or not set(ids) <= known:
+        raise DataError(f"{name}: ids must be distinct predicted ids")
+    cells = found["cells"]
+    if not np.issubdtype(cells.dtype, np.integer) or (cells[:, :2] < 0).any() or (cells[:, 2] > shape[0]).any() \
+            or (cells[:, 3] > shape[1]).any() or (cells[:, 2:] <= cells[:, :2]).any():
+        raise DataError(f"{name}: cells must be integer (top, left, bottom, right) rectangles inside {shape}")
+    base, drops = found["base"].astype(np.float64), found["drops"].astype(np.float64)
+    if not (np.isfinite(base).all() and np.isfinite(drops).all()) or (base < 0).any() or (base > 1).any() \
+            or (np.abs(drops) > 1).any():
+        raise DataError(f"{name}: probabilities must lie in [0, 1] and drops in [-1, 1]")
+    return {"ids": ids, "cells": cells.astype(np.int64), "base": base, "drops": drops}
 

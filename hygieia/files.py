@@ -161,6 +161,41 @@ def extract_zip(zip_path: str | Path, dest: str | Path, *, max_bytes: int, max_e
     return dest
 
 
+def entry_kind(path: str | Path) -> str | None:
+    """What is at ``path``, the link itself when it is one (nothing is followed, nothing is read): "file",
+    "folder", "symbolic link to <target>", "FIFO", "socket", "character device", "block device"; None if
+    nothing is there."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(mode):
+        try:
+            return f"symbolic link to {os.readlink(path)}"
+        except OSError:
+            return "symbolic link"
+    kinds = ((stat.S_ISREG, "file"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+             (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+    return next((kind for test, kind in kinds if test(mode)), "special file")
+
+
+def special_entries(folder: str | Path, max_entries: int | None = None) -> list[tuple[str, str]]:
+    """(path relative to ``folder``, kind) of every entry under ``folder`` that is neither a file nor a folder
+    (links, FIFOs, sockets, devices), found without following any link or reading any file; HygieiaError
+    past ``max_entries`` entries."""
+    folder = Path(folder)
+    found, seen = [], 0
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        for name in sorted(dirs) + sorted(files):
+            seen += 1
+            if max_entries is not None and seen > max_entries:
+                raise HygieiaError(f"{folder}: more than {max_entries} entries")
+            kind = entry_kind(Path(root) / name)
+            if kind not in ("file", "folder"):
+                found.append(((Path(root) / name).relative_to(folder).as_posix(), kind))
+    return found
+
+
 def npz_headers(path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """{array name: (shape, dtype)} of an .npz file, read from the .npy headers only (no array is loaded)."""
     headers = {}
@@ -178,6 +213,53 @@ def npz_headers(path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]
                     raise ValueError(f"{name}: .npy format version {version} is not supported")
             headers[name[:-len(".npy")]] = (tuple(shape), dtype)
     return headers
+
+
+# Files that untrusted code could have left: read without following a link, never blocking.
+
+SPECIAL_KINDS = {stat.S_IFLNK: "a symbolic link", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+                 stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def special_entry(path: str | Path, mode: int) -> str | None:
+    """What ``path`` is ("a symbolic link (to /etc/hostname)", "a FIFO"...) when ``mode`` (from
+    ``lstat``) is neither a regular file nor a folder; None for those two."""
+    kind = SPECIAL_KINDS.get(stat.S_IFMT(mode))
+    if kind is None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = f"a file of type {stat.S_IFMT(mode):o}"
+    if kind == SPECIAL_KINDS[stat.S_IFLNK]:
+        try:
+            kind += f" (to {os.readlink(path)})"
+        except OSError:
+            pass
+    return kind
+
+
+def open_regular(path: str | Path) -> int:
+    """A read-only descriptor of ``path`` if it is a regular file, else HygieiaError saying what it is.
+    A symbolic link is never followed and a FIFO or device never opened (checked with ``lstat``, then
+    on the open file: O_NOFOLLOW | O_NONBLOCK, so that nothing swapped in between can block a read)."""
+    try:
+        mode = os.lstat(path).st_mode
+        kind = "a folder" if stat.S_ISDIR(mode) else special_entry(path, mode)
+        if kind is not None:
+            raise HygieiaError(f"{path}: {kind}, not a regular file (not followed, not read)")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise HygieiaError(f"{path}: cannot be read ({err.strerror})") from err
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise HygieiaError(f"{path}: changed into something other than a regular file while being read")
+    return fd
+
+
+def read_regular(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path`` (see ``open_regular``), refused past ``max_bytes``."""
+    with os.fdopen(open_regular(path), "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise HygieiaError(f"{path}: larger than the {max_bytes / 1e6:g} MB read from such a file")
+    return data
 
 
 # Path arguments: one line naming the path and what is wrong with it, never a traceback.

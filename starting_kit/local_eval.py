@@ -157,8 +157,10 @@ def write_local_bundle(kit: Path, local: Path, folder: Path) -> Path:
 def score_submission(kit: Path, submission: Path, data: Path, output: Path, *, holdout: float = HOLDOUT,
                      fast: bool = False):
     """Run the submission zip through the local Codabench worker, on a stratified hold-out of the
-    public train split in ``data``; print the worker's report. Returns the worker's result (status,
-    scores, leaderboard row, logs)."""
+    public train split in ``data``, with the per-image results (galleries of the most confident
+    errors and of the best and worst maps against the boxes, the per-image table) that the platform
+    never shows; print the worker's report. Returns the worker's result (status, scores, leaderboard
+    row, logs)."""
     submission, data, output = Path(submission), Path(data), Path(output)
     if (data / ds.INPUT_DIR).is_dir():
         data = data / ds.INPUT_DIR
@@ -168,6 +170,8 @@ def score_submission(kit: Path, submission: Path, data: Path, output: Path, *, h
     bundle = write_local_bundle(kit, local, output.parent / f"{output.name}_bundle")
     # The worker passes none of this shell's HYGIEIA_* settings to the programs, as Codabench.
     env = {"HYGIEIA_FAST": "1"} if fast else None
-    result = run_submission(submission, bundle, phase=PHASE, out_dir=output, echo=False, env=env)
+    # The hold-out's labels are the participant's own: per-image results (galleries, per-image table),
+    # which the platform never shows.
+    result = run_submission(submission, bundle, phase=PHASE, out_dir=output, echo=False, env=env, per_image=True)
     print(result.report())
     return result

@@ -5,8 +5,10 @@
 The hidden labels are not in the kit, so a stratified part of the public training split (with its
 labels and boxes) is held out as the local reference; the zip then runs through this kit's ingestion
 and scoring programs under a local copy of Codabench's compute worker, which prints the status, the
-leaderboard row and the path of the detailed results. Exit status: 0 when the run finished, 1 when
-it failed (the cause is printed), 2 for a bad argument or bad data.
+leaderboard row and the path of the detailed results. The labels of the hold-out are yours, so the
+detailed results add what the platform never shows: the ROC curve, galleries of the most confident
+errors and of the best and worst maps against the boxes, and the per-image table. Exit status: 0
+when the run finished, 1 when it failed (the cause is printed), 2 for a bad argument or bad data.
 """
 
 from __future__ import annotations

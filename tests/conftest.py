@@ -54,6 +54,6 @@ def phantom_prepared(tmp_path_factory, phantom_rsna, weights_path) -> Path:
 
     out = tmp_path_factory.mktemp("phantom_prepared")
     train, valid, test = PHANTOM_SIZES
-    prepare(phantom_rsna, out, train=train, valid=valid, test=test, full_size=128, seed=0,
+    prepare(phantom_rsna, out, train=train, valid=valid, test=test, full_size=128,
             hidden_ap_share=PHANTOM_AP_SHARE, id_secret="phantom-fixture-" + "0" * 32, weights=weights_path)
     return out

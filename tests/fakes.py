@@ -92,20 +92,24 @@ def write_fake_dataset(root: str | Path, sizes=(60, 20, 20), seed: int = 0, size
 
 
 def write_fake_ingestion_output(res_dir: str | Path, dataset_root: str | Path, seed: int = 0,
-                                error_rate: float = 0.2, method: str | None = "gradcam") -> Path:
+                                error_rate: float = 0.2, method: str | None = "gradcam",
+                                reliance: float = 0.3) -> Path:
     """Ingestion's output folder for a fake dataset, as a model would leave it (for scoring tests).
 
     Labels are the truth with ``error_rate`` of them flipped; predicted positives get float16
     heatmaps: a Gaussian blob at the centre of the image's first box (true positives, the blob's
-    width varying) or at a random place (false positives).
+    width varying) or at a random place (false positives). The evidence samples images as ingestion
+    does; a cell's drop is ``reliance`` times its share in the image's boxes, plus noise of 0.02.
     """
     import json
 
     from hygieia.files import write_npz, write_text
+    from hygieia.scoring.evidence import cell_shares
+    from hygieia.submission import evidence as evidence_module
 
     res_dir = Path(res_dir)
     rng = np.random.default_rng(seed)
-    rows, ids, maps = [], [], []
+    rows, ids, maps, evidence = [], [], [], {"ids": [], "base": [], "drops": []}
     for split in ds.SCORED_SPLITS:
         ref = ds.load_reference_split(Path(dataset_root) / ds.REFERENCE_DIR / split)
         boxes = ds.boxes_by_id(ref["boxes"])
@@ -124,9 +128,18 @@ def write_fake_ingestion_output(res_dir: str | Path, dataset_root: str | Path, s
                 sigma = rng.uniform(3, 20)
                 maps.append(np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma ** 2)))
                 ids.append(image_id)
+        cells = evidence_module.grid_cells((size_y, size_x))
+        for k in evidence_module.sample_positions(ref["ids"]):
+            image_id = ref["ids"][k]
+            shares = cell_shares(cells, boxes.get(image_id, np.zeros((0, 4))), (size_y, size_x))
+            evidence["ids"].append(image_id)
+            evidence["base"].append(proba[k])
+            evidence["drops"].append(np.clip(reliance * shares + rng.normal(0, 0.02, len(cells)), -1, 1))
     write_csv(res_dir / "predictions.csv", pd.DataFrame(rows, columns=["id", "proba", "label"]))
     stacked = np.array(maps, dtype=np.float16).reshape(len(maps), size_y, size_x)
     write_npz(res_dir / "heatmaps.npz", ids=np.array(ids, dtype=str), maps=stacked)
+    write_npz(res_dir / "evidence.npz", ids=np.array(evidence["ids"], dtype=str), cells=cells,
+              base=np.array(evidence["base"], np.float32), drops=np.array(evidence["drops"], np.float32))
     report = {"status": "ok", "stage": None, "error": None, "explanation": method, "durations": {},
               "counts": {"heatmaps": len(ids)}}
     write_text(res_dir / "ingestion.json", json.dumps(report, indent=2))

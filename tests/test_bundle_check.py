@@ -192,3 +192,10 @@ def test_invalid_or_missing_docker_image_is_an_error(folder, image):
 def test_valid_docker_image_passes(folder, image):
     edit_yaml(folder, lambda c: c.update(docker_image=image))
     assert errors(folder) == []
+
+
+def test_a_program_command_that_turns_on_per_image_results_is_an_error(folder):
+    metadata = folder / "scoring_program" / "metadata.yaml"
+    metadata.write_text("command: env HYGIEIA_PER_IMAGE=1 python3 $program/score.py $input $output\n")
+    found = errors(folder)
+    assert any(e.startswith("error: tasks[0].scoring_program:") and "would publish ids" in e for e in found), found

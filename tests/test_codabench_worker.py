@@ -5,7 +5,9 @@ imported as it is, with its service imports (celery, requests, websockets...) st
 replaced by a shim that runs each container's command as a local process, its bind mounts mapped to
 folders and only the program folder importable. The bundle's parts reach it through ``file://`` URLs,
 zipped by Codabench's own ``zip_if_directory``, as the server stores them. Each run's status, scores
-and logs are compared with ``hygieia run`` on the same bundle.
+and logs are compared with ``hygieia run`` on the same bundle; the fact sheet goes through the server's
+own validator and each submission's answers through its rules; and an all-positive submission shows,
+in both phases, that nothing anyone can see of a run names or shows a hidden image.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import yaml
 
 from conftest import SHARED
 from hygieia.bundle.build import build_bundle
+from hygieia.bundle.fact_sheet import answer_problems
 from hygieia.bundle.worker import run_submission
+from test_fact_sheet import codabench_validate_fact_sheet
 
 CODABENCH = SHARED / "codabench"
 WORKER_FILE = CODABENCH / "compute_worker" / "compute_worker.py"
@@ -275,32 +279,55 @@ def uploaded_row(competition: dict, scores: dict) -> dict:
     return {key: value for key, value in scores.items() if key in columns}
 
 
-def test_bundle_on_codabench_worker_matches_hygieia_run(codabench, phantom_prepared, weights_path, tmp_path,
-                                                        monkeypatch):
-    bundle_zip = build_bundle(phantom_prepared, tmp_path / "bundle.zip",
-                              docker_image="hygieia-tests/hygieia:0.1.0-cpu").path
-    folder = tmp_path / "bundle"
+@pytest.fixture(scope="module")
+def on_codabench(codabench, phantom_prepared, tmp_path_factory):
+    """The phantom's bundle as Codabench's own v2 unpacker reads it: (bundle folder, its
+    competition.yaml, what the unpacker made of it, each phase's parts as the server stores them)."""
+    tmp = tmp_path_factory.mktemp("codabench_bundle")
+    bundle_zip = build_bundle(phantom_prepared, tmp / "bundle.zip", docker_image="hygieia-tests/hygieia:0.1.0-cpu").path
+    folder = tmp / "bundle"
     with zipfile.ZipFile(bundle_zip) as archive:
         archive.extractall(folder)
         for name in ("sample_submission", "sample_submission_tabular"):
-            (tmp_path / f"{name}.zip").write_bytes(archive.read(f"starting_kit/{name}.zip"))
+            (tmp / f"{name}.zip").write_bytes(archive.read(f"starting_kit/{name}.zip"))
     competition = yaml.safe_load((folder / "competition.yaml").read_text())
+    with pytest.MonkeyPatch.context() as patch:
+        V2Unpacker, zip_if_directory = import_unpacker(patch)
+        unpacker = V2Unpacker(competition, str(folder), types.SimpleNamespace(id=1, username="organizer"))
+        unpacker.unpack()
+        unpacked = unpacker.competition
+        parts_by_phase = {}
+        for phase in unpacked["phases"]:
+            task = unpacked["tasks"][phase["tasks"][0]]
+            parts_by_phase[phase["name"]] = {kind: Path(zip_if_directory(task[kind]["file_path"]))
+                                             for kind in ("ingestion_program", "input_data", "scoring_program",
+                                                          "reference_data")}
+    return types.SimpleNamespace(folder=folder, competition=competition, unpacked=unpacked, parts=parts_by_phase,
+                                 samples=tmp)
 
+
+def phase_limit(competition: dict, phase: str) -> int:
+    return next(p for p in competition["phases"] if p["name"] == phase)["execution_time_limit"]
+
+
+# What each sample submission answers on the upload form (the fact sheet of competition.yaml).
+ANSWERS = {"sample_submission": {"explanation_method": "Grad-CAM via gradcam_target()", "training_boxes": "not used",
+                                 "external_resources": "nothing", "details": "",
+                                 "code_url": "https://example.org/hygieia/sample_submission"},
+           "sample_submission_tabular": {"explanation_method": "none", "training_boxes": "not used",
+                                         "external_resources": "nothing", "details": "", "code_url": ""}}
+
+
+def test_bundle_on_codabench_worker_matches_hygieia_run(on_codabench, weights_path, tmp_path, monkeypatch):
+    competition, unpacked = on_codabench.competition, on_codabench.unpacked
     # Codabench's own v2 unpacker accepts the bundle and finds every part
-    V2Unpacker, zip_if_directory = import_unpacker(monkeypatch)
-    unpacker = V2Unpacker(competition, str(folder), types.SimpleNamespace(id=1, username="organizer"))
-    unpacker.unpack()
-    unpacked = unpacker.competition
     assert [p["name"] for p in unpacked["phases"]] == ["Development", "Final"]
     assert unpacked["phases"][-1]["is_final_phase"] and unpacked["docker_image"] == competition["docker_image"]
     assert [c["key"] for c in unpacked["leaderboards"][0]["columns"]] == \
         [c["key"] for c in competition["leaderboards"][0]["columns"]]
-    parts_by_phase = {}
-    for phase in unpacked["phases"]:
-        task = unpacked["tasks"][phase["tasks"][0]]
-        parts_by_phase[phase["name"]] = {kind: Path(zip_if_directory(task[kind]["file_path"]))
-                                         for kind in ("ingestion_program", "input_data", "scoring_program",
-                                                      "reference_data")}
+    # its fact sheet, as the server validates it, and each submission's answers to it
+    fact_sheet = unpacked["fact_sheet"]
+    assert fact_sheet == competition["fact_sheet"] and codabench_validate_fact_sheet()(fact_sheet) == fact_sheet
 
     env = {"HYGIEIA_FAST": "1", "HYGIEIA_MOBILENET_WEIGHTS": str(weights_path), "MPLBACKEND": "Agg"}
     broken = tmp_path / "broken.zip"
@@ -312,12 +339,14 @@ def test_bundle_on_codabench_worker_matches_hygieia_run(codabench, phantom_prepa
              ("sample_submission_tabular", "Development"), ("sample_submission_tabular", "Final"),
              ("sample_submission", "Final")]
     for name, phase in cases:
-        limit = next(p for p in competition["phases"] if p["name"] == phase)["execution_time_limit"]
+        submission = broken if name == "broken" else on_codabench.samples / f"{name}.zip"
+        answers = ANSWERS.get(name, ANSWERS["sample_submission_tabular"])
+        assert answer_problems(fact_sheet, answers) == [], name   # the server would take the submission
         work = tmp_path / f"{name}-{phase}"
         work.mkdir()
-        prediction, scoring, _ = run_on_codabench(monkeypatch, work, parts_by_phase[phase],
-                                                  tmp_path / f"{name}.zip", limit, env)
-        local = run_submission(tmp_path / f"{name}.zip", folder, phase=phase, out_dir=tmp_path / "runs" / work.name,
+        prediction, scoring, _ = run_on_codabench(monkeypatch, work, on_codabench.parts[phase], submission,
+                                                  phase_limit(competition, phase), env)
+        local = run_submission(submission, on_codabench.folder, phase=phase, out_dir=tmp_path / "runs" / work.name,
                                echo=False, env=env)
         assert prediction.status == "Scoring", (name, phase, prediction.updates)
         if name == "broken":
@@ -337,3 +366,77 @@ def test_bundle_on_codabench_worker_matches_hygieia_run(codabench, phantom_prepa
         with zipfile.ZipFile(io.BytesIO((work / "scoring_result.zip").read_bytes())) as result:
             assert "scores.json" in result.namelist() and "metadata" in result.namelist()
     shutil.rmtree(tmp_path / "runs")
+
+
+ALL_POSITIVE = """
+import numpy as np
+
+
+class Model:
+    def fit(self, X, y):
+        pass
+
+    def predict_proba(self, X):
+        return np.full(len(X["ids"]), 0.97)
+
+    def explain(self, X):
+        return X["images"].astype(np.float32) / 255 + 0.01   # non-zero maps: each image itself
+"""
+
+
+def seen_on_codabench(work: Path, prediction: Server, scoring: Server) -> dict[str, bytes]:
+    """What Codabench shows of a run: the detailed results (public once the competition is published),
+    the scoring output and the logs of both steps (the participant's), the status messages. The
+    prediction output is the participant's own predictions and maps, keyed by the public input ids."""
+    seen = {"detailed_results.html": (work / "detailed.html").read_bytes()}
+    with zipfile.ZipFile(work / "scoring_result.zip") as result:
+        seen.update({f"scoring output/{name}": result.read(name) for name in result.namelist()})
+    seen.update({log.name: log.read_bytes() for log in sorted(work.glob("*_std*.txt"))})
+    seen["status"] = "\n".join(str(u) for u in prediction.updates + scoring.updates).encode()
+    return seen
+
+
+def seen_locally(result) -> dict[str, bytes]:
+    seen = {f"scoring output/{p.name}": p.read_bytes() for p in (result.out_dir / "scoring" / "output").iterdir()}
+    seen.update({f"logs/{p.name}": p.read_bytes() for p in (result.out_dir / "logs").iterdir()})
+    seen["report"] = result.report().encode()
+    return seen
+
+
+def test_an_all_positive_submission_reveals_no_hidden_id_or_image_in_either_phase(on_codabench, tmp_path,
+                                                                                   monkeypatch):
+    """Issue 22: everything a participant or the public can see of a run, on Codabench's own worker and
+    on ``hygieia run``, in both phases, holds no id and no picture of a hidden image (pixel-compared)."""
+    from leaks import find_leaks
+
+    from hygieia import dataset as ds
+
+    submission = tmp_path / "all_positive.zip"
+    with zipfile.ZipFile(submission, "w") as archive:
+        archive.writestr("model.py", ALL_POSITIVE)
+    competition = on_codabench.competition
+    env = {"MPLBACKEND": "Agg"}
+    for phase, split in (("Development", "valid"), ("Final", "test")):
+        hidden = ds.load_reference_split(on_codabench.folder / "reference_data" / split)
+        assert hidden["labels"].sum() > 0
+        work = tmp_path / phase
+        work.mkdir()
+        prediction, scoring, _ = run_on_codabench(monkeypatch, work, on_codabench.parts[phase], submission,
+                                                  phase_limit(competition, phase), env)
+        assert scoring.status == "Finished", (phase, scoring.details)
+        local = run_submission(submission, on_codabench.folder, phase=phase, out_dir=tmp_path / f"run-{phase}",
+                               echo=False, env=env)
+        assert local.status == "Finished", local.report()
+        assert uploaded_row(competition, scoring.scores) == uploaded_row(competition, local.scores)
+        assert scoring.scores["recall"] == 1.0 and scoring.scores["activation_in_box"] > 0   # it did call all positive
+        for where, seen in (("Codabench", seen_on_codabench(work, prediction, scoring)),
+                            ("local", seen_locally(local))):
+            assert b"Worst-group accuracy" in seen["scoring output/detailed_results.html"], where
+            assert find_leaks(seen, hidden["ids"], hidden["images"]) == {}, (where, phase)
+
+    # the organizer's own look, on request: the same search finds the ids and the images
+    own = run_submission(submission, on_codabench.folder, phase="Development", out_dir=tmp_path / "own",
+                         echo=False, env=env, per_image=True)
+    hidden = ds.load_reference_split(on_codabench.folder / "reference_data" / "valid")
+    leaks = find_leaks(seen_locally(own), hidden["ids"], hidden["images"])["scoring output/detailed_results.html"]
+    assert leaks["n_ids"] > 4 and leaks["n_images"] >= 8, leaks

@@ -10,11 +10,12 @@ from scipy import ndimage
 
 from hygieia import dataset as ds
 from hygieia.experiment import counterfactual as cf
+from hygieia.boxes import box_mask
+from hygieia.experiment.figures import _examples, example_rows
 from hygieia.experiment.findings import (Results, constant_versions, findings, goal_finding, interval_halfwidths,
                                          label_stability, mean_range, over_seeds, separation, separation_auroc,
                                          separation_by_seed, stability_findings)
 from hygieia.scoring.metrics import METRICS
-from hygieia.boxes import box_mask
 
 # Resampling (Lanczos) and the phantom's JPEG blocks let a marker change pixels this close to its box.
 MARKER_HALO = 6
@@ -263,22 +264,31 @@ def test_report_has_every_version_table_and_figure(experiment):
         assert heading in markdown
     for version in ("crops", "whole", "features"):
         assert f"| {version} | corner-1 |" in markdown and f"| {version} | clean |" in markdown
-    figures = ["separation_by_seed.png", "s0/examples.png"] + [
+    # The example figure (seed 0's) needs an explained image that shows the marker: on 100 patients, whether
+    # one exists depends on the draw (prepare's secret), so it is checked against the runs themselves.
+    first = Results(results[results["seed"] == 0].reset_index(drop=True),
+                    {"crops": config.crop, "whole": config.full_size})
+    rows = example_rows(first, config.out / "runs" / "s0")
+    shown = any(_examples(run_dir, eval_set, 1) for _, run_dir, eval_set in rows
+                if (run_dir / "marker_boxes.csv").is_file())
+    figures = ["separation_by_seed.png"] + ["s0/examples.png"] * shown + [
         f"s{seed}/{name}" for seed in (0, 1)
         for name in ("separation.png", "accuracy.png", "flip_rate.png", "explanations.png")]
     for figure in figures:
         assert (report / "figures" / figure).stat().st_size > 1000
         assert f"figures/{figure}" in markdown
+    assert (report / "figures" / "s0" / "examples.png").exists() == shown
     assert page.count("data:image/png;base64,") == len(figures) and 'src="figures' not in page
     # One row per seed x version x training variant x evaluation set; the clean model has no confounded set.
     counts = results.groupby(["seed", "version", "train"]).size()
     assert counts.to_dict() == {(s, v, t): (2 if t == "clean" else 3) for s in (0, 1)
                                 for v in ("crops", "features", "whole") for t in ("clean", "corner-1")}
     assert results["accuracy"].between(0, 1).all() and results["flip_rate"].between(0, 1).all()
-    # At strength 1 every confounded positive carries the marker, so any true positive of the
-    # whole-image model is an explained image showing one.
+    # At strength 1 every confounded positive carries the marker and no normal does, so the whole-image
+    # model's explained images that show one are its true positives (on 100 patients, whether it finds
+    # any depends on the draw: prepare's secret).
     whole = results[(results["version"] == "whole") & (results["eval"] == "confounded")]
-    assert whole["marker_images"].gt(0).all()
+    assert (whole["marker_images"].gt(0) == whole["recall"].gt(0)).all()
 
 
 @pytest.mark.slow

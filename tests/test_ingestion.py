@@ -70,7 +70,8 @@ def test_explain_model_writes_all_outputs(input_dir, tmp_path, capsys):
     status, report, _ = ingest(input_dir, tmp_path, submission(tmp_path, BASE + BRIGHTNESS_EXPLAIN), capsys)
     assert status == 0 and report["status"] == "ok" and report["error"] is None
     assert report["explanation"] == "explain" and report["device"].startswith(("cpu", "cuda"))
-    assert set(report["durations"]) == {"load", "import", "fit", "predict", "explain", "total"}
+    assert set(report["durations"]) == {"load", "alter", "import", "fit", "predict", "evidence", "explain", "total"}
+    assert report["evidence"] == {"grid": 4, "cells": 16, "images": {"valid": 12, "test": 10}, "copies": 352}
     predictions = pd.read_csv(tmp_path / "output" / PREDICTIONS, dtype={"id": str})
     valid, test = (ds.load_input_split(input_dir, split) for split in ("valid", "test"))
     assert predictions.columns.tolist() == ["id", "proba", "label"]
@@ -188,7 +189,7 @@ def test_bad_labels(input_dir, tmp_path, capsys):
 def test_bad_heatmaps_keep_the_predictions(input_dir, tmp_path, capsys, explain, message):
     code = BASE + BRIGHTNESS_EXPLAIN.replace('X["images"].astype(np.float32) / 255', explain)
     report = expect_failure(input_dir, tmp_path, capsys, code, "explain", message)
-    assert report["files"] == [PREDICTIONS] and not (tmp_path / "output" / HEATMAPS).exists()
+    assert report["files"] == [PREDICTIONS, ds.EVIDENCE] and not (tmp_path / "output" / HEATMAPS).exists()
     assert len(pd.read_csv(tmp_path / "output" / PREDICTIONS)) == 22
 
 

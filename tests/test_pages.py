@@ -126,7 +126,7 @@ def test_the_phantom_marks_its_download_and_prepare_records_it(tmp_path):
     table = pd.DataFrame({"split": ["train"], "label": [0], "age": [50], "sex": ["F"], "view_position": ["PA"]})
     counts = {split: {"normal": 1, "opacity": 0, "probes": 0} for split in ("train", "valid", "test")}
     summary = {"ratio": [3, 2], "skipped": [], "counts": counts, "hidden_ap_share": None,
-               "hidden_ap_share_used": None, "best_fixed_map": {"ratio": None}}
+               "hidden_ap_share_used": None, "best_fixed_map_training_halves": {"ratio": None}}
     assert "synthetic data" in card_text(table, summary, 0, phantom=True)
     assert "synthetic" not in card_text(table, summary, 0, phantom=False)
 

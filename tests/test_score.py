@@ -94,15 +94,31 @@ def test_scores_and_detailed_results(ref_dir, good_res, tmp_path):
     assert detailed["n_scored"] == 40  # the valid split only; test rows are ignored
     explanation = detailed["explanation"]
     tp = detailed["classification"]["confusion_matrix"][1][1]
-    assert explanation["n_true_positives"] == tp == len(explanation["images"]) > 0
-    assert scores["activation_in_box"] == pytest.approx(
-        np.mean([row["activation_in_box"] for row in explanation["images"]]), abs=1e-6)
+    assert explanation["n_true_positives"] == tp > 0 and "images" not in explanation  # published: no row
+    assert sum(explanation["histograms"]["iou_95"]) == sum(explanation["histograms"]["activation_in_box"]) == tp
     assert set(explanation["cc_map_by_tau"]) == {"0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8"}
     assert explanation["full_positive_set"]["iou_95"] <= scores["iou_95"]
     assert {row["group"] for row in detailed["bias"]["sex"]} == {"F", "M"}
     assert sum(row["n"] for row in detailed["bias"]["view_position"]) == 40
     assert "<img" in (out / "detailed_results.html").read_text()
     assert not (out / "metadata").exists()
+
+
+def test_per_image_results_on_request(ref_dir, good_res, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(sc.PER_IMAGE_ENV, "1")
+    assert sc.main([str(ref_dir), str(good_res), str(tmp_path / "out")]) == 0
+    assert "HYGIEIA_PER_IMAGE=1" in capsys.readouterr().err
+    detailed = json.loads((tmp_path / "out" / "detailed_scores.json").read_text())
+    explanation = detailed["explanation"]
+    assert detailed["per_image"] is True and explanation["n_true_positives"] == len(explanation["images"]) > 0
+    assert detailed["scores"]["activation_in_box"] == pytest.approx(
+        np.mean([row["activation_in_box"] for row in explanation["images"]]), abs=1e-6)
+    assert np.histogram([row["iou_95"] for row in explanation["images"]], bins=10, range=(0, 1))[0].tolist() == \
+        explanation["histograms"]["iou_95"]
+    assert len(detailed["classification"]["roc"]["fpr"]) > 2
+    monkeypatch.setenv(sc.PER_IMAGE_ENV, "yes")
+    assert sc.main([str(ref_dir), str(good_res), str(tmp_path / "out2")]) == 2
+    assert "HYGIEIA_PER_IMAGE must be 1" in capsys.readouterr().err
 
 
 def test_same_inputs_give_the_same_bytes(ref_dir, good_res, tmp_path):
@@ -152,6 +168,10 @@ def test_the_cli_subcommand(ref_dir, good_res, tmp_path):
     args = parser.parse_args(["score", str(ref_dir), str(good_res), str(tmp_path / "out")])
     assert args.func(args) == 0
     assert (tmp_path / "out" / "scores.json").is_file()
+    assert "images" not in json.loads((tmp_path / "out" / "detailed_scores.json").read_text())["explanation"]
+    args = parser.parse_args(["score", str(ref_dir), str(good_res), str(tmp_path / "own"), "--per-image"])
+    assert args.func(args) == 0
+    assert json.loads((tmp_path / "own" / "detailed_scores.json").read_text())["explanation"]["images"]
 
 
 def break_failed(res):

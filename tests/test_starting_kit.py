@@ -18,6 +18,7 @@ import pytest
 from hygieia import dataset as ds
 from hygieia.scoring.keys import SCORE_KEYS
 from fakes import fake_split, write_fake_dataset
+from leaks import find_leaks
 
 ROOT = Path(__file__).resolve().parents[1]
 KIT = ROOT / "starting_kit"
@@ -117,6 +118,22 @@ class Model:
     def predict_proba(self, X):
         log({"call": "predict_proba", "keys": sorted(X), "n": len(X["ids"])})
         return np.full(len(X["ids"]), 0.3)   # ignores the pixels
+"""
+
+
+ALL_POSITIVE_MODEL = """
+import numpy as np
+
+
+class Model:
+    def fit(self, X, y):
+        pass
+
+    def predict_proba(self, X):
+        return np.full(len(X["ids"]), 0.9)
+
+    def explain(self, X):
+        return X["images"].astype(np.float32) / 255 + 0.01   # non-zero maps: each image itself
 """
 
 
@@ -314,6 +331,20 @@ def test_score_locally_runs_a_zip_through_both_programs_from_the_kit_alone(tmp_p
     assert "status: Finished" in good.stdout and "leaderboard row:" in good.stdout
     assert "Accuracy" in good.stdout and (kit / "local_run" / "score_locally" / "scoring" / "output" /
                                           "detailed_results.html").is_file()
+    # the hold-out's labels are the participant's own: its page shows the galleries, on the hold-out's images
+    zip_submission(write_model(tmp_path / "all_positive", ALL_POSITIVE_MODEL), tmp_path / "all_positive.zip")
+    shown = score_locally(tmp_path / "all_positive.zip", "--out", str(tmp_path / "own_run"))
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "with per-image results" in shown.stdout
+    page = (tmp_path / "own_run" / "scoring" / "output" / "detailed_results.html").read_text()
+    for text in ("Per-image results included", "ROC curve", "Most confident false positives", "Best explanations",
+                 "Worst explanations", "Every true positive"):
+        assert text in page, text
+    holdout = ds.load_reference_split(tmp_path / "own_run_data" / ds.REFERENCE_DIR / "valid")
+    leaks = find_leaks({"page": page.encode()}, holdout["ids"], holdout["images"])["page"]
+    positives, negatives = int(holdout["labels"].sum()), int((1 - holdout["labels"]).sum())
+    assert leaks["n_ids"] == positives + min(4, negatives)  # the per-image table (every positive), the captions
+    assert leaks["n_images"] == min(4, negatives) + min(positives, 8)  # false positives; best and worst maps
     bad = score_locally(tmp_path / "broken.zip", "--out", str(tmp_path / "bad_run"))
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "status: Failed" in bad.stdout and "SyntaxError" in bad.stdout

@@ -1,5 +1,5 @@
 """The scores that cannot be gamed: box-blind maps at chance, worst-group accuracy, the shortcut gap,
-the metric table, all-zero maps, and the Final phase's aggregates-only outputs."""
+the metric table, all-zero maps, and the published outputs' aggregates only, in both phases."""
 
 import io
 import json
@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from fakes import write_fake_dataset, write_fake_ingestion_output
+from leaks import find_leaks
 
+from hygieia import dataset as ds
 from hygieia.boxes import box_mask
 from hygieia.files import write_json, write_npz
 from hygieia.scoring import blind_maps, groups, metrics, shortcut
@@ -123,11 +125,28 @@ def test_shortcut_gap_catches_a_film_cue_and_not_an_opacity_reader():
                              np.where(truth == 1, rng.random(600) < 0.8, rng.random(600) < 0.1)).astype(int)
     marker = shortcut.shortcut_gap(truth, reads_marker, probes, view)
     opacity = shortcut.shortcut_gap(truth, reads_opacity, probes, view)
-    assert marker["value"] > 0.7 and marker["ci"][0] > 0.6
-    assert abs(opacity["value"]) < 0.1 and opacity["ci"][0] < 0 < opacity["ci"][1]
+    assert marker["value"] == marker["raw"] > 0.7 and marker["ci"] == marker["raw_ci"] and marker["ci"][0] > 0.6
+    assert abs(opacity["raw"]) < 0.1 and opacity["raw_ci"][0] < 0 < opacity["raw_ci"][1]
+    assert opacity["value"] == max(opacity["raw"], 0) and opacity["ci"] == [0.0, opacity["raw_ci"][1]]
     assert [row["stratum"] for row in marker["strata"]] == ["AP", "PA"] and marker["n_unmatched"] == 0
     none = shortcut.shortcut_gap(truth[:500], reads_marker[:500], probes[:500], view[:500])
     assert none["value"] is None and "no off-box probe" in none["reason"]
+
+
+def test_calling_probe_like_items_negative_gains_nothing_on_the_shortcut_gap():
+    """A model that guesses the probes (say, items whose whole-film features say opacity while the crop looks
+    clean) and calls them negative drives the gap below 0, which scores 0: what a model that reads the opacity
+    scores up to noise, and no better."""
+    rng, truth, probes, view = shortcut_split()
+    reads_opacity = np.where(truth == 1, rng.random(600) < 0.8, rng.random(600) < 0.1).astype(int)
+    honest = np.where(probes == 1, rng.random(600) < 0.1, reads_opacity)   # probes called like normals
+    guesser = np.where(probes == 1, 0, reads_opacity)                       # every probe guessed and called 0
+    honest_gap, guessed_gap = (shortcut.shortcut_gap(truth, c, probes, view) for c in (honest, guesser))
+    assert guessed_gap["raw"] < -0.05 and guessed_gap["raw_ci"][1] < 0
+    assert guessed_gap["value"] == 0.0 and guessed_gap["ci"] == [0.0, 0.0]
+    assert 0 <= honest_gap["value"] < 0.1
+    metric = metrics.BY_KEY["shortcut_gap"]
+    assert metric.sorting == "asc" and metric.value_range == (0, 1)   # 0, the best value, is the guesser's floor
 
 
 def test_shortcut_gap_matches_views_so_the_view_alone_makes_no_gap():
@@ -155,40 +174,47 @@ def run_dir(dataset, tmp_path_factory):
     return write_fake_ingestion_output(tmp_path_factory.mktemp("res"), dataset, seed=12)
 
 
-def outputs(out):
-    return {path.name: path.read_text() for path in out.iterdir()}
-
-
 def ids_of(ref_dir):
     return pd.read_csv(ref_dir / "meta.csv", dtype={"id": str})["id"].tolist()
 
 
-def test_final_phase_outputs_hold_no_id_and_no_picture(dataset, run_dir, tmp_path, capsys):
-    ref_dir = dataset / "reference_data" / "test"
-    assert json.loads((ref_dir / "split.json").read_text()) == {"final": True, "split": "test"}
-    assert sc.main([str(ref_dir), str(run_dir), str(tmp_path / "out")]) == 0
-    seen = outputs(tmp_path / "out")
+def scoring_outputs(ref_dir, run_dir, out, capsys) -> dict[str, bytes]:
+    """What a participant and the public see of a scoring run: its output files and its log."""
+    assert sc.main([str(ref_dir), str(run_dir), str(out)]) == 0
     captured = capsys.readouterr()
-    seen["stdout+stderr"] = captured.out + captured.err
+    seen = {path.name: path.read_bytes() for path in out.iterdir()}
     assert set(seen) >= {"scores.json", "scores.txt", "detailed_scores.json", "detailed_results.html"}
-    for name, text in seen.items():
-        leaked = [i for i in ids_of(ref_dir) if i in text]
-        assert not leaked, (name, leaked[:3])
-    page = seen["detailed_results.html"]
-    assert "aggregates" in page and "Worst-group accuracy" in page
-    assert len(re.findall(r"data:image/png", page)) == 0   # no picture at all: no test image, no ROC steps
+    return {**seen, "stdout": captured.out.encode(), "stderr": captured.err.encode()}
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_published_outputs_hold_no_id_and_no_hidden_image_in_either_phase(split, dataset, run_dir, tmp_path,
+                                                                           capsys):
+    ref_dir = dataset / "reference_data" / split
+    assert json.loads((ref_dir / "split.json").read_text()) == {"final": split == "test", "split": split}
+    seen = scoring_outputs(ref_dir, run_dir, tmp_path / "out", capsys)
+    reference = ds.load_reference_split(ref_dir)
+    assert find_leaks(seen, reference["ids"], reference["images"]) == {}
+    page = seen["detailed_results.html"].decode()
+    assert "Worst-group accuracy" in page and "score_locally.py" in page
+    assert len(re.findall(r"data:image/png", page)) == 4   # the score charts and the histograms only
     detailed = json.loads(seen["detailed_scores.json"])
-    assert "images" not in detailed["explanation"] and "roc" not in detailed["classification"]
-    assert detailed["final"] is True and detailed["scores"]["worst_group_accuracy"] is not None
+    assert "images" not in detailed["explanation"] and "all_zero_ids" not in detailed["explanation"]
+    assert "roc" not in detailed["classification"] and detailed["per_image"] is False
+    assert detailed["final"] is (split == "test") and detailed["scores"]["worst_group_accuracy"] is not None
 
 
-def test_development_phase_keeps_its_galleries(dataset, run_dir, tmp_path):
+def test_per_image_results_name_and_show_images_on_request(dataset, run_dir, tmp_path, capsys, monkeypatch):
+    """The other side of the test above, and proof that its search finds what it looks for."""
+    monkeypatch.setenv(sc.PER_IMAGE_ENV, "1")
     ref_dir = dataset / "reference_data" / "valid"
-    results = sc.score(ref_dir, run_dir, tmp_path / "out", progress=False)
-    page = (tmp_path / "out" / "detailed_results.html").read_text()
-    assert results["final"] is False and results["explanation"]["images"]
-    assert sum(i in page for i in ids_of(ref_dir)) >= 4
-    probe_ids = pd.read_csv(ref_dir / "labels.csv", dtype={"id": str}).query("probe == 1")["id"]
+    seen = scoring_outputs(ref_dir, run_dir, tmp_path / "out", capsys)
+    reference = ds.load_reference_split(ref_dir)
+    leaks = find_leaks(seen, reference["ids"], reference["images"])
+    assert leaks["detailed_results.html"]["n_ids"] > 4 and leaks["detailed_results.html"]["n_images"] >= 8
+    assert leaks["detailed_scores.json"]["n_ids"] > 4 and "HYGIEIA_PER_IMAGE=1" in seen["stderr"].decode()
+    probe_ids = [i for i, probe in zip(reference["ids"], reference["probes"]) if probe]
+    page = seen["detailed_results.html"].decode()
     assert len(probe_ids) == 4 and not any(i in page for i in probe_ids)   # probes are never named
 
 

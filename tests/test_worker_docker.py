@@ -17,8 +17,9 @@ import pytest
 
 from docker_image import docker_problem, ensure_image
 from hygieia.bundle import sandbox
+from hygieia.bundle.limits import Limits
 from hygieia.bundle.sandbox import CODABENCH_CAP_DROP, Step, docker_argv
-from hygieia.bundle.worker import run_submission
+from hygieia.bundle.worker import fresh_out_dir, run_submission
 from hygieia.errors import HygieiaError
 from test_worker import (HOSTILE, ROOT, bundle_dir, pristine_copy, start_sleepy_run,  # noqa: F401
                          wait_until_gone, write_model, write_sleepy_model)
@@ -26,6 +27,7 @@ from test_worker import (HOSTILE, ROOT, bundle_dir, pristine_copy, start_sleepy_
 
 def prediction_step(tmp_path: Path) -> Step:
     mounts = {f"/app/{name}": tmp_path / name for name in ("program", "ingested_program", "input_data", "output")}
+    mounts["/tmp"] = tmp_path / "tmp"
     return Step("ingestion", mounts, {"/app/program", "/app/input_data"},
                 "python3 /app/program/ingestion.py /app/input_data /app/output /app/program '/app/ingested_program'",
                 600)
@@ -37,7 +39,8 @@ def option_values(argv: list[str], option: str) -> list[str]:
 
 def test_docker_run_mirrors_codabenchs_container(tmp_path):
     step = prediction_step(tmp_path)
-    argv = docker_argv(step, "me/hygieia:0.1.0-cpu", "hygieia-ingestion-abc", {"HYGIEIA_FAST": "1"}, user="1000:100")
+    argv = docker_argv(step, "me/hygieia:0.1.0-cpu", "hygieia-ingestion-abc", {"HYGIEIA_FAST": "1"}, user="1000:100",
+                       limits=Limits(memory=3 * 2**30))
     image = argv.index("me/hygieia:0.1.0-cpu")
     assert argv[:2] == ["docker", "run"] and option_values(argv, "--name") == ["hygieia-ingestion-abc"]
     assert argv[image + 1:] == ["python3", "/app/program/ingestion.py", "/app/input_data", "/app/output",
@@ -47,16 +50,22 @@ def test_docker_run_mirrors_codabenchs_container(tmp_path):
     assert option_values(argv, "--user") == ["1000:100"] and option_values(argv, "--userns") == ["host"]
     assert option_values(argv, "--security-opt") == ["no-new-privileges"]
     assert option_values(argv, "--cap-drop") == list(CODABENCH_CAP_DROP)
-    assert sorted(option_values(argv, "--env")) == ["HYGIEIA_FAST=1", "PYTHONUNBUFFERED=1", "http_proxy=",
-                                                    "https_proxy="]
+    assert "--read-only" in argv[:image]   # the image's files too: /tmp is the step's scratch folder
+    assert option_values(argv, "--memory") == option_values(argv, "--memory-swap") == [str(3 * 2**30)]
+    assert sorted(option_values(argv, "--env")) == ["HOME=/tmp", "HYGIEIA_FAST=1", "PYTHONUNBUFFERED=1",
+                                                    "http_proxy=", "https_proxy="]
     assert sorted(option_values(argv, "--mount")) == [
         f"type=bind,source={tmp_path / 'ingested_program'},target=/app/ingested_program",
         f"type=bind,source={tmp_path / 'input_data'},target=/app/input_data,readonly",
         f"type=bind,source={tmp_path / 'output'},target=/app/output",
-        f"type=bind,source={tmp_path / 'program'},target=/app/program,readonly"]
+        f"type=bind,source={tmp_path / 'program'},target=/app/program,readonly",
+        f"type=bind,source={tmp_path / 'tmp'},target=/tmp"]
     assert "--gpus" not in argv and all(option not in argv for option in ("--privileged", "-v", "--volume"))
-    assert option_values(docker_argv(step, "img", "n", {}, gpus=True), "--gpus") == ["all"]
-    assert option_values(docker_argv(step, "img", "n", {}), "--user") == [f"{os.getuid()}:{os.getgid()}"]
+    with_gpus = docker_argv(step, "img", "n", {}, gpus=True)
+    assert option_values(with_gpus, "--gpus") == ["all"] and "--read-only" not in with_gpus   # NVIDIA's hooks write
+    # an unprivileged user: the caller, or nobody when the caller is root
+    expected = "65534:65534" if os.geteuid() == 0 else f"{os.getuid()}:{os.getgid()}"
+    assert option_values(docker_argv(step, "img", "n", {}), "--user") == [expected]
 
 
 def test_a_path_with_a_comma_is_quoted_in_the_mount(tmp_path):
@@ -66,7 +75,7 @@ def test_a_path_with_a_comma_is_quoted_in_the_mount(tmp_path):
 
 
 def test_auto_says_in_one_line_why_docker_was_not_used(monkeypatch, capsys):
-    monkeypatch.setattr(sandbox, "bwrap_usable", lambda: True)
+    monkeypatch.setattr(sandbox, "bwrap_problem", lambda: None)
     assert sandbox.choose_sandbox("auto", None).kind == "bwrap"
     assert capsys.readouterr().err == ("run: not using Docker: competition.yaml names no docker_image and no "
                                        "--docker-image was given\n")
@@ -115,8 +124,12 @@ def test_tabular_sample_scores_the_same_under_docker_and_bwrap(bundle_dir, tmp_p
     assert bwrap.status == "Finished", bwrap.report()
     assert docker.scores == bwrap.scores and docker.row == bwrap.row
     assert docker.detailed_results == tmp_path / "docker" / "scoring" / "output" / "detailed_results.html"
-    for path in (tmp_path / "docker").rglob("*"):   # every file the containers wrote is the caller's
-        assert path.lstat().st_uid == os.getuid(), path
+    # every file the containers wrote belongs to their unprivileged user: the caller, or nobody as root
+    owner = 65534 if os.geteuid() == 0 else os.getuid()
+    for step in ("prediction", "scoring"):
+        written = [p for p in (tmp_path / "docker" / step / "output").rglob("*") if p.name != "metadata"]
+        assert written and all(path.lstat().st_uid == owner for path in written), step
+    assert fresh_out_dir(tmp_path / "docker") == tmp_path / "docker"   # and the worker can replace them
     assert [step.container for step in docker.steps] and all(step.container for step in docker.steps)
     assert all(containers_named(step.container) == [] for step in docker.steps)
 

@@ -253,13 +253,17 @@ pd.DataFrame([dict(run.row)], index=["baseline (MobileNetV2)"])
     ("md", r"""
 ### Detailed results
 
-The scoring program also writes `detailed_results.html` (open it in a browser: it is what Codabench
-shows beside your submission) and the same results as data in `detailed_scores.json`. The explanation
-columns score 0 when there is nothing to explain (a model without an explanation method, or no true
-positive); `detailed_scores.json` then says why. Below they are re-plotted: the confusion matrix; the
-metrics per sex and per view position (a model much better on one group than another may have learnt
-the group rather than the lungs); then the heatmaps of the true positives over their crops, with the
-hidden boxes and the 95% rectangle.
+The scoring program also writes `detailed_results.html` (open it in a browser) and the same results
+as data in `detailed_scores.json`. On Codabench that page holds aggregates only, in both phases:
+anyone may read it once the competition is published, so it names no image and shows none. Here the
+hold-out's labels are yours, so `score_locally.py` asks for the per-image results too: the page adds
+the ROC curve, galleries of the most confident false positives and false negatives and of the best
+and worst maps against the boxes, and the per-image table. The explanation columns score 0 when there
+is nothing to explain (a model without an explanation method, or no true positive);
+`detailed_scores.json` then says why. Below they are re-plotted: the confusion matrix; the metrics per
+sex and per view position (a model much better on one group than another may have learnt the group
+rather than the lungs); then the heatmaps of the true positives over their crops, with the boxes and
+the 95% rectangle.
 """),
     ("code", r"""
 detailed = json.loads((scored / "detailed_scores.json").read_text())

@@ -1,6 +1,6 @@
 """Trust scores on real radiographs: five models through the real ingestion and scoring programs.
 
-    hygieia prepare RSNA_DIR DATA_DIR --train 630 --valid 200 --test 200 --full-size 128 --seed 7
+    hygieia prepare RSNA_DIR DATA_DIR --train 630 --valid 200 --test 200 --full-size 128
     python tools/real_radiographs.py DATA_DIR OUT_DIR [--reuse] [--markdown TABLE.md] [--json OUT.json]
 
 DATA_DIR is a ``hygieia prepare`` output with view-balanced hidden splits and a whole-film version

@@ -3,18 +3,20 @@
 
 Deterministic: entries sorted by name, one fixed timestamp, fixed permissions, no directory entries,
 so the same inputs give the same bytes. Zips nested in a zip are stored, not compressed again.
+A folder (a bundle's, a submission's, a step's output) is copied without following anything: a
+symbolic link, FIFO, device or socket in it refuses the copy, named.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import stat
 import zipfile
 from pathlib import Path
 
 from hygieia.errors import HygieiaError
-from hygieia.files import check_zip_limits, entries_outside, write_zip  # noqa: F401  (write_zip: re-exported)
+from hygieia.files import check_zip_limits, entries_outside, open_regular, special_entry, write_zip  # noqa: F401
 
 SKIPPED_NAMES = {"__pycache__", ".ipynb_checkpoints", ".DS_Store", ".pytest_cache"}
 
@@ -54,23 +56,64 @@ def safe_extract(archive: zipfile.ZipFile, dest: Path, source: str | Path) -> No
 def unpack(source: str | Path, dest: str | Path, *, max_bytes: int | None = None,
            max_entries: int | None = None) -> None:
     """Put ``source`` (a zip, or a folder that Codabench would zip first) into ``dest`` as the worker does:
-    a plain extract, nothing moved up a level (compute_worker.py, ``Run._get_bundle``). A zip that would
-    unpack past ``max_bytes`` or ``max_entries`` is refused before anything is written."""
+    a plain extract, nothing moved up a level (compute_worker.py, ``Run._get_bundle``). A zip or folder
+    that would unpack past ``max_bytes`` or ``max_entries`` is refused before anything is written, and so
+    is a folder holding a symbolic link, FIFO, device or socket (``copy_folder``)."""
     source, dest = Path(source), Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    if source.is_dir():
-        # Codabench zips a bundle's folder with shutil.make_archive before the worker gets it.
-        with tempfile.TemporaryDirectory() as tmp:
-            made = shutil.make_archive(os.path.join(tmp, "folder"), "zip", source)
-            _extract(made, dest, label=source)
+    if source.is_dir():   # the caller's own argument: a link to it is followed, none inside it
+        # Codabench zips a folder with shutil.make_archive (which follows links) and extracts it: the
+        # same tree as a plain copy, which this is, without following anything.
+        copy_folder(source, dest, max_bytes=max_bytes, max_entries=max_entries)
         return
     if not source.is_file():
         raise HygieiaError(f"{source}: not found")
     with read_zip(source) as archive:
         check_zip_limits(archive, source, max_bytes=max_bytes, max_entries=max_entries)
+    dest.mkdir(parents=True, exist_ok=True)
     _extract(source, dest, label=source)
 
 
 def _extract(zip_path, dest: Path, label) -> None:
     with read_zip(zip_path) as archive:
         safe_extract(archive, dest, label)
+
+
+def folder_tree(folder: str | Path) -> tuple[list[Path], list[tuple[Path, int]]]:
+    """The sub-folders and the regular files (with their sizes) under ``folder``, found without
+    following anything; HygieiaError naming the first symbolic link, FIFO, device or socket."""
+    folder = Path(folder)
+    folders, files = [], []
+    pending = [folder]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                path, info = Path(entry.path), entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode):
+                    folders.append(path)
+                    pending.append(path)
+                elif stat.S_ISREG(info.st_mode):
+                    files.append((path, info.st_size))
+                else:
+                    raise HygieiaError(f"{folder}: {path.relative_to(folder)} is "
+                                       f"{special_entry(path, info.st_mode)}: a link, FIFO or device is never "
+                                       "followed or copied")
+    return folders, files
+
+
+def copy_folder(source: str | Path, dest: str | Path, *, max_bytes: int | None = None,
+                max_entries: int | None = None) -> None:
+    """Copy the folders and regular files of ``source`` into ``dest``; refused, before anything is
+    written, past ``max_bytes`` or ``max_entries`` or for a link, FIFO, device or socket in it."""
+    source, dest = Path(source), Path(dest)
+    folders, files = folder_tree(source)
+    if max_entries is not None and len(folders) + len(files) > max_entries:
+        raise HygieiaError(f"{source}: {len(folders) + len(files)} entries, more than the limit of {max_entries}")
+    total = sum(size for _, size in files)
+    if max_bytes is not None and total > max_bytes:
+        raise HygieiaError(f"{source}: holds {total / 1e6:.0f} MB, more than the limit of {max_bytes / 1e6:.0f} MB")
+    dest.mkdir(parents=True, exist_ok=True)
+    for folder in folders:
+        (dest / folder.relative_to(source)).mkdir(parents=True, exist_ok=True)
+    for path, _ in files:
+        with os.fdopen(open_regular(path), "rb") as src, open(dest / path.relative_to(source), "xb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)

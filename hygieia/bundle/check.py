@@ -1,10 +1,11 @@
 """``hygieia bundle check``: validate a bundle offline, with the rules Codabench applies when it unpacks one.
 
 The rules follow Codabench's v2 unpacker and leaderboard serializers (required keys, page and terms
-content, task indexes and scoring programs, phase order and dates, leaderboard columns), plus what
-makes this competition run: each program has a ``metadata.yaml`` with a ``command``, and the scoring
-program writes exactly the leaderboard's keys (its ``leaderboard.json``, written by the bundle builder
-from the metric table, read here as plain JSON: no code of the bundle runs).
+content, task indexes and scoring programs, phase order and dates, leaderboard columns) and its fact
+sheet (``fact_sheet.py``), plus what makes this competition run: each program has a ``metadata.yaml``
+with a ``command`` (none of which turns on per-image results), and the scoring program writes exactly
+the leaderboard's keys (its ``leaderboard.json``, written by the bundle builder from the metric table,
+read here as plain JSON: no code of the bundle runs).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import yaml
 from dateutil import parser as date_parser
 
 from hygieia.bundle.archive import read_zip, safe_extract, unpack
+from hygieia.bundle.fact_sheet import question_problems
 from hygieia.errors import HygieiaError
 
 MAX_KEY = 36            # Codabench's Column.key, Column.title and Leaderboard.key lengths
@@ -30,6 +32,7 @@ COMPUTATIONS = ("avg", "sum", "min", "max", "avg_rank")
 TASK_FILES = ("ingestion_program", "input_data", "scoring_program", "reference_data")
 LEADERBOARD_FILE = "leaderboard.json"  # in the scoring program: [{"key", "title", "sorting", "precision"}]
 PLACEHOLDER_IMAGE = "USER/"   # the template's docker_image before an organizer names a real one
+PER_IMAGE_SWITCH = "HYGIEIA_PER_IMAGE"   # the scoring program's per-image results: never in a bundle
 # Docker's image reference grammar (distribution/reference): [host[:port]/]name[/name...][:tag][@digest],
 # every name component in lower case.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -134,6 +137,25 @@ class Checker:
                     self.error(f"{where}.title", "missing or empty")
                 self.text_file(f"{where}.file ({page.get('title')})", page["file"])
         self.docker_image(str(c.get("docker_image") or ""))
+        for level, where, message in question_problems(c.get("fact_sheet")):
+            self.findings.append(Finding(level, where, message))
+        self.programs_publish_aggregates_only()
+
+    def programs_publish_aggregates_only(self) -> None:
+        """No program command turns on the scoring program's per-image results: the detailed results of
+        a published competition are served to anyone."""
+        for i, task in enumerate(self.yaml.get("tasks") or []):
+            for field in ("ingestion_program", "scoring_program"):
+                path = self.root / str(task.get(field)) if isinstance(task, dict) and task.get(field) else None
+                if path is None or not path.exists():
+                    continue
+                with tempfile.TemporaryDirectory() as tmp:
+                    folder = _program_folder(path, Path(tmp))
+                    text = "".join(p.read_text(encoding="utf-8", errors="replace")
+                                   for p in (folder / "metadata.yaml", folder / "metadata") if p.is_file())
+                if PER_IMAGE_SWITCH in text:
+                    self.error(f"tasks[{i}].{field}", f"its metadata sets {PER_IMAGE_SWITCH}: the scoring "
+                               "program would publish ids and pictures of hidden images to anyone")
 
     def docker_image(self, image: str) -> None:
         """An image the workers can pull: every submission fails on Codabench without one."""

@@ -62,6 +62,18 @@ def register(subparsers) -> None:
     run.add_argument("--gpus", action="store_true",
                      help="give the containers every GPU (docker run --gpus all, as Codabench's GPU workers "
                      "do); bubblewrap always shows this machine's /dev/nvidia*")
+    run.add_argument("--per-image", action="store_true",
+                     help="the scoring step also names and shows images: the ROC curve, galleries of the most "
+                     "confident errors and of the best and worst maps against the boxes, the per-image table "
+                     "(HYGIEIA_PER_IMAGE=1; a run on Codabench never shows them: for labels you own)")
+    run.add_argument("--memory", metavar="SIZE",
+                     help="each step's memory limit, e.g. 12g (default: 12g, or 3/4 of this machine's memory "
+                     "if less); past it the run ends Failed")
+    run.add_argument("--max-output", metavar="SIZE", default="1g",
+                     help="what each step may add to each folder it writes (its output...), checked while it "
+                     "runs and before anything is copied (default 1g)")
+    run.add_argument("--scratch", metavar="SIZE", default="2g",
+                     help="what each step may write to its /tmp, a folder of the run (default 2g)")
     run.set_defaults(func=_run)
 
     demo = subparsers.add_parser("demo", help="phantom -> prepare -> bundle -> check -> run, end to end",
@@ -96,11 +108,14 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from hygieia.bundle.limits import Limits, default_memory, parse_size
     from hygieia.bundle.worker import run_submission
 
+    limits = Limits(memory=parse_size(args.memory, "--memory") if args.memory else default_memory(),
+                    output=parse_size(args.max_output, "--max-output"), scratch=parse_size(args.scratch, "--scratch"))
     result = run_submission(args.submission, args.bundle, phase=args.phase, out_dir=args.out,
                             env=parse_env(args.env), sandbox=args.sandbox, docker_image=args.docker_image,
-                            gpus=args.gpus)
+                            gpus=args.gpus, per_image=args.per_image, limits=limits)
     print(result.report())
     return 0 if result.status == "Finished" else 1
 

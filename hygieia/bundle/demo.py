@@ -62,7 +62,9 @@ def run_demo(*, patients: int = 400, out: str | Path = "demo", weights: str | Pa
     generate_phantom(out / "rsna", patients=patients, seed=seed)
 
     banner(2, f"prepare: {train} / {valid} / {test} crops and MobileNetV2 features -> {out / 'data'}")
-    prepare(out / "rsna", out / "data", train=train, valid=valid, test=test, seed=seed, weights=weights_path)
+    # A phantom's demo: a secret derived from the seed keeps it reproducible (a real competition's is random).
+    prepare(out / "rsna", out / "data", train=train, valid=valid, test=test, weights=weights_path,
+            id_secret=f"hygieia-demo-on-the-phantom-seed-{seed}".ljust(32, "-"))
 
     banner(3, f"bundle build -> {out / 'bundle.zip'}")
     summary = build_bundle(out / "data", out / "bundle.zip")

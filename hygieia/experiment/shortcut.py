@@ -311,10 +311,12 @@ def prepared(config: ShortcutConfig, variant: Variant, seed: int) -> Path:
     """``prepare`` of one variant's phantom (crops and whole images), cached under OUT/cache/prepared/."""
     from hygieia.prepare.pipeline import prepare
 
+    # one secret per seed for every variant (it keys the ids and every draw of prepare): the counterfactual
+    # matches a patient's crops across variants by id. Public, like the phantom it prepares.
     source = phantom(config, variant, seed)
     folder = prepared_folder(config, variant, seed)
     return _cached(folder, prepared_key(config, variant, seed), lambda staging: prepare(
-        source, staging, **config.sizes[seed], crop=config.crop, full_size=config.full_size, seed=seed,
+        source, staging, **config.sizes[seed], crop=config.crop, full_size=config.full_size,
         id_secret=id_secret(seed), probe_share=config.probe_share, weights=config.weights, progress=False))
 
 
@@ -395,12 +397,17 @@ def ingest(run_dir: Path, submission: Path, env: dict) -> Path:
 
 
 def results_subset(output: Path, ids: list[str], out: Path) -> None:
-    """The ingestion output restricted to ``ids`` (one evaluation set), for the scoring program."""
+    """The ingestion output restricted to ``ids`` (one evaluation set), for the scoring program: predictions,
+    heatmaps and the evidence measured through the model (box reliance, faithfulness)."""
     predictions = pd.read_csv(output / ds.PREDICTIONS, dtype={"id": str})
     write_csv(out / ds.PREDICTIONS, predictions[predictions["id"].isin(set(ids))])
     with np.load(output / ds.HEATMAPS, allow_pickle=False) as archive:
         keep = np.isin(archive["ids"], ids)
         write_npz(out / ds.HEATMAPS, ids=archive["ids"][keep], maps=archive["maps"][keep])
+    with np.load(output / ds.EVIDENCE, allow_pickle=False) as archive:  # what ingestion measured through the model
+        keep = np.isin(archive["ids"], ids)
+        write_npz(out / ds.EVIDENCE, ids=archive["ids"][keep], cells=archive["cells"], base=archive["base"][keep],
+                  drops=archive["drops"][keep])
     shutil.copy2(output / ds.INGESTION_REPORT, out / ds.INGESTION_REPORT)
 
 

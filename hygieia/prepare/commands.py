@@ -43,11 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="fixed window side in original pixels instead of --context")
     parser.add_argument("--full-size", type=int, default=None, metavar="N",
                         help="also write the whole radiographs resized to N×N as OUT_DIR/full_N/")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="selection and windows (keep it private for a real competition)")
     parser.add_argument("--id-secret-file", default=None, metavar="PATH",
-                        help="file holding the secret that keys the ids (at least 32 characters; default: the "
-                             "one in OUT_DIR/private/ from an earlier run, else a new random one kept there)")
+                        help="file holding the secret that keys the ids and every random draw (which film goes "
+                             "where, the windows, the probes); at least 32 characters; default: the one in "
+                             "OUT_DIR/private/ from an earlier run, else a new random one kept there. The same "
+                             "secret and options give the same bytes")
+    parser.add_argument("--seed", default=None, help=argparse.SUPPRESS)  # removed: refused with the reason
     parser.add_argument("--hidden-ap-share", type=parse_share, default="auto", metavar="S",
                         help=f"share of AP films among the normals and among the opacities of valid and test "
                              f"(default 'auto': the share nearest {DEFAULT_AP_SHARE} the patients allow, "
@@ -93,12 +94,19 @@ def read_secret(path: str | None) -> str | None:
         raise HygieiaError(f"{path} (from --id-secret-file): cannot read it ({err})") from err
 
 
+SEED_REMOVED = ("--seed is gone: a public seed let anyone replay the selection and the windows from RSNA's "
+                "public files. Every random draw now comes from the secret (OUT_DIR/private/id_secret.txt); "
+                "give the same one with --id-secret-file to reproduce a dataset")
+
+
 def run(args) -> int:
     from hygieia.prepare.pipeline import prepare
 
+    if args.seed is not None:
+        raise HygieiaError(SEED_REMOVED)
     summary = prepare(args.rsna_dir, args.out_dir, train=args.train, valid=args.valid, test=args.test,
                       ratio=args.ratio, crop=args.crop, context=args.context, window=args.window,
-                      full_size=args.full_size, seed=args.seed, id_secret=read_secret(args.id_secret_file),
+                      full_size=args.full_size, id_secret=read_secret(args.id_secret_file),
                       hidden_ap_share=args.hidden_ap_share, probe_share=args.probe_share,
                       weights=args.weights, workers=args.workers, skip_bad=args.skip_bad)
     print(json.dumps(summary, indent=2))

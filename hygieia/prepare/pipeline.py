@@ -7,6 +7,7 @@ so a failure never leaves a half-written dataset nor harms a previous one.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import secrets
 import shutil
@@ -26,14 +27,14 @@ from hygieia.prepare.crops import DEFAULT_CONTEXT, make_window, off_box_window
 from hygieia.prepare.decode import DecodeJobs, Decoded, Job, collate
 from hygieia.prepare.features import FeatureExtractor
 from hygieia.prepare.prior import box_prior, prior_scores
-from hygieia.prepare.select import DEFAULT_PROBE_SHARE, assign_ids, fitting_ap_share, seeded_order, select
+from hygieia.prepare.select import DEFAULT_PROBE_SHARE, assign_ids, draw_key, fitting_ap_share, keyed_order, select
 from hygieia.prepare.views import patient_views
 from hygieia.rsna.tables import BOX_FIELDS, IMAGES_DIR, NORMAL, OPACITY, read_tables
 from hygieia.weights import resolve_weights_path
 
 PRIVATE_DIR = "private"
 SAMPLES_FILE = "samples.csv"
-SECRET_FILE = "id_secret.txt"  # the key of the ids: never published, not even hashed in the manifest
+SECRET_FILE = "id_secret.txt"  # the key of the ids and of every draw: never published, not even hashed
 SAMPLE_COLUMNS = ["id", "patientId", "split", "label", "probe", "view", "window_x", "window_y", "window_side"]
 MANIFEST = "manifest.json"
 BATCH_SIZE = 32
@@ -41,30 +42,33 @@ MIN_SECRET_CHARS = 32
 
 
 def prepare(rsna_dir, out_dir, *, train=10000, valid=2000, test=2000, ratio=(3, 2), crop=100,
-            context=DEFAULT_CONTEXT, window=None, full_size=None, seed=0, id_secret=None,
+            context=DEFAULT_CONTEXT, window=None, full_size=None, id_secret=None,
             hidden_ap_share="auto", probe_share=DEFAULT_PROBE_SHARE, weights=None, workers=0,
             skip_bad=False, progress=True) -> dict:
     """Select, crop, decode and featurise RSNA radiographs into OUT_DIR (see docs/architecture.md).
 
-    ``id_secret`` keys the ids (default: the one kept in OUT_DIR/private/ by an earlier run, else a
-    new random one). ``hidden_ap_share``: the AP share of both classes in valid and test; "auto" is
-    the share nearest 0.5 the patients allow, None keeps RSNA's mix. ``probe_share``: off-box probes
+    ``id_secret`` keys the ids and every random draw: which film goes where, the windows, the probes
+    (default: the one kept in OUT_DIR/private/ by an earlier run, else a new random one); the same
+    secret and arguments give the same bytes, and nothing public replays them. ``hidden_ap_share``:
+    the AP share of both classes in valid and test; "auto" is the share nearest 0.5 the patients
+    allow, None keeps RSNA's mix. ``probe_share``: off-box probes
     per hidden split, as a share of its opacities. Returns a summary: counts per split and label,
     probes, the best fixed map's scores, skipped files, output folder, seconds taken.
     """
     started = time.perf_counter()
     rsna_dir, out_dir = Path(rsna_dir), Path(out_dir)
     arguments = _check_arguments(rsna_dir, out_dir, train=train, valid=valid, test=test, ratio=ratio, crop=crop,
-                                 context=context, window=window, full_size=full_size, seed=seed,
+                                 context=context, window=window, full_size=full_size,
                                  hidden_ap_share=hidden_ap_share, probe_share=probe_share,
                                  weights=weights, workers=workers, skip_bad=skip_bad)
     secret = _id_secret(out_dir, id_secret)
+    key = draw_key(secret)
     tables = read_tables(rsna_dir, skip_bad=skip_bad)
     patients, view_skipped = _with_views(rsna_dir, tables.patients, skip_bad)
     sizes = {"train": train, "valid": valid, "test": test}
     if hidden_ap_share == "auto":
         hidden_ap_share = fitting_ap_share(patients, sizes, tuple(ratio))
-    samples, pools = select(patients, sizes, tuple(ratio), seed, hidden_ap_share)
+    samples, pools = select(patients, sizes, tuple(ratio), key, hidden_ap_share)
     boxes_of = {pid: group[BOX_FIELDS].to_numpy(np.float64)
                 for pid, group in tables.boxes.groupby("patientId", sort=False)}
     train_positives = samples.loc[(samples["split"] == "train") & (samples["label"] == 1), "patientId"]
@@ -72,8 +76,8 @@ def prepare(rsna_dir, out_dir, *, train=10000, valid=2000, test=2000, ratio=(3, 
         raise HygieiaError("the training split holds no Lung Opacity patient, so windows have no box "
                            "distribution to draw from; ask for a larger --train or another --ratio")
     box_pool = np.concatenate([boxes_of[pid] for pid in train_positives])
-    geometry = dict(seed=seed, context=context, window=window, boxes_of=boxes_of, box_pool=box_pool)
-    probes = Probes(pools, seed, geometry)
+    geometry = dict(key=key, context=context, window=window, boxes_of=boxes_of, box_pool=box_pool)
+    probes = Probes(pools, key, geometry)
     samples = pd.concat([samples.assign(probe=0), probes.pick(samples, probe_share)], ignore_index=True)
     extractor = FeatureExtractor(weights)  # before the long work: missing weights fail fast
 
@@ -134,7 +138,8 @@ def _check_arguments(rsna_dir: Path, out_dir: Path, **args) -> dict:
 
 
 def _id_secret(out_dir: Path, given: str | None) -> str:
-    """The ids' key: ``given``, else the one an earlier run left in OUT_DIR/private/, else a new one."""
+    """The secret (the key of the ids and of every draw): ``given``, else the one an earlier run left in
+    OUT_DIR/private/, else a new one."""
     if given is not None:
         given = given.strip()
         if len(given) < MIN_SECRET_CHARS:
@@ -155,8 +160,10 @@ def _with_views(rsna_dir: Path, patients: pd.DataFrame, skip_bad: bool) -> tuple
     return eligible.assign(view=eligible["patientId"].map(views)), skipped
 
 
-def _rng(seed: int, patient_id: str, *stream: int) -> np.random.Generator:
-    return np.random.default_rng([seed, int(hashlib.sha256(patient_id.encode()).hexdigest()[:15], 16), *stream])
+def _rng(key: bytes, patient_id: str, *stream: int) -> np.random.Generator:
+    """The random stream of one patient's draws, keyed by the secret's draw key."""
+    digest = hmac.new(key, f"window:{patient_id}".encode(), hashlib.sha256).digest()
+    return np.random.default_rng([int.from_bytes(digest, "big"), *stream])
 
 
 class Probes:
@@ -164,10 +171,10 @@ class Probes:
     normal's window is (around a training box drawn at random) but overlapping none of the film's
     boxes. A film without room for one is passed over."""
 
-    def __init__(self, pools: dict, seed: int, geometry: dict):
-        self.pools, self.seed, self.geometry = pools, seed, geometry
+    def __init__(self, pools: dict, key: bytes, geometry: dict):
+        self.pools, self.key, self.geometry = pools, key, geometry
         unused = pd.Series(pools[(1, "AP")] + pools[(1, "PA")], dtype=object)
-        self.queue = seeded_order(unused, seed, "probe").tolist()
+        self.queue = keyed_order(unused, key, "probe").tolist()
         self.windows: dict[str, tuple[int, int, int]] = {}
         self.passed_over = 0
 
@@ -187,7 +194,7 @@ class Probes:
             view = next((v for (label, v), pool in self.pools.items() if label == 1 and pid in pool), None)
             if view is None:  # taken meanwhile to replace a bad file
                 continue
-            window = off_box_window(g["boxes_of"][pid], g["box_pool"], _rng(self.seed, pid, 1),
+            window = off_box_window(g["boxes_of"][pid], g["box_pool"], _rng(self.key, pid, 1),
                                     context=g["context"], window=g["window"])
             if window is None:
                 self.passed_over += 1
@@ -200,11 +207,11 @@ class Probes:
                            "boxes); ask for a smaller --probe-share or smaller splits")
 
 
-def _job(images_dir: Path, patient_id: str, label: int, probe_window, *, seed, context, window, boxes_of,
+def _job(images_dir: Path, patient_id: str, label: int, probe_window, *, key, context, window, boxes_of,
          box_pool) -> Job:
     """The window of one patient: a probe's own window, around one of its boxes, or for a normal
-    around a training positive's box; random choices are seeded by (seed, patient) only."""
-    rng = _rng(seed, patient_id)
+    around a training positive's box; random choices depend on (secret, patient) only."""
+    rng = _rng(key, patient_id)
     boxes = boxes_of.get(patient_id, np.zeros((0, 4)))
     if probe_window is not None:
         return Job(patient_id, images_dir / f"{patient_id}.dcm", probe_window, boxes)
@@ -323,7 +330,8 @@ def _write_dataset(root: Path, samples: pd.DataFrame, decoded: dict, image_key: 
             write_npy(reference / ds.IMAGES, images)
             write_npy(reference / ds.BOX_PRIOR, prior)
             write_json(reference / ds.SPLIT_INFO, {"split": split, "final": split == "test"})
-    return prior_scores(prior, boxes_of["valid"] + boxes_of["test"])
+    return {"hidden": prior_scores(prior, boxes_of["valid"] + boxes_of["test"]),
+            "training_halves": prior_scores(box_prior(boxes_of["train"][::2], (size, size)), boxes_of["train"][1::2])}
 
 
 def _summary(samples: pd.DataFrame, skipped: list[dict], arguments: dict, prior: dict) -> dict:
@@ -336,7 +344,8 @@ def _summary(samples: pd.DataFrame, skipped: list[dict], arguments: dict, prior:
     share = float((hidden["view"] == "AP").mean()) if len(hidden) else None
     return {"counts": counts, "ratio": arguments["ratio"], "hidden_ap_share": arguments["hidden_ap_share"],
             "hidden_ap_share_used": round(share, 4) if share is not None else None,
-            "best_fixed_map": prior, "skipped": skipped}
+            "best_fixed_map": prior["hidden"], "best_fixed_map_training_halves": prior["training_halves"],
+            "skipped": skipped}
 
 
 def _write_manifest(root: Path, arguments: dict, summary: dict) -> None:

@@ -1,6 +1,7 @@
 """Which patients go where: Normal → 0, Lung Opacity → 1, the third class left out; one image per
 patient; patient-disjoint splits at the requested normal:opacity ratio; hidden splits balanced on
-view position within each class; opaque ids keyed by a secret."""
+view position within each class; opaque ids. Every order and every id is keyed by the organizer's
+secret (``draw_key``), so that nobody without it can replay the selection from RSNA's public files."""
 
 from __future__ import annotations
 
@@ -34,21 +35,34 @@ def view_counts(n: int, ap_share: float) -> dict[str, int]:
     return {"AP": n_ap, "PA": n - n_ap}
 
 
+def draw_key(secret: str) -> bytes:
+    """The key of every random draw of ``prepare`` (selection, windows, probes), derived from the secret
+    that also keys the ids: without it the draws cannot be replayed."""
+    return hmac.new(secret.encode(), b"hygieia prepare draws", hashlib.sha256).digest()
+
+
+def keyed_order(patient_ids: pd.Series, key: bytes, stream: str) -> pd.Series:
+    """The patients in an order fixed by ``key`` (an HMAC of each patient, so adding or removing one
+    patient does not move the others)."""
+    codes = patient_ids.map(lambda pid: hmac.new(key, f"{stream}:{pid}".encode(), hashlib.sha256).hexdigest())
+    return patient_ids.iloc[np.argsort(codes.to_numpy(), kind="stable")].reset_index(drop=True)
+
+
 def seeded_order(patient_ids: pd.Series, seed: int, stream: str) -> pd.Series:
-    """The patients in an order fixed by the seed (a keyed hash, so adding or removing one patient
-    does not move the others)."""
+    """The patients in an order fixed by a public seed (``meta_check``'s analysis of RSNA's headers,
+    which serves nothing: never for what ``prepare`` serves)."""
     keys = patient_ids.map(lambda pid: hashlib.sha256(f"{stream}:{seed}:{pid}".encode()).hexdigest())
     return patient_ids.iloc[np.argsort(keys.to_numpy(), kind="stable")].reset_index(drop=True)
 
 
-def select(patients: pd.DataFrame, sizes: dict[str, int], ratio: tuple[int, int] = (3, 2), seed: int = 0,
+def select(patients: pd.DataFrame, sizes: dict[str, int], ratio: tuple[int, int], key: bytes,
            ap_share: float | None = DEFAULT_AP_SHARE) -> tuple[pd.DataFrame, dict[tuple[int, str], list[str]]]:
     """Pick the samples of each split.
 
     ``patients`` has patientId, class and view ("AP"/"PA"). The hidden splits (valid, test) are
     drawn first, with ``ap_share`` of AP films in each class (None: as they come); train is then
     drawn from the patients left, as they come (RSNA's mix). Returns (samples: patientId, label,
-    view, split — in split order) and the unused patients per (label, view), in seeded order, from
+    view, split — in split order) and the unused patients per (label, view), in ``key``'s order, from
     which bad files are replaced and probes drawn.
     """
     if min(ratio) < 0 or sum(ratio) <= 0:
@@ -59,7 +73,7 @@ def select(patients: pd.DataFrame, sizes: dict[str, int], ratio: tuple[int, int]
     order, view_of = {}, dict(zip(patients["patientId"], patients["view"]))
     for label, name in CLASS_NAMES.items():
         eligible = patients.loc[patients["class"] == name, "patientId"].drop_duplicates()
-        order[label] = seeded_order(eligible.reset_index(drop=True), seed, "select").tolist()
+        order[label] = keyed_order(eligible.reset_index(drop=True), key, "select").tolist()
     _check_enough(order, view_of, needs, sizes, ratio, ap_share)
     pools = {(label, view): [p for p in order[label] if view_of[p] == view] for label in (0, 1) for view in VIEWS}
     rows = []

@@ -21,10 +21,14 @@ def register(subparsers) -> None:
     parser.add_argument("out_dir",
                         type=argument(writable_dir, "output folder"),
                         help="folder for the scores and the detailed results")
+    parser.add_argument("--per-image", action="store_true",
+                        help="also name and show images: the ROC curve, galleries of the most confident "
+                        "errors and of the best and worst maps, the per-image table (only for labels you "
+                        "own; a published run never shows them)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    results = score(args.ref_dir, args.res_dir, args.out_dir)
+    results = score(args.ref_dir, args.res_dir, args.out_dir, per_image=args.per_image)
     print(score_line(results["scores"]))
     return 0

@@ -14,8 +14,8 @@ import pandas as pd
 import yaml
 
 from hygieia import dataset as ds
-from hygieia.dataset import (EXPLANATION_METHODS, HEATMAPS, INGESTION_REPORT, PREDICTION_COLUMNS, PREDICTIONS,
-                             WORKER_METADATA, IngestionFailed)
+from hygieia.dataset import (EVIDENCE, EXPLANATION_METHODS, HEATMAPS, INGESTION_REPORT, PREDICTION_COLUMNS,
+                             PREDICTIONS, WORKER_METADATA, IngestionFailed)
 from hygieia.errors import DataError
 
 EXIT_CODE_FIELDS = ("ingestionExitCode", "exitCode")
@@ -122,12 +122,23 @@ def read_heatmaps(res_dir: Path, wanted: list[str], shape: tuple[int, int],
     return dict(zip(wanted, maps[position.get_indexer(wanted)].astype(np.float32)))
 
 
+def read_evidence(res_dir: Path, ids: list[str], shape: tuple[int, int]) -> dict:
+    """What ingestion measured through the model (``hygieia.dataset.read_evidence``), for the reference ids
+    only: {"ids", "cells", "base", "drops"}."""
+    known = ds.read_table(res_dir / PREDICTIONS, PREDICTION_COLUMNS)["id"]
+    evidence = ds.read_evidence(res_dir / EVIDENCE, shape, known)
+    keep = np.isin(evidence["ids"], ids)
+    return {"ids": evidence["ids"][keep], "cells": evidence["cells"], "base": evidence["base"][keep],
+            "drops": evidence["drops"][keep]}
+
+
 def read_ingestion_output(res_dir: str | Path, ids: list[str], shape: tuple[int, int]) -> dict:
     """Everything scoring needs from ingestion's output, or a HygieiaError naming what is broken.
 
     Returns ``report`` (ingestion.json), ``worker`` (metadata), ``predictions`` (DataFrame indexed by
-    the reference ids: proba, label), ``method`` (explanation method or None) and ``heatmaps``
-    ({id: map} for the scored predicted positives; {} when the method is None).
+    the reference ids: proba, label), ``method`` (explanation method or None), ``heatmaps``
+    ({id: map} for the scored predicted positives; {} when the method is None) and ``evidence``
+    (``read_evidence``).
     """
     res_dir = Path(res_dir)
     if not res_dir.is_dir():
@@ -145,4 +156,4 @@ def read_ingestion_output(res_dir: str | Path, ids: list[str], shape: tuple[int,
         positives = predictions.index[predictions["label"] == 1].tolist()
         heatmaps = read_heatmaps(res_dir, positives, shape, count_predicted_positives(res_dir))
     return {"report": report, "worker": metadata, "predictions": predictions,
-            "method": method, "heatmaps": heatmaps}
+            "method": method, "heatmaps": heatmaps, "evidence": read_evidence(res_dir, ids, shape)}

@@ -142,8 +142,26 @@ def shortcut_gap(split: ScoredSplit) -> dict:
     return shortcut.shortcut_gap(split.ref["labels"], split.predicted, split.ref["probes"], split.view)
 
 
+def box_reliance(split: ScoredSplit) -> dict:
+    """Mean box reliance of the sampled opacity images; 0 (what a model that loses nothing anywhere scores)
+    when none was measured."""
+    evidence = split.evidence
+    values = evidence.reliance() if evidence is not None else np.zeros(0)
+    return {"value": float(values.mean()) if len(values) else 0.0, "ci": cls.bootstrap_mean(values),
+            "n_images": len(values), "ids": evidence.ids if evidence is not None else [], "images": values}
+
+
+def faithfulness(split: ScoredSplit) -> dict:
+    """Mean faithfulness of the maps of the sampled explained true positives; 0 without such a map."""
+    evidence = split.evidence
+    ids, values = evidence.faithfulness(split.heatmaps or {}) if evidence is not None else ([], np.zeros(0))
+    return {"value": float(values.mean()) if len(values) else 0.0, "ci": cls.bootstrap_mean(values),
+            "n_images": len(values), "ids": ids, "images": values}
+
+
 LABELS = ("predicted labels", "labels")
 MAPS = ("heatmaps", "boxes")
+EVIDENCE = ("predict_proba on altered copies", "boxes")
 BOX_BLIND = "the best box-blind map on this split"
 COUNTS_PAPER = "Sokolova & Lapalme 2009, *A systematic analysis of performance measures for classification tasks*"
 
@@ -158,9 +176,9 @@ METRICS = (
         compute=worst_group, reference="Sagawa et al. 2020, *Distributionally robust neural networks* (ICLR)",
         chance="0: a constant rule, or one that reads only the view, gets a whole group wrong"),
     SplitMetric(
-        key="shortcut_gap", title="Shortcut gap", sorting="asc", value_range=(-1, 1), needs=(*LABELS, "probes"),
-        definition="mean over off-box probes of (called positive − false-positive rate on normal films of "
-                   "the probe's view)",
+        key="shortcut_gap", title="Shortcut gap", sorting="asc", value_range=(0, 1), needs=(*LABELS, "probes"),
+        definition="max(0, mean over off-box probes of (called positive − false-positive rate on normal films "
+                   "of the probe's view)): below 0 is no better than 0",
         compute=shortcut_gap, nullable=True,
         reference="Geirhos et al. 2020, *Shortcut learning in deep neural networks*; Zech et al. 2018 (PLOS Med.)",
         chance="0: a constant rule calls probes and normal films positive alike"),
@@ -181,6 +199,25 @@ METRICS = (
         definition="area under the ROC curve of predict_proba", score=cls.auroc, resampled=cls.weighted_auroc,
         reference="Hanley & McNeil 1982, *The meaning and use of the area under a ROC curve* (Radiology)",
         chance="0.5: a constant probability"),
+    SplitMetric(
+        key="box_reliance", title="Box reliance", sorting="desc", value_range=(-2, 2), needs=EVIDENCE,
+        definition="mean over sampled opacity images of [mean drop in predict_proba when a cell of the box is "
+                   "filled in − the same for the other cells], minus the same against the split's other boxes",
+        compute=box_reliance, blind="label",
+        reference="Zeiler & Fergus 2014, *Visualizing and understanding convolutional networks* (occlusion); "
+                  "Rong et al. 2022, *A consistent and efficient evaluation strategy for attribution methods* "
+                  "(ICML: linear imputation)",
+        chance="0: a model that ignores the pixels loses nothing anywhere, and the box-blind reference takes out "
+               "what lies where boxes usually are"),
+    SplitMetric(
+        key="faithfulness", title="Map faithfulness", sorting="desc", value_range=(-1, 1),
+        needs=("heatmaps", "predict_proba on altered copies"),
+        definition="mean over sampled explained true positives of the Spearman correlation between the map's "
+                   "mass in each cell and the model's drop when that cell is filled in",
+        compute=faithfulness, blind="label",
+        reference="Bhatt et al. 2020, *Evaluating and aggregating feature-based model explanations* (IJCAI: "
+                  "faithfulness correlation)",
+        chance="0: a map unrelated to what the model's output depends on"),
     MapMetric(
         key="activation_over_prior", title="Activation in box over prior", sorting="desc", value_range=(-1, 1),
         needs=(*MAPS, "box prior"),
@@ -210,6 +247,8 @@ METRICS = (
 )
 BY_KEY = {metric.key: metric for metric in METRICS}
 MAP_METRICS = tuple(m for m in METRICS if isinstance(m, MapMetric))
+EVIDENCE_KEYS = ("box_reliance", "faithfulness")  # measured through the model (``split.evidence``)
+HEADLINE_EXPLANATION_KEY = "box_reliance"     # the explanation column the pages lead with
 EXPLANATION_KEYS = tuple(m.key for m in MAP_METRICS)
 PRIMARY_KEY = "accuracy"
 

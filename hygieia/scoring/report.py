@@ -1,5 +1,13 @@
 """detailed_results.html: the participant's page of detailed results, one self-contained file.
 
+Once a competition is published, Codabench serves this page to anyone. The page is built from
+``SECTIONS``, each a function of the aggregate results alone (``score.aggregates_only``): what they
+draw cannot name or show a hidden image. ``PER_IMAGE_SECTIONS`` (the ROC curve, galleries of the most
+confident errors and of the best and worst maps with the boxes, the per-image table) also read the
+reference images and the heatmaps; they are added only when the results were computed per image,
+for labels the requester owns (the starting kit's local scoring, ``hygieia run --per-image``). A new
+section is one more function in either tuple.
+
 Figures are matplotlib (Agg) PNGs inlined as base64; the CSS is inline; nothing is fetched.
 """
 
@@ -19,35 +27,44 @@ from PIL import Image, ImageDraw  # noqa: E402
 from hygieia import dataset as ds  # noqa: E402
 from hygieia.scoring import explanation as xp  # noqa: E402
 from hygieia.scoring.groups import SMALL_GROUP  # noqa: E402
-from hygieia.scoring.metrics import EXPLANATION_KEYS, METRICS  # noqa: E402
+from hygieia.scoring.metrics import BY_KEY, EVIDENCE_KEYS, EXPLANATION_KEYS, METRICS  # noqa: E402
 
 GALLERY_SIZE = 4
 GALLERY_TAU = 0.5
 TILE_PX = 200
 RED, ORANGE, MAGENTA = "#e74c3c", "#f39c12", "#ff00ff"
-DPI = 80
+BLUE, GRAY = "#2e86c1", "#888888"
+DPI = 80       # figure inches to displayed CSS pixels
+HIDPI = 2      # PNG pixels per displayed pixel
 OVERLAY_ALPHA = 0.45
 JET = matplotlib.colormaps["jet"]
 STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5em auto;padding:0 1em;max-width:1100px;color:#222;line-height:1.4}
+body{font-family:system-ui,sans-serif;margin:1.5em auto;padding:0 1em;max-width:1200px;color:#222;line-height:1.4}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 .note{color:#555;font-size:.92em}.error{background:#fff0f0;border:1px solid #d33;padding:1em}
 pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:.85em}img{max-width:100%;height:auto}
 .wide{overflow-x:auto}.gallery{display:flex;flex-wrap:wrap;gap:12px}
+.figures{display:flex;flex-wrap:wrap;gap:8px 28px;align-items:flex-start}
+.notice{background:#f2f7fc;border-left:4px solid #2e86c1;padding:.6em .9em;margin:1em 0}
+.private{background:#fff6e5;border-left:4px solid #e67e22;padding:.6em .9em;margin:1em 0}
+h3{font-size:1.05em;margin-bottom:.3em}td small{white-space:nowrap}.groups td,.groups th{font-size:.9em}
+code{font-size:.92em;background:#f3f3f3;padding:0 .2em}
 figure{margin:0;width:200px;max-width:100%}figure img{display:block;margin-bottom:4px;image-rendering:pixelated}
 figcaption{font-size:.9em;line-height:1.3;overflow-wrap:anywhere}small{color:#555}
-@media (max-width:600px){body{margin:.8em}td,th{padding:.2em .35em;font-size:.9em}}
+@media (max-width:600px){body{margin:.8em auto}h1{font-size:1.3em}td,th{padding:.2em .3em;font-size:.88em}}
 """
 
 
-def _png(figure) -> str:
+def _png(figure, alt: str = "figure") -> str:
+    """The figure as an inline PNG drawn at HIDPI times its displayed size (sharp on phones)."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    width = round(figure.get_figwidth() * DPI)
+    figure.savefig(buffer, format="png", dpi=DPI * HIDPI, metadata={"Software": None})
     plt.close(figure)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<img alt="figure" src="data:image/png;base64,{data}">'
+    return f'<img alt="{html.escape(alt)}" width="{width}" src="data:image/png;base64,{data}">'
 
 
 def _number(value, digits: int = 4) -> str:
@@ -73,10 +90,10 @@ def _cell(content) -> str:
     return content.html() if isinstance(content, WithInterval) else html.escape(str(content))
 
 
-def _table(header: list[str], rows: list[list]) -> str:
+def _table(header: list[str], rows: list[list], css_class: str | None = None) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table{f' class={css_class!r}' if css_class else ''}><tr>{head}</tr>{body}</table>"
 
 
 def _page(title: str, body: str) -> str:
@@ -86,6 +103,7 @@ def _page(title: str, body: str) -> str:
 
 
 def roc_figure(roc: dict, auroc: float) -> str:
+    """Per image only: with the participant's own probabilities, the curve's steps give the labels."""
     figure, axis = plt.subplots(figsize=(3.4, 3.2))
     axis.plot(roc["fpr"], roc["tpr"], color="#c0392b", label=f"AUROC {auroc:.3f}")
     axis.plot([0, 1], [0, 1], color="#999", linestyle=":", linewidth=1)
@@ -96,17 +114,60 @@ def roc_figure(roc: dict, auroc: float) -> str:
     return _png(figure)
 
 
-def distribution_figure(images: list[dict]) -> str:
-    figure, axes = plt.subplots(1, 2, figsize=(6.8, 2.6))
-    for axis, key, title in zip(axes, ("activation_in_box", "iou_95"),
-                                ("Activation inside the boxes", "IoU of the 95% rectangle")):
-        values = [row[key] for row in images]
-        axis.hist(values, bins=20, range=(0, 1), color="#2e86c1", edgecolor="white")
-        axis.axvline(np.mean(values), color="#c0392b", linewidth=1.2, label=f"mean {np.mean(values):.3f}")
-        axis.set(title=title, xlabel=key, ylabel="true positives")
-        axis.legend(fontsize=8)
+def scores_figure(results: dict, keys: list[str], title: str) -> str:
+    """Each measured score as a dot on its 95% interval, beside the chance reference (gray tick) and
+    the baseline (orange diamond): the scores table, as a picture."""
+    keys = [k for k in keys if results["scores"][k] is not None]
+    baseline = results["baseline"] or {}
+    figure, axis = plt.subplots(figsize=(5.6, 0.42 * len(keys) + 1.1))
+    rows = np.arange(len(keys))[::-1]
+    lowest = 0.0
+    for row, key in zip(rows, keys):
+        value, ci, chance = results["scores"][key], results["ci"].get(key), results["chance"].get(key)
+        if ci:
+            axis.plot(ci, [row, row], color=BLUE, linewidth=2.4, solid_capstyle="butt")
+        axis.plot(value, row, "o", color=BLUE, markersize=5.5, zorder=3)
+        if chance is not None:
+            axis.plot(chance, row, "|", color=GRAY, markersize=13, markeredgewidth=2.2, zorder=2)
+        if baseline.get(key) is not None:
+            axis.plot(baseline[key], row, "D", markerfacecolor="none", markeredgecolor=ORANGE, markersize=6.5,
+                      markeredgewidth=1.6, zorder=4)
+        lowest = min([lowest, value, *(ci or []), *([chance] if chance is not None else [])])
+    labels = [f"{BY_KEY[k].title} {'↑' if BY_KEY[k].sorting == 'desc' else '↓'}" for k in keys]
+    axis.set_yticks(rows, labels, fontsize=11)
+    axis.tick_params(axis="x", labelsize=10)
+    axis.set_ylim(-0.7, len(keys) - 0.3)
+    axis.set_xlim(min(-0.05, np.floor(lowest * 10) / 10 - 0.05), 1.05)
+    axis.axvline(0, color="#ccc", linewidth=0.8, zorder=0)
+    axis.grid(axis="x", alpha=0.3)
+    axis.set_title(title, fontsize=12, loc="left")
+    handles = [plt.Line2D([], [], color=BLUE, marker="o", linewidth=2.4, label="score, 95% interval"),
+               plt.Line2D([], [], color=GRAY, marker="|", linestyle="none", markersize=11, markeredgewidth=2,
+                          label="chance")]
+    if any(baseline.get(k) is not None for k in keys):
+        handles.append(plt.Line2D([], [], color=ORANGE, marker="D", markerfacecolor="none", linestyle="none",
+                                  label="baseline"))
+    axis.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.4, -0.07 - 0.5 / (len(keys) + 2)),
+                ncol=len(handles), fontsize=9.5, frameon=False, handletextpad=0.4, columnspacing=1.0)
     figure.tight_layout()
-    return _png(figure)
+    return _png(figure, f"{title}: each score with its 95% interval, chance and baseline")
+
+
+def histogram_figure(edges: list[float], counts: list[int], key: str, mean: float) -> str:
+    """The published histogram of one explanation metric over the true positives (coarse bins)."""
+    figure, axis = plt.subplots(figsize=(3.6, 2.6))
+    axis.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color=BLUE, edgecolor="white")
+    axis.axvline(mean, color="#c0392b", linewidth=1.3, label=f"mean {mean:.3f}")
+    axis.set(title=BY_KEY[key].title, xlabel=key, ylabel="true positives", xlim=(0, 1))
+    axis.title.set_fontsize(10)
+    axis.yaxis.get_major_locator().set_params(integer=True)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return _png(figure, f"histogram of {key} over the true positives")
+
+
+def _figures(pictures: list[str]) -> str:
+    return f"<div class='figures'>{''.join(pictures)}</div>"
 
 
 def _overlay(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
@@ -180,6 +241,25 @@ def reference_note(results: dict) -> str:
     return "Baseline: the sample submission's scores on this split, provided by the organizers."
 
 
+# -- the public sections: functions of the aggregate results alone ---------------------------------
+def header(results: dict) -> str:
+    phase = "Final phase, test split" if results["final"] else f"Development phase, {results['split']} split"
+    parts = [f"<h1>Hygieia — detailed results</h1><p class='note'>{html.escape(phase)}: "
+             f"{results['n_scored']} images scored.</p>"]
+    if results["per_image"]:
+        parts.append("<p class='private'><b>Per-image results included</b> (asked for with "
+                     "<code>HYGIEIA_PER_IMAGE=1</code>: the starting kit's <code>score_locally.py</code>, "
+                     "<code>hygieia run --per-image</code>). The last part of this page names images and "
+                     "shows them with their boxes: keep it to labels you own, never publish it.</p>")
+    else:
+        parts.append("<p class='notice'>This page shows aggregates over the whole split with their 95% "
+                     "intervals: no image, no id, no per-image row. Once the competition is published "
+                     "anyone can read it. For galleries of your most confident errors and of your best and "
+                     "worst maps against the boxes, run the starting kit's <code>score_locally.py</code> "
+                     "on your zip: it scores a hold-out of the training data, whose labels you have.</p>")
+    return "".join(parts)
+
+
 def scores_section(results: dict) -> str:
     scores, chance, baseline = results["scores"], results["chance"], results["baseline"] or {}
     rows = []
@@ -201,36 +281,22 @@ def scores_section(results: dict) -> str:
              "the best box-blind map for explanations; see the evaluation page).", reference_note(results)]
     if results["shortcut"]["reason"]:
         notes.append(f"Shortcut gap not measured: {results['shortcut']['reason']}.")
-    return ("<h2>Scores</h2><div class='wide'>" + _table(["metric", "value [95% bootstrap interval]",
+    keys = [m.key for m in METRICS]
+    explaining = (*EVIDENCE_KEYS, *EXPLANATION_KEYS)
+    pictures = [scores_figure(results, [k for k in keys if k not in explaining], "Classification and trust"),
+                scores_figure(results, [k for k in keys if k in explaining], "Explanations")]
+    return ("<h2>Scores</h2><div class='wide'>" + _table(["metric", "value [95% interval]",
                                                           "chance", "baseline"], rows)
-            + f"</div><p class='note'>{' '.join(html.escape(n) for n in notes)}</p>")
+            + "</div>" + _figures(pictures) + f"<p class='note'>{' '.join(html.escape(n) for n in notes)}</p>")
 
 
-def classification_section(results: dict, ref: dict, run: dict) -> str:
+def classification_section(results: dict) -> str:
     c = results["classification"]
     (tn, fp), (fn, tp) = c["confusion_matrix"]
     matrix = _table(["", "predicted normal (0)", "predicted opacity (1)"],
                     [["true normal (0)", tn, fp], ["true opacity (1)", fn, tp]])
-    parts = [f"<h2>Classification</h2><p>{c['n']} images scored, {c['n_positive']} with opacity; the model "
-             f"predicted {c['n_predicted_positive']} positives.</p>{matrix}"]
-    if results["final"]:
-        return "".join(parts)
-    parts.append(roc_figure(c["roc"], c["auroc"]))
-    scored = ref["probes"] == 0
-    truth = ref["labels"]
-    proba = dict(zip(run["predictions"].index, run["predictions"]["proba"]))
-    predicted = dict(zip(run["predictions"].index, run["predictions"]["label"]))
-    false_pos = [i for i, y, s in zip(ref["ids"], truth, scored) if s and y == 0 and predicted[i] == 1]
-    false_neg = [i for i, y, s in zip(ref["ids"], truth, scored) if s and y == 1 and predicted[i] == 0]
-    images, boxes = dict(zip(ref["ids"], ref["images"])), ds.boxes_by_id(ref["boxes"])
-    for title, ids, key in (("Most confident false positives", false_pos, lambda i: (-proba[i], i)),
-                            ("Most confident false negatives", false_neg, lambda i: (proba[i], i))):
-        shown = sorted(ids, key=key)[:GALLERY_SIZE]
-        parts.append(f"<h3>{title} ({len(ids)} in all)</h3>")
-        parts.append(mistakes_gallery(shown, proba, images, boxes, run["heatmaps"]) if shown
-                     else "<p>None.</p>")
-    parts.append("<p class='note'>Red: ground-truth boxes. Under a false positive: its heatmap.</p>")
-    return "".join(parts)
+    return (f"<h2>Classification</h2><p>{c['n']} images scored, {c['n_positive']} with opacity; the model "
+            f"predicted {c['n_predicted_positive']} positives.</p>{matrix}")
 
 
 def blind_table(results: dict) -> str:
@@ -238,17 +304,18 @@ def blind_table(results: dict) -> str:
     keys = list(EXPLANATION_KEYS)
     rows = [[name, *(_number(scores[k]) for k in keys)] for name, scores in blind["maps"].items()]
     rows.append(["this submission", *(_number(results["scores"][k]) for k in keys)])
+    header = ["map", *(BY_KEY[k].title for k in keys)]
     return ("<h3>Against box-blind maps</h3><p class='note'>What maps drawn without looking at the image "
             "score on this split's positives; the chance reference of each column is the best of them. "
             f"The best fixed map's expected activation in box is the box prior's peak, "
             f"{blind['prior_reference']:.4f}: activation in box over prior subtracts it.</p><div class='wide'>"
-            + _table(["map", *keys], rows) + "</div>")
+            + _table(header, rows) + "</div>")
 
 
-def explanation_section(results: dict, ref: dict, run: dict) -> str:
+def explanation_section(results: dict) -> str:
     e = results["explanation"]
     method = e["method"] or "none"
-    parts = [f"<h2>Explanations</h2><p>Method: <b>{html.escape(method)}</b>. "
+    parts = [f"<h2>Your maps against the boxes (plausibility)</h2><p>Method: <b>{html.escape(method)}</b>. "
              f"{e['n_true_positives']} true positives of {e['n_positives']} positives are assessed.</p>"]
     if e["n_all_zero_maps"]:
         parts.append(f"<p class='error'>{e['n_all_zero_maps']} of the {e['n_predicted_positive_maps']} "
@@ -259,42 +326,64 @@ def explanation_section(results: dict, ref: dict, run: dict) -> str:
         parts.append(f"<p class='error'>{html.escape(e['reason'][0].upper() + e['reason'][1:])}.</p>")
         return "".join(parts)
     full = e["full_positive_set"]
-    parts.append(_table(["metric", "mean over true positives", "95% interval", "mean over all positives (missed = 0)"],
-                        [[k, _number(e["means"][k]), _interval(e["ci"][k]), _number(full[k])]
-                         for k in e["means"]]))
+    parts.append("<div class='wide'>" + _table(
+        ["metric", "mean over true positives [95% interval]", "mean over all positives (missed = 0)"],
+        [[BY_KEY[k].title, WithInterval(e["means"][k], e["ci"][k]), _number(full[k])] for k in e["means"]])
+        + "</div>")
+    histograms = e["histograms"]
+    parts.append("<h3>Distribution over the true positives</h3>" + _figures(
+        [histogram_figure(histograms["edges"], histograms[key], key, e["means"][key])
+         for key in histograms if key != "edges"]))
+    parts.append(f"<p class='note'>{len(histograms['edges']) - 1} fixed bins of "
+                 f"{histograms['edges'][1] - histograms['edges'][0]:.1f}, coarse on purpose: with a bin per "
+                 "image, a histogram would tell which images are true positives.</p>")
     parts.append(blind_table(results))
     parts.append("<p class='note'>Component mAP is the mean over the thresholds tau below; each column is "
                  "the RSNA challenge's per-image score of the connected-component boxes of the map "
                  "thresholded at tau × its maximum.</p>")
-    parts.append(_table(["tau", *e["cc_map_by_tau"].keys()],
-                        [["cc_map", *(_number(v) for v in e["cc_map_by_tau"].values())]]))
+    parts.append("<div class='wide'>" + _table(["tau", *e["cc_map_by_tau"].keys()],
+                 [["cc_map", *(_number(v) for v in e["cc_map_by_tau"].values())]]) + "</div>")
     parts.append(f"<p>Median enrichment (activation inside the boxes ÷ the share of the image they cover): "
                  f"{_number(e['enrichment_median'], 2)} (1 = no better than a uniform map).</p>")
-    if results["final"]:
-        parts.append("<p class='note'>Final phase: aggregates only (no per-image row, no gallery).</p>")
-        return "".join(parts)
-    parts.append(distribution_figure(e["images"]))
-    ranked = sorted(e["images"], key=lambda row: (-row["iou_95"], -row["activation_in_box"], row["id"]))
-    images = dict(zip(ref["ids"], ref["images"]))
-    boxes = ds.boxes_by_id(ref["boxes"])
-    parts.append("<h3>Best explanations (by IoU of the 95% rectangle)</h3>"
-                 + explanation_gallery(ranked[:GALLERY_SIZE], images, run["heatmaps"], boxes))
-    parts.append("<h3>Worst explanations</h3>"
-                 + explanation_gallery(ranked[::-1][:GALLERY_SIZE], images, run["heatmaps"], boxes))
-    parts.append("<p class='note'>Red: ground-truth boxes. Orange: the smallest rectangle holding "
-                 "95% of the activation. Magenta: connected-component boxes at tau = 0.5.</p>")
-    parts.append(per_image_table(e["images"]))
     return "".join(parts)
 
 
-def per_image_table(images: list[dict]) -> str:
-    """Every true positive's explanation metrics and enrichment, folded away by default."""
-    rows = [[r["id"], _number(r["activation_in_box"]), _number(r["iou_95"]), _number(r["cc_map"]),
-             _number(r["pointing_game"], 2), _number(r["box_share"], 3), _number(r["enrichment"], 2)]
-            for r in sorted(images, key=lambda row: row["id"])]
-    return (f"<details><summary>Every true positive ({len(images)}), with its enrichment</summary><div class='wide'>"
-            + _table(["id", "activation_in_box", "iou_95", "cc_map", "pointing_game", "box share",
-                      "enrichment"], rows) + "</div></details>")
+def evidence_section(results: dict) -> str:
+    """Where the model's own decision comes from: box reliance, the submitted map's faithfulness, and the
+    randomisation check of Grad-CAM."""
+    e, scores, ci = results["evidence"], results["scores"], results["ci"]
+    reliance, faithful = e["box_reliance"], e["faithfulness"]
+    parts = ["<h2>Where the model's decision comes from</h2><p class='note'>Measured through the model by "
+             f"ingestion: each of {e['n_sampled']} sampled images of this split (the same images for every "
+             f"submission) was cut into {e['grid'] or '?'}×{e['grid'] or '?'} cells, and your "
+             "<code>predict_proba</code> was called on copies with one cell filled in from its surroundings. "
+             "A cell's drop is what the image's probability loses. No map of yours is used here.</p>"]
+    rows = [["Box reliance ↑", WithInterval(scores["box_reliance"], ci["box_reliance"]),
+             f"{reliance['n_images']} opacity images",
+             "drop of the box's cells − drop of the other cells, minus the same against the split's other boxes"],
+            ["Map faithfulness ↑", WithInterval(scores["faithfulness"], ci["faithfulness"]),
+             f"{faithful['n_images']} explained true positives",
+             "rank correlation of your map's mass per cell with the model's drop per cell"]]
+    parts.append("<div class='wide'>" + _table(["column", "value [95% interval]", "over", "what it is"], rows)
+                 + "</div>")
+    if not reliance["n_images"]:
+        parts.append("<p class='error'>No sampled image of this split is an opacity image: box reliance scores "
+                     "0.</p>")
+    check = e.get("randomisation") or {}
+    checks = check.get("stages") or []
+    if check.get("error"):
+        parts.append(f"<p class='error'>The randomisation check of Grad-CAM failed: {html.escape(check['error'])}</p>")
+    if checks:
+        check_rows = [[c["stage"], c["modules"], f"{c['parameters']:,}", _number(c["rank_correlation"], 3)]
+                      for c in checks]
+        parts.append("<h3>Randomisation check of Grad-CAM</h3><p class='note'>Grad-CAM again after re-initialising "
+                     "the network from the top down (Adebayo et al., NeurIPS 2018): the rank correlation of the "
+                     "new maps with yours, over the sampled explained images. A map that stays the same when "
+                     "what the model learned is destroyed says little about the model (near 1: it fails the "
+                     "check). Computed in the submission's process.</p><div class='wide'>"
+                     + _table(["re-initialised", "modules", "parameters", "rank correlation"], check_rows)
+                     + "</div>")
+    return "".join(parts)
 
 
 def shortcut_section(results: dict) -> str:
@@ -312,12 +401,15 @@ def shortcut_section(results: dict) -> str:
             for row in gap["strata"]]
     rows.append(["all (probe-weighted)", gap["n_probes"] - gap["n_unmatched"], f"{gap['probe_positive_rate']:.4f}",
                  gap["n_normal"], f"{gap['false_positive_rate']:.4f}"])
-    parts.append(_table(["", "probes", "probes called positive", "normal films",
-                         "normal films called positive"], rows))
+    parts.append("<div class='wide'>" + _table(["", "probes", "probes called positive", "normal films",
+                                                "normal films called positive"], rows) + "</div>")
     if gap["n_unmatched"]:
         parts.append(f"<p class='note'>{gap['n_unmatched']} probes have no normal film of their view and "
                      "are left out.</p>")
-    parts.append(f"<p><b>shortcut gap</b> {gap['value']:.4f} {_interval(gap['ci'])}</p>")
+    parts.append(f"<p><b>shortcut gap</b> {gap['value']:.4f} {_interval(gap['ci'])} (the leaderboard's: "
+                 f"max(0, gap)); the gap itself {gap['raw']:+.4f} {_interval(gap['raw_ci'])}. A gap below 0 "
+                 "is no better than 0: it comes from calling probe-like items negative, not from reading "
+                 "the opacity.</p>")
     return "".join(parts)
 
 
@@ -333,7 +425,7 @@ def _group_table(rows: list[dict]) -> str:
              if r["activation_in_box"] is not None else "—"] for r in rows]
     return "<div class='wide'>" + _table(["group", "images", "positives", "accuracy", "recall", "precision",
                                           "F-beta (2)", "AUROC", "TPs explained",
-                                          "activation in box"], body) + "</div>"
+                                          "activation in box"], body, "groups") + "</div>"
 
 
 def bias_section(results: dict) -> str:
@@ -350,13 +442,67 @@ def bias_section(results: dict) -> str:
     return "".join(parts)
 
 
+# -- the per-image sections: only for labels the requester owns ----------------------------------
+def roc_section(results: dict, ref: dict, run: dict) -> str:
+    c = results["classification"]
+    return "<h3>ROC curve</h3>" + roc_figure(c["roc"], c["auroc"])
+
+
+def mistakes_section(results: dict, ref: dict, run: dict) -> str:
+    scored = ref["probes"] == 0
+    proba = dict(zip(run["predictions"].index, run["predictions"]["proba"]))
+    predicted = dict(zip(run["predictions"].index, run["predictions"]["label"]))
+    false_pos = [i for i, y, s in zip(ref["ids"], ref["labels"], scored) if s and y == 0 and predicted[i] == 1]
+    false_neg = [i for i, y, s in zip(ref["ids"], ref["labels"], scored) if s and y == 1 and predicted[i] == 0]
+    images, boxes = dict(zip(ref["ids"], ref["images"])), ds.boxes_by_id(ref["boxes"])
+    parts = []
+    for title, ids, key in (("Most confident false positives", false_pos, lambda i: (-proba[i], i)),
+                            ("Most confident false negatives", false_neg, lambda i: (proba[i], i))):
+        shown = sorted(ids, key=key)[:GALLERY_SIZE]
+        parts.append(f"<h3>{title} ({len(ids)} in all)</h3>")
+        parts.append(mistakes_gallery(shown, proba, images, boxes, run["heatmaps"]) if shown
+                     else "<p>None.</p>")
+    parts.append("<p class='note'>Red: ground-truth boxes. Under a false positive: its heatmap.</p>")
+    return "".join(parts)
+
+
+def explanation_galleries_section(results: dict, ref: dict, run: dict) -> str:
+    e = results["explanation"]
+    if e["reason"]:
+        return ""
+    ranked = sorted(e["images"], key=lambda row: (-row["iou_95"], -row["activation_in_box"], row["id"]))
+    images = dict(zip(ref["ids"], ref["images"]))
+    boxes = ds.boxes_by_id(ref["boxes"])
+    return ("<h3>Best explanations (by IoU of the 95% rectangle)</h3>"
+            + explanation_gallery(ranked[:GALLERY_SIZE], images, run["heatmaps"], boxes)
+            + "<h3>Worst explanations</h3>"
+            + explanation_gallery(ranked[::-1][:GALLERY_SIZE], images, run["heatmaps"], boxes)
+            + "<p class='note'>Red: ground-truth boxes. Orange: the smallest rectangle holding 95% of the "
+            "activation. Magenta: connected-component boxes at tau = 0.5.</p>" + per_image_table(e["images"]))
+
+
+def per_image_table(images: list[dict]) -> str:
+    """Every true positive's explanation metrics and enrichment, folded away by default."""
+    rows = [[r["id"], _number(r["activation_in_box"]), _number(r["iou_95"]), _number(r["cc_map"]),
+             _number(r["pointing_game"], 2), _number(r["box_share"], 3), _number(r["enrichment"], 2)]
+            for r in sorted(images, key=lambda row: row["id"])]
+    return (f"<details><summary>Every true positive ({len(images)}), with its enrichment</summary><div class='wide'>"
+            + _table(["id", "activation_in_box", "iou_95", "cc_map", "pointing_game", "box share",
+                      "enrichment"], rows) + "</div></details>")
+
+
+SECTIONS = (scores_section, classification_section, evidence_section, explanation_section, shortcut_section,
+            bias_section)
+PER_IMAGE_SECTIONS = (roc_section, mistakes_section, explanation_galleries_section)
+
+
 def render_report(results: dict, ref: dict, run: dict) -> str:
-    """The whole detailed_results.html page of a scored run (aggregates only in the Final phase)."""
-    phase = "Final phase, test split" if results["final"] else f"Development phase, {results['split']} split"
-    body = (f"<h1>Hygieia — detailed results</h1><p class='note'>{html.escape(phase)}"
-            + (": aggregates and their intervals only." if results["final"] else ".") + "</p>"
-            + scores_section(results) + classification_section(results, ref, run)
-            + explanation_section(results, ref, run) + shortcut_section(results) + bias_section(results))
+    """The whole detailed_results.html page of a scored run: the public sections, then the per-image
+    ones when ``results`` were computed per image."""
+    body = header(results) + "".join(section(results) for section in SECTIONS)
+    if results["per_image"]:
+        body += ("<h2>Per-image results (labels you own only)</h2>"
+                 + "".join(section(results, ref, run) for section in PER_IMAGE_SECTIONS))
     return _page("Hygieia detailed results", body)
 
 

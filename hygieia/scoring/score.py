@@ -8,9 +8,14 @@ Command forms (the Codabench scoring program calls ``main``):
     score.py REF_DIR RES_DIR OUT_DIR
 
 detailed_scores.json holds everything else (intervals, chance and baseline rows, per-tau cc_map,
-confusion matrix, counts, the per-image explanation table, the group tables): see ``compute_results``.
-In the Final phase (the reference's split.json says ``final``) what the participant sees holds
-aggregates and intervals only: no id, no per-image row, no picture of a test image.
+confusion matrix, counts, coarse histograms, the group tables): see ``compute_results``.
+
+Once a competition is published Codabench serves every detailed result to anyone, so in both phases
+every output (and the log) holds aggregates and intervals only: no id, no per-image row, no ROC point,
+no picture of a hidden image. Per-image results (the ROC curve, the galleries, the per-image table)
+are written only on request, where the labels are the requester's own: ``$HYGIEIA_PER_IMAGE=1`` (set
+by the starting kit's ``score_locally.py`` on its hold-out of train, and by ``hygieia run
+--per-image``), or ``hygieia score --per-image``. No Codabench worker sets it.
 
 A broken run (failed ingestion, missing or malformed predictions or heatmaps) exits 1 with a message
 naming the cause on stderr and in detailed_results.html; no score is written. ``metadata`` is the
@@ -20,6 +25,7 @@ worker's file and is never written here.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -46,6 +52,9 @@ DIGITS = 6
 CODABENCH_PATHS = ("/app/input/ref", "/app/input/res", "/app/output")
 AS_ALL_ZERO_MAPS = ("the explanation columns score as all-zero maps do: 0, and minus the box prior's peak on "
                     "activation_over_prior")
+PER_IMAGE_ENV = "HYGIEIA_PER_IMAGE"   # "1": per-image results too; only for labels the requester owns
+HISTOGRAM_BINS = 10                   # of the published explanation histograms, over [0, 1]
+HISTOGRAM_KEYS = ("activation_in_box", "iou_95")
 
 
 def clean(value):
@@ -69,9 +78,8 @@ def load_inputs(ref_dir: str | Path, res_dir: str | Path) -> tuple[dict, dict]:
     with_boxes = set(ref["boxes"]["id"])
     unboxed = [i for i, y, probe in zip(ref["ids"], ref["labels"], ref["probes"])
                if y == 1 and not probe and i not in with_boxes]
-    if unboxed:
-        shown = f"{len(unboxed)} of them" if ref["split_info"]["final"] else str(unboxed[:5])
-        raise DataError(f"{Path(ref_dir) / ds.BOXES}: positive image(s) without a box: {shown}")
+    if unboxed:  # counted, not named: the message reaches the participant's log
+        raise DataError(f"{Path(ref_dir) / ds.BOXES}: {len(unboxed)} positive image(s) without a box")
     run = read_ingestion_output(res_dir, ref["ids"], ref["images"].shape[1:])
     return ref, run
 
@@ -131,6 +139,17 @@ def blind_results(split: ScoredSplit) -> dict:
             "prior_reference": xp.prior_reference(split.ref["box_prior"])}
 
 
+def evidence_results(split: ScoredSplit, measured: dict) -> dict:
+    """The evidence columns' details: how ingestion measured (grid, sampled images of this split, of which
+    scored opacity images), the randomisation check of Grad-CAM when it ran, and each column's measure
+    (per image ids and values: kept only for per-image results)."""
+    said = split.run["report"].get("evidence") or {}
+    return {"cells": len(split.run["evidence"]["cells"]), "grid": said.get("grid"),
+            "n_sampled": len(split.run["evidence"]["ids"]), "n_opacity_sampled": len(split.evidence.ids),
+            "randomisation": split.run["report"].get("randomisation"),
+            **{key: measured[key] for key in mt.EVIDENCE_KEYS}}
+
+
 def bias_results(ref: dict, run: dict, scored: np.ndarray, explanation: dict) -> dict:
     """Metrics with intervals by sex, by view position and by class × view position (probes left out)."""
     meta = ref["meta"].loc[ref["ids"]][scored]
@@ -148,7 +167,8 @@ def bias_results(ref: dict, run: dict, scored: np.ndarray, explanation: dict) ->
     return result
 
 
-def compute_results(ref: dict, run: dict, ref_dir: str | Path = "", progress: bool = True) -> dict:
+def compute_results(ref: dict, run: dict, ref_dir: str | Path = "", progress: bool = True,
+                    per_image: bool = False) -> dict:
     """Everything scoring reports, as one JSON-ready mapping (written as detailed_scores.json):
 
     - ``scores``: every metric of the table (``hygieia.scoring.metrics``), None where the split
@@ -158,13 +178,16 @@ def compute_results(ref: dict, run: dict, ref_dir: str | Path = "", progress: bo
     - ``classification``: accuracy, recall, precision, fbeta2, auroc, balanced_accuracy,
       accuracy_std_error, confusion_matrix [[tn, fp], [fn, tp]], counts, ``ci``, ``roc`` {fpr, tpr};
     - ``explanation``: method, counts (true positives, positives, all-zero maps), reason (why the
-      columns are 0, or None), means, ci, full_positive_set, cc_map_by_tau, enrichment_median, images
-      (one row per true positive);
+      columns are 0, or None), means, ci, full_positive_set, cc_map_by_tau, enrichment_median,
+      histograms (``HISTOGRAM_BINS`` counts of true positives per key of ``HISTOGRAM_KEYS``);
     - ``blind_maps``: box-blind maps' means on the split's positives; ``worst_group``; ``shortcut``;
     - ``bias``: {"sex", "view_position", "class_view_position"}: one row per group, with intervals;
+    - ``evidence``: what ingestion measured through the model (``evidence_results``);
     - ``ingestion`` (from ingestion.json) and ``bootstrap`` (resamples, seed, level).
 
-    In the Final phase (split.json ``final``) no id, per-image row or ROC point is kept.
+    ``per_image`` (only for labels the requester owns) keeps ``explanation.images`` (one row per true
+    positive), ``explanation.all_zero_ids`` and ``classification.roc``; without it, in both phases,
+    no id, per-image row or ROC point is kept (``aggregates_only``).
     """
     info = ref["split_info"]
     split = ScoredSplit.of_run(ref, run, progress)
@@ -182,24 +205,39 @@ def compute_results(ref: dict, run: dict, ref_dir: str | Path = "", progress: bo
     explanation = explanation_results(split, measured)
     results = {"scores": scores, "ci": {key: result["ci"] for key, result in measured.items()},
                "chance": {m.key: m.chance_reference(split) for m in mt.METRICS}, "baseline": read_baseline(ref_dir),
-               "split": info["split"], "final": info["final"], "n_scored": int(split.scored.sum()),
+               "split": info["split"], "final": info["final"], "per_image": per_image,
+               "n_scored": int(split.scored.sum()),
                "n_probes": int(ref["probes"].sum()), "classification": classification,
                "explanation": explanation, "blind_maps": blind_results(split),
                "worst_group": measured["worst_group_accuracy"], "shortcut": measured["shortcut_gap"],
                "bias": bias_results(ref, run, split.scored, explanation),
+               "evidence": evidence_results(split, measured),
                "ingestion": {k: run["report"].get(k) for k in ("explanation", "durations", "device", "counts")},
                "bootstrap": {"resamples": cls.N_RESAMPLES, "seed": cls.BOOTSTRAP_SEED, "level": cls.CI_LEVEL}}
-    if info["final"]:
-        results = aggregates_only(results)
-    return clean(results)
+    results["explanation"]["histograms"] = histograms(results["explanation"]["images"])
+    return clean(results if per_image else aggregates_only(results))
+
+
+def histograms(images: list[dict]) -> dict:
+    """Counts of true positives in ``HISTOGRAM_BINS`` equal bins of [0, 1], per key of ``HISTOGRAM_KEYS``.
+
+    Coarse on purpose: a histogram is published, and a participant can steer each image's value
+    through its map; with one bin per image the counts would name the true positives. Ten fixed bins
+    give at most ten counts of groups the participant chose, as a few more scores would."""
+    edges = np.linspace(0, 1, HISTOGRAM_BINS + 1)
+    return {"edges": edges.tolist(),
+            **{key: np.histogram([row[key] for row in images], bins=edges)[0].tolist() for key in HISTOGRAM_KEYS}}
 
 
 def aggregates_only(results: dict) -> dict:
-    """The Final phase's results: no id, no per-image row, no ROC point (with the participant's own
-    probabilities, the ROC curve's steps give every label away)."""
+    """What a participant and the public see, in both phases: no id, no per-image row, no ROC point.
+    With the participant's own probabilities, the ROC curve's steps give every label away (each step
+    up is a positive, each step right a negative, in the order of those probabilities)."""
     explanation = {k: v for k, v in results["explanation"].items() if k not in ("images", "all_zero_ids")}
     classification = {k: v for k, v in results["classification"].items() if k != "roc"}
-    return {**results, "explanation": explanation, "classification": classification}
+    evidence = {k: {field: v for field, v in value.items() if field not in ("ids", "images")}
+                if k in mt.EVIDENCE_KEYS else value for k, value in results["evidence"].items()}
+    return {**results, "explanation": explanation, "classification": classification, "evidence": evidence}
 
 
 def write_scores(out_dir: Path, results: dict) -> None:
@@ -221,8 +259,10 @@ def write_error_page(out_dir: Path, err: HygieiaError) -> None:
         print(f"scoring: could not write {out_dir / DETAILED_HTML}: {write_err}", file=sys.stderr)
 
 
-def score(ref_dir: str | Path, res_dir: str | Path, out_dir: str | Path, progress: bool = True) -> dict:
-    """Score one run into ``out_dir`` and return the detailed results.
+def score(ref_dir: str | Path, res_dir: str | Path, out_dir: str | Path, progress: bool = True,
+          per_image: bool = False) -> dict:
+    """Score one run into ``out_dir`` and return the detailed results; ``per_image`` adds the
+    per-image results (ids, galleries: only for labels the requester owns).
 
     Raises HygieiaError (IngestionFailed or DataError) naming the cause of a broken run, after writing
     detailed_results.html with that cause.
@@ -232,7 +272,7 @@ def score(ref_dir: str | Path, res_dir: str | Path, out_dir: str | Path, progres
     out_dir = Path(out_dir)
     try:
         ref, run = load_inputs(ref_dir, res_dir)
-        results = compute_results(ref, run, ref_dir, progress)
+        results = compute_results(ref, run, ref_dir, progress, per_image)
     except HygieiaError as err:
         write_error_page(out_dir, err)
         raise
@@ -256,16 +296,28 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         ref_dir, res_dir, out_dir = parse_paths(argv)
+        per_image = per_image_requested()
     except HygieiaError as err:
         print(err, file=sys.stderr)
         return 2
     try:
-        results = score(ref_dir, res_dir, out_dir)
+        results = score(ref_dir, res_dir, out_dir, per_image=per_image)
     except HygieiaError as err:
         print(f"scoring refused: {err}", file=sys.stderr)
         return 1
     print(score_line(results["scores"]))
     return 0
+
+
+def per_image_requested() -> bool:
+    """Whether ``$HYGIEIA_PER_IMAGE`` asks for per-image results (said on stderr when it does)."""
+    value = os.environ.get(PER_IMAGE_ENV, "")
+    if value not in ("", "0", "1"):
+        raise HygieiaError(f"${PER_IMAGE_ENV} must be 1 (per-image results) or 0, got {value!r}")
+    if value == "1":
+        print(f"scoring: ${PER_IMAGE_ENV}=1: the outputs name images and show them (ROC curve, galleries, "
+              "per-image table); for labels you own, never for a published run", file=sys.stderr)
+    return value == "1"
 
 
 def score_line(scores: dict) -> str:

@@ -10,6 +10,12 @@ come from the opacity films left over after the hidden splits are drawn, which a
 the hidden normals are view-balanced. Without the matching, a rule that reads only the view would
 score the difference of the two AP shares, an artefact of how probes are drawn, not a measurement.
 In a view-balanced split the view carries no label; reliance on it shows in worst-group accuracy.
+
+A gap below 0 is no better than 0: the column is max(gap, 0). Probes can be guessed (an item whose
+whole-film features say "opacity" while its crop looks clean is likely one), and calling the likely
+probes negative drives the raw gap below 0 (from +0.02 / +0.03 to −0.24 / −0.32 for the tabular
+sample, in a review): ranked as is, that would beat every model that reads the opacity, whose gap
+is 0 up to noise. The raw gap and its interval stay in the detailed results.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from hygieia.scoring import classification as cls
 
 def shortcut_gap(truth: np.ndarray, predicted: np.ndarray, probes: np.ndarray,
                  strata: np.ndarray | None = None) -> dict:
-    """Mean over probes of (probe called positive − false-positive rate on the normal, non-probe films
-    of the probe's stratum), with its 95% bootstrap interval (resampling probes and normal films).
+    """max(0, mean over probes of (probe called positive − false-positive rate on the normal, non-probe
+    films of the probe's stratum)) as ``value``, with its 95% bootstrap interval (resampling probes and
+    normal films) as ``ci``; the gap itself as ``raw`` and ``raw_ci``.
 
     Probes of a stratum without normal films cannot be matched: they are counted in ``n_unmatched``
     and left out. ``value`` None, with ``reason``, when no probe can be matched."""
@@ -37,7 +44,7 @@ def shortcut_gap(truth: np.ndarray, predicted: np.ndarray, probes: np.ndarray,
     matched = [row for row in rows if row["n_normal"] > 0]
     result = {"n_probes": int(probes.sum()), "n_normal": int(normal.sum()),
               "n_unmatched": int(sum(row["n_probes"] for row in rows if row["n_normal"] == 0)),
-              "strata": rows, "value": None, "ci": None, "probe_positive_rate": None,
+              "strata": rows, "value": None, "ci": None, "raw": None, "raw_ci": None, "probe_positive_rate": None,
               "false_positive_rate": None, "reason": None}
     if not matched:
         result["reason"] = ("this split holds no off-box probe, so the shortcut gap is not measured"
@@ -46,9 +53,11 @@ def shortcut_gap(truth: np.ndarray, predicted: np.ndarray, probes: np.ndarray,
     weight = np.array([row["n_probes"] for row in matched], dtype=np.float64)
     result["probe_positive_rate"] = float(weight @ [r["probe_positive_rate"] for r in matched] / weight.sum())
     result["false_positive_rate"] = float(weight @ [r["false_positive_rate"] for r in matched] / weight.sum())
-    result["value"] = result["probe_positive_rate"] - result["false_positive_rate"]
-    result["ci"] = bootstrap_interval(called, [(probes & (strata == r["stratum"]), normal & (strata == r["stratum"]))
-                                               for r in matched])
+    result["raw"] = result["probe_positive_rate"] - result["false_positive_rate"]
+    result["raw_ci"] = bootstrap_interval(called, [(probes & (strata == r["stratum"]),
+                                                    normal & (strata == r["stratum"])) for r in matched])
+    result["value"] = max(result["raw"], 0.0)
+    result["ci"] = [max(bound, 0.0) for bound in result["raw_ci"]]
     return result
 
 

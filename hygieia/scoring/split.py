@@ -19,6 +19,7 @@ import numpy as np
 from hygieia import dataset as ds
 from hygieia.scoring import blind_maps, groups
 from hygieia.scoring import classification as cls
+from hygieia.scoring.evidence import Evidence
 from hygieia.scoring.explanation import Maps
 
 LABEL_BLIND_RULES = {"everything normal": 0, "everything positive": 1}
@@ -113,6 +114,14 @@ class ScoredSplit:
             return None
         return Maps(np.stack([self.heatmaps[i] for i in ids]), [self.boxes[i] for i in ids], self.ref["box_prior"],
                     self.progress)
+
+    @functools.cached_property
+    def evidence(self) -> Evidence | None:
+        """What ingestion measured through the model on the split's scored opacity images; None for a blind
+        rule (it measured nothing: a rule that ignores the pixels loses nothing anywhere)."""
+        if "evidence" not in self.run:
+            return None
+        return Evidence.of(self.run["evidence"], self.positive_ids, self.boxes, self.ref["images"].shape[1:])
 
     @functools.cached_property
     def zero_map(self) -> Maps:

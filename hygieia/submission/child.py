@@ -1,11 +1,16 @@
 """The submission's own process: load the data, import ``model.py``, fit, predict, explain.
 
 Ingestion (``hygieia.submission.ingestion``) starts it as ``python -m hygieia.submission.child
-INPUT_DATA SUBMISSION_FOLDER RESULTS_FOLDER MESSAGE_FD PARENT_PID`` in ingestion's process group;
-it dies with ingestion (``PR_SET_PDEATHSIG``). Nothing this
+INPUT_DATA SUBMISSION_FOLDER RESULTS_FOLDER MESSAGE_FD PARENT_PID EVIDENCE_INPUT`` in a session of its own,
+where the machine allows under the init of its own user and PID namespaces (``hygieia.submission.isolation``;
+PARENT_PID is its parent's pid as this process sees it: 1 there, ingestion's elsewhere). EVIDENCE_INPUT holds
+ingestion's altered copies of sampled images, laid out as input splits. It dies with its parent
+(``PR_SET_PDEATHSIG``), which dies with ingestion. MESSAGE_FD is the one channel to ingestion; another
+(ingestion to this process) would be passed the same way. Nothing this
 process does is trusted: it reports progress as JSON lines on MESSAGE_FD (``{"stage": name}``,
 ``{"done": name}``, ``{"info": {...}}``, ``{"error": {...}}``, ``{"finished": true}``) and writes
-``predictions.csv`` and ``heatmaps.npz`` into RESULTS_FOLDER, a private folder; ingestion checks
+``predictions.csv``, ``evidence.csv`` (its probabilities of the altered copies), ``heatmaps.npz`` and, for
+Grad-CAM, ``randomisation.json`` into RESULTS_FOLDER, a private folder; ingestion checks
 them after this process and all its descendants have ended, and writes the output folder itself.
 
 It ends with ``os._exit``: the submission's ``atexit`` handlers and leftover threads never run
@@ -26,10 +31,11 @@ import pandas as pd
 
 from hygieia import dataset as ds
 from hygieia.errors import HygieiaError
-from hygieia.files import write_csv, write_npz
+from hygieia.files import write_csv, write_json, write_npz
 from hygieia.submission.api import (THRESHOLD, SubmissionError, check_heatmaps, check_labels,
                                     check_probabilities, explanation_method)
-from hygieia.submission.gradcam import gradcam_heatmaps
+from hygieia.submission import evidence
+from hygieia.submission.gradcam import SANITY_IMAGES, gradcam_heatmaps, randomisation_check
 from hygieia.submission.loading import describe_error, import_model_class
 from hygieia.submission.processes import die_with_parent
 
@@ -61,8 +67,9 @@ def subset(X: dict, mask: np.ndarray) -> dict:
 class ModelRun:
     """The stages of one submission, reported on ``channel`` as they start and end."""
 
-    def __init__(self, input_dir: Path, folder: Path, results: Path, channel):
+    def __init__(self, input_dir: Path, folder: Path, results: Path, evidence_dir: Path, channel):
         self.input_dir, self.folder, self.results, self.channel = input_dir, folder, results, channel
+        self.evidence_dir = evidence_dir
 
     def send(self, **message) -> None:
         self.channel.write(json.dumps(message) + "\n")
@@ -90,9 +97,14 @@ class ModelRun:
         with self.stage("predict"):
             predictions = {split: self.predict(model, data[split], split) for split in ds.SCORED_SPLITS}
             write_csv(self.results / ds.PREDICTIONS, pd.concat(predictions.values(), ignore_index=True))
+        with self.stage("evidence"):
+            answers = [self.predict_copies(model, split) for split in ds.SCORED_SPLITS]
+            write_csv(self.results / evidence.ANSWERS, pd.concat(answers, ignore_index=True))
         with self.stage("explain"):
             ids, maps = self.explain(model, method, data, predictions)
             write_npz(self.results / ds.HEATMAPS, ids=np.array(ids, dtype=str), maps=maps)
+            if method == "gradcam":
+                write_json(self.results / evidence.RANDOMISATION, self.randomisation(data, ids, maps))
 
     def predict(self, model, X: dict, split: str) -> pd.DataFrame:
         # Models get shallow copies of X: one that pops or replaces a key does not break later stages.
@@ -104,12 +116,35 @@ class ModelRun:
             label = (proba >= THRESHOLD).astype(np.int64)
         return pd.DataFrame({"id": X["ids"], "proba": proba, "label": label})
 
+    def predict_copies(self, model, split: str) -> pd.DataFrame:
+        """``predict_proba`` on ingestion's altered copies of the split's sampled images (one cell filled in)."""
+        X = ds.load_input_split(self.evidence_dir, split)
+        what = f"{split} images (copies with one cell filled in, which ingestion uses to measure where the " \
+               "model's decision comes from)"
+        proba = check_probabilities(call_model("Model.predict_proba", self.folder, model.predict_proba, dict(X)),
+                                    X["ids"], what)
+        return pd.DataFrame({"id": X["ids"], "proba": proba})
+
+    def randomisation(self, data: dict, ids: list[str], maps: np.ndarray) -> dict:
+        """The randomisation check on the first ``SANITY_IMAGES`` explained images in the evidence's order; a
+        failure is reported, not raised: the check describes the maps, it does not decide the run."""
+        images = dict(zip(data["valid"]["ids"] + data["test"]["ids"],
+                          np.concatenate([data["valid"]["images"], data["test"]["images"]])))
+        chosen = evidence.sample_positions(ids, SANITY_IMAGES)
+        module, layer = self.target
+        try:
+            return {"stages": randomisation_check(module, layer, np.stack([images[ids[k]] for k in chosen]),
+                                                  maps[chosen].astype(np.float32)) if len(chosen) else [],
+                    "images": len(chosen), "error": None}
+        except Exception as err:  # the participant's module: say what went wrong, keep the run
+            return {"stages": [], "images": len(chosen), "error": describe_error(err, self.folder)}
+
     def explain(self, model, method, data: dict, predictions: dict):
         """Heatmaps of the predicted positives of valid and test: (ids, (K, H, W) float16, each map / its max)."""
         shape = data["valid"]["images"].shape[1:]
         ids, maps = [], []
         if method == "gradcam":
-            module, layer = self.gradcam_target(model)
+            module, layer = self.target = self.gradcam_target(model)
         for split in ds.SCORED_SPLITS:
             positives = subset(data[split], predictions[split]["label"].to_numpy() == 1)
             if not positives["ids"] or method is None:
@@ -136,10 +171,10 @@ class ModelRun:
 
 
 def main(argv: list[str]) -> None:
-    input_dir, folder, results, fd, parent = argv
+    input_dir, folder, results, fd, parent, evidence_dir = argv
     die_with_parent(int(parent))
     channel = os.fdopen(int(fd), "w", encoding="utf-8")
-    run = ModelRun(Path(input_dir), Path(folder), Path(results), channel)
+    run = ModelRun(Path(input_dir), Path(folder), Path(results), Path(evidence_dir), channel)
     status = 0
     try:
         run.run()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 from hygieia.errors import HygieiaError
 from hygieia.files import argument, require_dir, require_file_or_dir, writable_dir
 from hygieia.submission.ingestion import DEFAULT_TIME_BUDGET, TIME_BUDGET_ENV, read_budget, run_ingestion
+from hygieia.submission.isolation import sandbox_warning
 from hygieia.submission.loading import (DEFAULT_MAX_ENTRIES, DEFAULT_MAX_MB, MAX_BYTES_ENV, MAX_ENTRIES_ENV,
                                         submission_limits)
 
@@ -41,9 +44,11 @@ def ingest(args) -> int:
             raise HygieiaError(f"{option} {value:g}: expected a positive number")
     limits = (int(args.max_submission_mb * 1e6) if args.max_submission_mb else max_bytes,
               args.max_submission_files or max_entries)
+    if warning := sandbox_warning():
+        print(warning, file=sys.stderr, flush=True)
     report = run_ingestion(args.input_data, args.output, args.submission, budget, source, limits)
     if report["status"] != "ok":
         return 1
-    print(f"ingestion ok: {args.output} ({report['explanation'] or 'no explanation'}, "
-          f"{report['durations']['total']:.1f} s on {report['device']})")
+    print(f"ingestion ok: {args.output} ({report['explanation'] or 'no explanation'}, as the submission's "
+          f"process says; {report['durations']['total']:.1f} s on {report['device']})")
     return 0

@@ -6,11 +6,12 @@ import importlib.util
 import os
 import sys
 import traceback
+import zipfile
 from pathlib import Path
 
 from hygieia.errors import HygieiaError
 from hygieia.files import extract_zip as extract_files
-from hygieia.files import write_zip
+from hygieia.files import special_entries, write_zip
 from hygieia.submission.api import MODEL_CLASS, REQUIRED_METHODS, SubmissionError
 
 MODEL_FILE = "model.py"
@@ -95,13 +96,34 @@ def unwrap(folder: str | Path, wanted: str) -> Path | None:
 
 def open_submission(path: str | Path, workdir: str | Path, limits: tuple[int, int] | None = None) -> Path:
     """The folder holding ``model.py`` for a submission folder or zip (unzipped into ``workdir``,
-    bounded by ``limits``: see ``extract_zip``)."""
+    bounded by ``limits``: see ``extract_zip``). A folder holding a symbolic link, a FIFO or a device
+    anywhere is refused, naming it: nothing of a submission is followed or read but its files."""
     path = Path(path)
     if path.is_file():
-        path = extract_zip(path, workdir, limits)
-    elif not path.is_dir():
+        folder = extract_zip(path, workdir, limits)
+        if not folder.is_dir() or not any(folder.iterdir()):
+            raise SubmissionError(f"{path}: the zip is empty" if not _zip_names(path) else
+                                  f"{path}: the zip holds only system clutter ({', '.join(_zip_names(path)[:5])})")
+        path = folder
+    elif path.is_dir():
+        max_entries = (limits or submission_limits())[1]
+        try:
+            special = special_entries(path, max_entries)
+        except HygieiaError as err:
+            raise SubmissionError(f"submission folder {err}") from err
+        if special:
+            name, kind = special[0]
+            more = f" (and {len(special) - 1} more)" if len(special) > 1 else ""
+            raise SubmissionError(f"submission folder {path}: {name} is a {kind}{more}; a submission may hold "
+                                  "only files and folders (links, FIFOs and devices are never followed)")
+    else:
         raise SubmissionError(f"submission {path} does not exist")
     return find_model_file(path).parent
+
+
+def _zip_names(path: Path) -> list[str]:
+    with zipfile.ZipFile(path) as archive:
+        return archive.namelist()
 
 
 def _own_line(err: BaseException, folder: Path) -> str:
