@@ -159,6 +159,12 @@ def test_mean_and_range_over_seeds_are_computed_from_the_per_seed_aurocs():
     sharp = pd.concat([_by_seed("activation_in_box", "explanation", [0.9] * 3, [0.9] * 3),
                        _by_seed("box_reliance", "explanation", [1.0] * 3, [1.0] * 3)])
     assert "**not met**" in goal_finding(over_seeds(sharp))
+    # the goal is the headline column's: another explanation column above it is named, and meets nothing
+    other = pd.concat([_by_seed("activation_in_box", "explanation", [0.5] * 3, [0.5] * 3),
+                       _by_seed("box_reliance", "explanation", [0.6] * 3, [0.6] * 3),
+                       _by_seed("iou_95", "explanation", [1.0] * 3, [1.0] * 3)])
+    text = goal_finding(over_seeds(other))
+    assert "**not met**" in text and "The best explanation column over the image models is `iou_95`" in text
 
 
 def test_separation_by_seed_keeps_each_seeds_models_apart():
@@ -319,7 +325,7 @@ def test_each_seed_is_a_replicate_and_the_summary_is_its_mean_and_range(experime
                 assert summary.loc[key, f"{view} max"] == pytest.approx(values.max())
     markdown = (report / "report.md").read_text()
     section = markdown.split("## Which scores catch the marker")[1].split("## Marker users across seeds")[0]
-    assert "Over 2 seeds (0, 1)" in section and "Goal (the best explanation column" in section
+    assert "Over 2 seeds (0, 1)" in section and "Goal (the headline explanation column `box_reliance`" in section
     stability = pd.read_csv(report / "marker_users.csv")
     assert len(stability) == 6 and stability["uses marker (seeds)"].str.endswith("/2").all()
     # every scored set's interval half-width is read from the scoring program's intervals

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from hygieia.scoring.metrics import BY_KEY, EXPLANATION_KEYS, METRICS, CountMetric, RankMetric
+from hygieia.scoring.metrics import BY_KEY, HEADLINE_EXPLANATION_KEY, METRICS, CountMetric, RankMetric
 
 # A model "uses the marker" when pasting it onto negatives flips this many more predictions than it
 # flips for the clean-trained model of the same data version.
@@ -167,18 +167,20 @@ def findings(results: Results) -> list[str]:
 
 
 def caught_findings(results: Results) -> list[str]:
-    """For every image model that uses the marker: does activation_in_box tell it from the clean model?"""
+    """For every image model that uses the marker: do the headline column (box reliance, measured through
+    the model) and Grad-CAM's activation_in_box tell it from the clean model?"""
     lines = []
     trains = results.table[["version", "train"]].drop_duplicates().itertuples(index=False)
     for version, train in trains:
         if version == "features" or train == "clean" or reliance(results, version, train) <= RELIANCE:
             continue
-        change = (results.get(version, train, "confounded", "activation_in_box")
-                  - results.get(version, "clean", "clean", "activation_in_box"))
-        verdict = ("**catches**" if change < -EXPLANATION_DROP else "**misses**")
-        lines.append(f"The explanation score {verdict} the marker-reliant {VERSION_TITLES[version]} model trained on "
-                     f"{train} (flip rate {fmt(results.flip(version, train), True)}; activation_in_box "
-                     f"{change:+.3f} against the clean-trained model).")
+        verdicts = []
+        for key in (HEADLINE_EXPLANATION_KEY, GRAD_CAM_KEY):
+            change = (results.get(version, train, "confounded", key) - results.get(version, "clean", "clean", key))
+            verdicts.append(f"`{key}` {'**catches**' if change < -EXPLANATION_DROP else '**misses**'} it "
+                            f"({change:+.3f} against the clean-trained model)")
+        lines.append(f"The marker-reliant {VERSION_TITLES[version]} model trained on {train} (flip rate "
+                     f"{fmt(results.flip(version, train), True)}): " + "; ".join(verdicts) + ".")
     return lines
 
 
@@ -208,15 +210,17 @@ def model_scores(results: Results) -> pd.DataFrame:
     """One row per trained model (data version × training variant): every score of the scoring program
     on the model's own test distribution (the confounded set; the clean set for the clean-trained
     control), its flip rate, its reliance (flip rate − the clean control's) and whether it uses the
-    marker (reliance above ``RELIANCE``). Scores a model cannot have are NaN: explanation scores of a
-    model without heatmaps, the shortcut gap of a set without probes (whole images)."""
+    marker (reliance above ``RELIANCE``). Scores a model cannot have are NaN: the scores of a map (the map
+    columns, faithfulness) for a model without heatmaps, the shortcut gap of a set without probes (whole
+    images). Box reliance is measured through every model: a features model loses nothing when a cell of
+    the image is filled in (it reads the film's features), so it scores 0, user or not."""
     rows = []
     for version, train in results.table[["version", "train"]].drop_duplicates().itertuples(index=False):
         own = "clean" if train == "clean" else "confounded"
         row = {"seed": results.seed, "version": version, "train": train, "flip_rate": results.flip(version, train),
                "reliance": reliance(results, version, train)}
         for metric in METRICS:
-            defined = not (metric.key in EXPLANATION_KEYS and version in NO_HEATMAPS)
+            defined = not ("heatmaps" in metric.needs and version in NO_HEATMAPS)
             row[metric.key] = results.get(version, train, own, metric.key) if defined else float("nan")
         row["probes_showing_marker"] = results.get(version, train, own, "probes_showing_marker")
         row["n_probes"] = results.get(version, train, own, "n_probes")
@@ -348,24 +352,34 @@ def _pooling_text(row) -> str:
 
 
 def goal_finding(summary: pd.DataFrame) -> str:
-    """The goal: the best explanation column with mean AUROC ≥ GOAL_AUROC over the image models, where
-    activation_in_box's mean is ≤ GRAD_CAM_BLIND."""
+    """The goal: the headline explanation column (the metric table's, measured through the model) with
+    mean AUROC ≥ GOAL_AUROC over the image models, where activation_in_box's mean is ≤ GRAD_CAM_BLIND;
+    and the best explanation column where it is another."""
     table = summary.set_index("key")
-    explanation = table[(table["family"] == EXPLANATION) & np.isfinite(table["auroc image mean"])]
+    head = (f"Goal (the headline explanation column `{HEADLINE_EXPLANATION_KEY}` with mean AUROC ≥ {GOAL_AUROC} "
+            f"over the image models, where Grad-CAM's `{GRAD_CAM_KEY}` is at most {GRAD_CAM_BLIND}): ")
+    if HEADLINE_EXPLANATION_KEY not in table.index or not np.isfinite(table.loc[HEADLINE_EXPLANATION_KEY,
+                                                                                "auroc image mean"]):
+        return head + f"**not met**: `{HEADLINE_EXPLANATION_KEY}` separates the image models in no seed."
+    headline = _keyed(table, HEADLINE_EXPLANATION_KEY)
     grad_cam = table.loc[GRAD_CAM_KEY, "auroc image mean"] if GRAD_CAM_KEY in table.index else float("nan")
-    head = (f"Goal (the best explanation column, family \"{EXPLANATION}\", with mean AUROC ≥ {GOAL_AUROC} over the "
-            f"image models, where Grad-CAM's `{GRAD_CAM_KEY}` is at most {GRAD_CAM_BLIND}): ")
-    if explanation.empty:
-        return head + "**not met**: no explanation column separates the image models in any seed."
+    met = headline["auroc image mean"] >= GOAL_AUROC and np.isfinite(grad_cam) and grad_cam <= GRAD_CAM_BLIND
+    grad_cam_text = mean_range(table.loc[GRAD_CAM_KEY], "auroc image") if GRAD_CAM_KEY in table.index else "—"
+    text = (head + f"{'**met**' if met else '**not met**'}: `{HEADLINE_EXPLANATION_KEY}` at "
+            f"{mean_range(headline, 'auroc image')} over the image models ({mean_range(headline, 'auroc')} over all "
+            f"models), `{GRAD_CAM_KEY}` at {grad_cam_text}.")
+    explanation = table[(table["family"] == EXPLANATION) & np.isfinite(table["auroc image mean"])]
     best_key = explanation["auroc image mean"].idxmax()
-    best = explanation.loc[best_key]
-    met = best["auroc image mean"] >= GOAL_AUROC and np.isfinite(grad_cam) and grad_cam <= GRAD_CAM_BLIND
-    best_row = best.copy()
-    best_row["key"] = best_key
-    grad_cam_text = (mean_range(table.loc[GRAD_CAM_KEY], "auroc image") if GRAD_CAM_KEY in table.index else "—")
-    return (head + f"{'**met**' if met else '**not met**'}: the best explanation column is `{best_key}` at "
-            f"{mean_range(best_row, 'auroc image')} over the image models ({mean_range(best_row, 'auroc')} over all "
-            f"models), `{GRAD_CAM_KEY}` is at {grad_cam_text}.")
+    if best_key != HEADLINE_EXPLANATION_KEY:
+        text += (f" The best explanation column over the image models is `{best_key}` at "
+                 f"{mean_range(_keyed(table, best_key), 'auroc image')}.")
+    return text
+
+
+def _keyed(table: pd.DataFrame, key: str) -> pd.Series:
+    row = table.loc[key].copy()
+    row["key"] = key
+    return row
 
 
 def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -489,6 +503,9 @@ def explanation_table(results: Results) -> pd.DataFrame:
         for train in results.table.loc[results.table["version"] == version, "train"].drop_duplicates():
             get = lambda s, k: results.get(version, train, s, k)  # noqa: E731
             rows.append({"version": version, "trained on": train,
+                         "box reliance clean": fmt(get("clean", HEADLINE_EXPLANATION_KEY)),
+                         "box reliance confounded": fmt(get("confounded", HEADLINE_EXPLANATION_KEY)),
+                         "faithfulness confounded": fmt(get("confounded", "faithfulness")),
                          "act. in box clean": fmt(get("clean", "activation_in_box")),
                          "act. in box confounded": fmt(get("confounded", "activation_in_box")),
                          "iou_95 confounded": fmt(get("confounded", "iou_95")),
