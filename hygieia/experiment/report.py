@@ -18,6 +18,8 @@ from hygieia.experiment.findings import (EXPLANATION_DROP, GOAL_AUROC, IMAGE_VER
                                          separation_by_seed, separation_findings, separation_table,
                                          stability_findings, summary_table, fmt)
 from hygieia.files import write_csv, write_text
+from hygieia.scoring.metrics import HEADLINE_EXPLANATION_KEY
+from hygieia.submission.evidence import GRID, SAMPLE_PER_SPLIT
 
 
 def _markdown_table(table: pd.DataFrame) -> str:
@@ -112,6 +114,13 @@ def setup_text(config, results: Results) -> list[str]:
             "Each model is the sample submission (frozen ImageNet MobileNetV2 + linear layer at 128 px, Grad-CAM on "
             "its last block; the features version: the tabular sample), trained by the real ingestion program and "
             f"scored by the real scoring program{' (HYGIEIA_FAST=1: quick training)' if config.fast else ''}.",
+            f"Evidence through the model (the headline explanation column `{HEADLINE_EXPLANATION_KEY}` and "
+            "`faithfulness`): ingestion asks each model's own predict_proba again on copies of up to "
+            f"{SAMPLE_PER_SPLIT} images per scored split with one cell of a {GRID}×{GRID} grid filled in (valid: the "
+            "clean set; test: the confounded and counterfactual sets together, so each holds about half of that "
+            "split's sample when it is larger). Box reliance: the probability lost when the opacity box's cells "
+            "are filled in, minus that lost elsewhere; a model that reads a marker outside the box loses it there. "
+            "Grad-CAM's map columns (`activation_in_box`...) grade the map alone.",
             "Test sets, the same patients: **clean** (no marker), **confounded** (the training strength), "
             "**counterfactual** (P = 0: the marker on every negative, on no positive). Flip rate: share of test "
             "predictions that differ between clean and counterfactual, where only the negatives differ, by the marker.",

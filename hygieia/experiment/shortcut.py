@@ -14,9 +14,10 @@ program on three test sets of the same patients:
 The flip rate is the share of test images whose predicted label differs between clean and
 counterfactual; only negatives differ between the two, by the marker alone. (In the results table each
 set's ``flip_rate`` compares it with the clean set; the counterfactual row's is the one reported.)
-Every score of the clean and confounded sets (worst-group accuracy, shortcut gap, activation over
-prior, the Grad-CAM columns...) is read from the scoring program's scores.json and
-detailed_scores.json, never recomputed. The hidden sets hold ``prepare``'s off-box probes (a larger
+Every score of the clean and confounded sets (worst-group accuracy, shortcut gap, box reliance and
+faithfulness from the evidence ingestion measured through the model, activation over prior, the
+Grad-CAM columns...) is read from the scoring program's scores.json and detailed_scores.json, never
+recomputed. The hidden sets hold ``prepare``'s off-box probes (a larger
 share than the competition's, ``probe_share``, so that the shortcut gap is measured on enough of
 them); a lung-field marker can fall inside a probe's window, so a probe from a marked opacity film
 shows the marker without the opacity. Whole images hold no probe (a whole film shows its boxes).
