@@ -114,6 +114,8 @@ def test_separation_counts_only_models_that_have_the_score():
     assert table.loc["shortcut_gap", "auroc"] == 1.0 and np.isnan(table.loc["shortcut_gap", "auroc whole"])
     assert table.loc["accuracy", ["users", "non-users", "auroc"]].tolist() == [2, 2, 1.0]
     assert table.loc["activation_in_box", "family"] == "explanation" and table.loc["accuracy", "family"] == "other"
+    # the columns measured through the model are explanation columns too, the map's faithfulness included
+    assert table.loc[["box_reliance", "faithfulness"], "family"].tolist() == ["explanation"] * 2
 
 
 def test_image_models_leave_out_the_pixel_blind_features_models():

@@ -202,8 +202,10 @@ EXPLANATION = "explanation"
 
 def family(metric) -> str:
     """A column's family: the metric table's own where it declares one; otherwise "explanation" for a
-    column graded against the radiologists' hidden boxes, "other" for the rest."""
-    return getattr(metric, "family", "") or (EXPLANATION if "boxes" in metric.needs else "other")
+    column graded against the radiologists' hidden boxes or reading the submitted maps (faithfulness),
+    "other" for the rest."""
+    explains = {"boxes", "heatmaps"} & set(metric.needs)
+    return getattr(metric, "family", "") or (EXPLANATION if explains else "other")
 
 
 def model_scores(results: Results) -> pd.DataFrame:
