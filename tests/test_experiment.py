@@ -354,10 +354,14 @@ def test_every_model_reports_the_scoring_programs_own_scores(experiment):
             assert np.isnan(row.shortcut_gap) and "shortcut_gap" not in scores
         else:
             assert row.shortcut_gap == pytest.approx(scores["shortcut_gap"]) and row.n_probes > 0
-        if row.version == "features":  # no heatmaps: the explanation columns are no score
-            assert np.isnan(row.activation_over_prior)
+        if row.version == "features":  # no heatmaps: the map's columns are no score
+            assert np.isnan(row.activation_over_prior) and np.isnan(row.faithfulness)
         else:
             assert row.activation_over_prior == pytest.approx(scores["activation_over_prior"])
+            assert row.faithfulness == pytest.approx(scores["faithfulness"])
+        # box reliance, measured through every model: a features model loses nothing when a cell is filled in
+        assert row.box_reliance == pytest.approx(scores["box_reliance"])
+        assert (row.box_reliance == 0) or row.version != "features"
         reference = run / "ref" / own
         assert (reference / ds.BOX_PRIOR).is_file() and (reference / ds.SPLIT_INFO).is_file()
         probes = ds.read_table(reference / ds.LABELS, ds.REFERENCE_LABEL_COLUMNS)["probe"].astype(int)
@@ -365,6 +369,27 @@ def test_every_model_reports_the_scoring_programs_own_scores(experiment):
     separated = pd.read_csv(config.out / "report" / "separation.csv")
     assert set(separated["key"]) >= {"worst_group_accuracy", "shortcut_gap", "activation_over_prior",
                                      "activation_in_box"}
+
+
+def test_the_scoring_input_of_one_set_carries_its_evidence(tmp_path):
+    """The experiment scores each evaluation set of one ingestion output apart: its predictions, maps and the
+    evidence measured through the model, restricted to the set's ids (the scoring program requires evidence.npz)."""
+    from hygieia.experiment.shortcut import results_subset
+    from hygieia.files import write_csv, write_json, write_npz
+
+    output, ids = tmp_path / "ingestion", ["clean-a", "clean-b", "confounded-a", "confounded-b"]
+    write_csv(output / ds.PREDICTIONS, pd.DataFrame({"id": ids, "proba": [0.9, 0.2, 0.8, 0.1], "label": [1, 0, 1, 0]}))
+    write_npz(output / ds.HEATMAPS, ids=np.array(["clean-a", "confounded-a"]), maps=np.ones((2, 4, 4), np.float16))
+    cells = np.array([[0, 0, 2, 2], [0, 2, 2, 4], [2, 0, 4, 2], [2, 2, 4, 4]])
+    drops = np.arange(16, dtype=np.float32).reshape(4, 4) / 100
+    write_npz(output / ds.EVIDENCE, ids=np.array(ids), cells=cells, base=np.array([0.9, 0.2, 0.8, 0.1], np.float32),
+              drops=drops)
+    write_json(output / ds.INGESTION_REPORT, {"status": "ok"})
+    results_subset(output, ["confounded-a", "confounded-b"], tmp_path / "res")
+    evidence = ds.read_evidence(tmp_path / "res" / ds.EVIDENCE, (4, 4), ["confounded-a", "confounded-b"])
+    assert evidence["ids"].tolist() == ["confounded-a", "confounded-b"]
+    assert (evidence["drops"] == drops[2:]).all() and (evidence["cells"] == cells).all()
+    assert evidence["base"].tolist() == pytest.approx([0.8, 0.1])
 
 
 def _prepared(config, name, subdir="", seed=SEED):
