@@ -12,7 +12,9 @@ from hygieia import dataset as ds
 from hygieia.experiment import counterfactual as cf
 from hygieia.boxes import box_mask
 from hygieia.experiment.figures import _examples, example_rows
-from hygieia.experiment.findings import Results, findings, separation, separation_auroc
+from hygieia.experiment.findings import (Results, constant_versions, findings, goal_finding, interval_halfwidths,
+                                         label_stability, mean_range, over_seeds, separation, separation_auroc,
+                                         separation_by_seed, stability_findings)
 from hygieia.scoring.metrics import METRICS
 
 # Resampling (Lanczos) and the phantom's JPEG blocks let a marker change pixels this close to its box.
@@ -103,13 +105,144 @@ def test_separation_auroc_follows_each_metrics_direction():
 def test_separation_counts_only_models_that_have_the_score():
     models = pd.DataFrame({"version": ["crops", "crops", "whole", "whole"], "train": ["clean", "lung-1"] * 2,
                            "uses_marker": [False, True, False, True]})
-    for key in (m.key for m in METRICS if m.key != "shortcut_gap"):
-        models[key] = [0.9, 0.5, 0.8, 0.6]
+    for metric in METRICS:  # every column of the table, the ones added later included
+        models[metric.key] = [0.9, 0.5, 0.8, 0.6] if metric.sorting == "desc" else [0.0, 0.5, 0.1, 0.4]
     models["shortcut_gap"] = [0.0, 0.5, np.nan, np.nan]  # whole images hold no probe
     table = separation(models).set_index("key")
+    assert list(table.index) == [m.key for m in METRICS]
     assert table.loc["shortcut_gap", ["users", "non-users"]].tolist() == [1, 1]
     assert table.loc["shortcut_gap", "auroc"] == 1.0 and np.isnan(table.loc["shortcut_gap", "auroc whole"])
     assert table.loc["accuracy", ["users", "non-users", "auroc"]].tolist() == [2, 2, 1.0]
+    assert table.loc["activation_in_box", "family"] == "explanation" and table.loc["accuracy", "family"] == "other"
+    # the columns measured through the model are explanation columns too, the map's faithfulness included
+    assert table.loc[["box_reliance", "faithfulness"], "family"].tolist() == ["explanation"] * 2
+
+
+def test_image_models_leave_out_the_pixel_blind_features_models():
+    """A column measured by altering the image scores every features model 0, user or not: over all
+    models their ties pull the AUROC down; over the image models it is the column's own separation."""
+    models = pd.DataFrame({"version": ["crops", "crops", "whole", "whole", "features", "features"],
+                           "train": ["clean", "lung-1"] * 3, "uses_marker": [False, True, False, True, False, True]})
+    for metric in METRICS:
+        models[metric.key] = 0.5
+    models["activation_in_box"] = [0.3, 0.1, 0.35, 0.05, 0.0, 0.0]
+    table = separation(models).set_index("key")
+    assert table.loc["activation_in_box", "auroc image"] == 1.0
+    assert table.loc["activation_in_box", "auroc features"] == 0.5
+    # users 0.1, 0.05, 0.0 against 0.3, 0.35, 0.0: the features non-user's 0 is below both image users
+    # (2 pairs lost), the 0-0 tie counts half: 6.5 of 9 pairs
+    assert table.loc["activation_in_box", "auroc"] == pytest.approx(6.5 / 9)
+    assert constant_versions(models, "activation_in_box") == ["features"]
+    assert constant_versions(models[models["train"] == "clean"], "activation_in_box") == []  # no user to miss
+
+
+def _by_seed(key, family, values, image):
+    return pd.DataFrame({"seed": [0, 1, 2], "key": key, "family": family, "worse when": "lower",
+                         "users": [4, 5, 4], "non-users": [8, 7, 8], "auroc": values, "auroc image": image})
+
+
+def test_mean_and_range_over_seeds_are_computed_from_the_per_seed_aurocs():
+    by_seed = pd.concat([_by_seed("activation_in_box", "explanation", [0.25, 0.5, 0.75], [0.5, 0.6, 0.7]),
+                         _by_seed("box_reliance", "explanation", [0.8, np.nan, 1.0], [0.9, 0.95, 1.0])])
+    summary = over_seeds(by_seed).set_index("key")
+    grad_cam, reliance = summary.loc["activation_in_box"], summary.loc["box_reliance"]
+    assert grad_cam[["auroc mean", "auroc min", "auroc max", "auroc seeds"]].tolist() == [0.5, 0.25, 0.75, 3]
+    # a seed where the score cannot separate (NaN) is left out of its mean and range, and counted
+    assert reliance[["auroc mean", "auroc min", "auroc max", "auroc seeds"]].tolist() == [0.9, 0.8, 1.0, 2]
+    assert reliance["auroc image mean"] == pytest.approx(0.95)
+    assert reliance["users per seed"] == "4/5/4" and reliance["non-users per seed"] == "8/7/8"
+    assert mean_range(grad_cam, "auroc") == "0.500 [0.250, 0.750]"
+    assert "**met**" in goal_finding(summary.reset_index())
+    assert "`box_reliance` at 0.950 [0.900, 1.000]" in goal_finding(summary.reset_index())
+    # the same column below the goal, or Grad-CAM above its bound: not met
+    worse = pd.concat([_by_seed("activation_in_box", "explanation", [0.25, 0.5, 0.75], [0.5, 0.6, 0.7]),
+                       _by_seed("box_reliance", "explanation", [0.8, 0.8, 0.9], [0.8, 0.85, 0.95])])
+    assert "**not met**" in goal_finding(over_seeds(worse))
+    sharp = pd.concat([_by_seed("activation_in_box", "explanation", [0.9] * 3, [0.9] * 3),
+                       _by_seed("box_reliance", "explanation", [1.0] * 3, [1.0] * 3)])
+    assert "**not met**" in goal_finding(over_seeds(sharp))
+    # the goal is the headline column's: another explanation column above it is named, and meets nothing
+    other = pd.concat([_by_seed("activation_in_box", "explanation", [0.5] * 3, [0.5] * 3),
+                       _by_seed("box_reliance", "explanation", [0.6] * 3, [0.6] * 3),
+                       _by_seed("iou_95", "explanation", [1.0] * 3, [1.0] * 3)])
+    text = goal_finding(over_seeds(other))
+    assert "**not met**" in text and "The best explanation column over the image models is `iou_95`" in text
+
+
+def test_separation_by_seed_keeps_each_seeds_models_apart():
+    rows = []
+    for seed, gap in ((0, [0.0, 0.5]), (1, [0.4, 0.1])):  # seed 1: the user scores better
+        for train, value in zip(("clean", "lung-1"), gap):
+            rows.append({"seed": seed, "version": "crops", "train": train, "uses_marker": train == "lung-1",
+                         **{m.key: 0.5 for m in METRICS}, "shortcut_gap": value})
+    by_seed = separation_by_seed(pd.DataFrame(rows)).set_index(["key", "seed"])
+    assert by_seed.loc[("shortcut_gap", 0), "auroc"] == 1.0 and by_seed.loc[("shortcut_gap", 1), "auroc"] == 0.0
+    assert over_seeds(by_seed.reset_index()).set_index("key").loc["shortcut_gap", "auroc mean"] == 0.5
+
+
+def test_label_stability_counts_the_seeds_a_model_uses_the_marker():
+    models = pd.DataFrame({"seed": [0, 1, 2] * 2, "version": "crops", "train": ["lung-1"] * 3 + ["lung-0.5"] * 3,
+                           "uses_marker": [True, True, True, False, True, False],
+                           "flip_rate": [0.2, 0.3, 0.25, 0.02, 0.07, 0.03],
+                           "reliance": [0.2, 0.3, 0.25, 0.02, 0.06, 0.03]})
+    stability = label_stability(models).set_index("trained on")
+    assert stability.loc["lung-1", ["uses marker (seeds)", "same in every seed"]].tolist() == ["3/3", "yes"]
+    assert stability.loc["lung-0.5", ["uses marker (seeds)", "same in every seed"]].tolist() == ["1/3", "**no**"]
+    text = " ".join(stability_findings(stability.reset_index()))
+    assert "1 of the 2 models get the same label in every seed (a user in every seed: 1; in none: 0)" in text
+    assert "crops lung-0.5 (a user in 1/3 seeds" in text
+
+
+def test_interval_halfwidths_are_medians_over_the_scored_sets():
+    table = pd.DataFrame({"version": ["crops"] * 3 + ["whole"] * 2, "eval": ["clean", "confounded", "counterfactual",
+                                                                             "clean", "confounded"],
+                          "accuracy_ci_half": [0.08, 0.12, np.nan, 0.10, 0.30]})
+    halves = interval_halfwidths(table).set_index("key")
+    assert list(halves.index) == ["accuracy"]  # only the scores whose intervals the table holds
+    assert halves.loc["accuracy", "median ±"] == pytest.approx(0.11)
+    assert halves.loc["accuracy", "median ± crops"] == pytest.approx(0.10)
+    assert halves.loc["accuracy", "largest ±"] == pytest.approx(0.30) and halves.loc["accuracy", "sets"] == 4
+
+
+def test_a_trained_model_and_its_scores_follow_different_code():
+    """The training key follows ingestion, its child and the sample submission, not the scoring program;
+    the scoring key follows the scoring program, not ingestion: a new column re-scores, no re-training."""
+    from hygieia.experiment import shortcut
+
+    root = shortcut.ROOT
+    training = {p.relative_to(root).as_posix() for p in shortcut.code_files(*shortcut.training_entries("image"))}
+    scoring = {p.relative_to(root).as_posix() for p in shortcut.code_files(*shortcut.SCORING_CODE)}
+    assert {"hygieia/submission/ingestion.py", "hygieia/submission/child.py", "sample_submission/model.py",
+            "ingestion_program/ingestion.py"} <= training
+    assert {"hygieia/scoring/metrics.py", "hygieia/scoring/score.py", "scoring_program/score.py"} <= scoring
+    assert not any(f.startswith("hygieia/scoring/") for f in training)
+    assert not any(f.startswith("hygieia/submission/") for f in scoring)
+    assert "sample_submission_tabular/model.py" in {
+        p.relative_to(root).as_posix() for p in shortcut.code_files(*shortcut.training_entries("tabular"))}
+
+
+def test_reuse_data_keeps_a_cache_whose_code_digest_alone_changed(tmp_path):
+    from hygieia.experiment import shortcut
+
+    folder, built = tmp_path / "cache" / "phantom", []
+
+    def build(staging):
+        staging.mkdir(parents=True)
+        built.append(staging)
+
+    config = shortcut.ShortcutConfig(out=tmp_path)
+    shortcut._cached(folder, {"patients": 100, "code": "old"}, build)
+    changed = {"patients": 100, "code": "new"}
+    assert shortcut._data_key(config, folder, changed) == changed  # by default the code's digest counts
+    config.reuse_data = True
+    assert shortcut._data_key(config, folder, changed) == {"patients": 100, "code": "old"}
+    other = {"patients": 200, "code": "new"}
+    assert shortcut._data_key(config, folder, other) == other  # any other change still rebuilds
+    shortcut._cached(folder, shortcut._data_key(config, folder, changed), build)
+    assert len(built) == 1 and shortcut.seconds_of(folder) >= 0
+    config.reuse_data = False
+    shortcut._cached(folder, shortcut._data_key(config, folder, changed), build)
+    assert len(built) == 2 and shortcut._read_key(folder) == changed
 
 
 # ------------------------------------------------------------------------------- end to end (slow)
@@ -119,9 +252,12 @@ def experiment(tmp_path_factory, weights_path):
     from hygieia.experiment.shortcut import ShortcutConfig, run_experiment
 
     config = ShortcutConfig(out=tmp_path_factory.mktemp("shortcut"), patients=100, strengths=(1.0,),
-                            lung_strengths=(), weights=weights_path, fast=True)
+                            lung_strengths=(), seeds=(0, 1), weights=weights_path, fast=True)
     results = run_experiment(config)
     return config, results
+
+
+SEED = 0  # the seed whose data the mechanics tests look at
 
 
 @pytest.mark.slow
@@ -130,25 +266,30 @@ def test_report_has_every_version_table_and_figure(experiment):
     report = config.out / "report"
     markdown = (report / "report.md").read_text()
     page = (report / "report.html").read_text()
-    for heading in ("## Setup", "## Which scores catch the marker", "## What the numbers show",
-                    "## Classification", "## Explanations"):
+    for heading in ("## Setup", "## Which scores catch the marker", "## Marker users across seeds",
+                    "## How precise one score is", "## Time", "## Appendix: seed 0", "## Appendix: seed 1",
+                    "### Classification, seed 1", "### Explanations, seed 0"):
         assert heading in markdown
     for version in ("crops", "whole", "features"):
         assert f"| {version} | corner-1 |" in markdown and f"| {version} | clean |" in markdown
-    # The example figure needs an explained image that shows the marker: on 100 patients, whether one
-    # exists depends on the draw (prepare's secret), so it is checked against the runs themselves.
-    rows = example_rows(Results(results, {"crops": config.crop, "whole": config.full_size}), config.out / "runs")
+    # The example figure (seed 0's) needs an explained image that shows the marker: on 100 patients, whether
+    # one exists depends on the draw (prepare's secret), so it is checked against the runs themselves.
+    first = Results(results[results["seed"] == 0].reset_index(drop=True),
+                    {"crops": config.crop, "whole": config.full_size})
+    rows = example_rows(first, config.out / "runs" / "s0")
     shown = any(_examples(run_dir, eval_set, 1) for _, run_dir, eval_set in rows
                 if (run_dir / "marker_boxes.csv").is_file())
-    figures = ["separation.png", "accuracy.png", "flip_rate.png", "explanations.png"] + ["examples.png"] * shown
+    figures = ["separation_by_seed.png"] + ["s0/examples.png"] * shown + [
+        f"s{seed}/{name}" for seed in (0, 1)
+        for name in ("separation.png", "accuracy.png", "flip_rate.png", "explanations.png")]
     for figure in figures:
         assert (report / "figures" / figure).stat().st_size > 1000
         assert f"figures/{figure}" in markdown
-    assert (report / "figures" / "examples.png").exists() == shown
+    assert (report / "figures" / "s0" / "examples.png").exists() == shown
     assert page.count("data:image/png;base64,") == len(figures) and 'src="figures' not in page
-    # One row per version x training variant x evaluation set; the clean model has no confounded set.
-    counts = results.groupby(["version", "train"]).size()
-    assert counts.to_dict() == {(v, t): (2 if t == "clean" else 3)
+    # One row per seed x version x training variant x evaluation set; the clean model has no confounded set.
+    counts = results.groupby(["seed", "version", "train"]).size()
+    assert counts.to_dict() == {(s, v, t): (2 if t == "clean" else 3) for s in (0, 1)
                                 for v in ("crops", "features", "whole") for t in ("clean", "corner-1")}
     assert results["accuracy"].between(0, 1).all() and results["flip_rate"].between(0, 1).all()
     # At strength 1 every confounded positive carries the marker and no normal does, so the whole-image
@@ -159,6 +300,42 @@ def test_report_has_every_version_table_and_figure(experiment):
 
 
 @pytest.mark.slow
+def test_each_seed_is_a_replicate_and_the_summary_is_its_mean_and_range(experiment):
+    """Each seed has its own phantoms, data and models; the report's separation over seeds is the
+    mean, min and max of the per-seed table it writes beside it, and its text quotes them."""
+    config, results = experiment
+    report = config.out / "report"
+    for kind in ("phantom", "prepared"):
+        assert (config.out / "cache" / kind / f"clean-n{config.patients}-s0").is_dir()
+        assert (config.out / "cache" / kind / f"clean-n{config.patients}-s1").is_dir()
+    first, second = (ds.load_reference_split(_prepared(config, "clean", seed=s) / ds.REFERENCE_DIR / "test")
+                     for s in (0, 1))
+    assert first["images"].shape != second["images"].shape or (first["images"] != second["images"]).any()
+    assert set(results["seed"]) == {0, 1}
+    for seed in (0, 1):
+        assert (config.out / "runs" / f"s{seed}" / "crops" / "corner-1" / "ingestion" / ds.PREDICTIONS).is_file()
+    by_seed = pd.read_csv(report / "separation.csv")
+    summary = pd.read_csv(report / "separation_over_seeds.csv").set_index("key")
+    assert set(by_seed["seed"]) == {0, 1} and set(summary.index) == {m.key for m in METRICS}
+    for key, mine in by_seed.groupby("key"):
+        for view in ("auroc", "auroc image", "auroc crops"):
+            values = mine[view].dropna()
+            assert summary.loc[key, f"{view} seeds"] == len(values)
+            if len(values):
+                assert summary.loc[key, f"{view} mean"] == pytest.approx(values.mean())
+                assert summary.loc[key, f"{view} min"] == pytest.approx(values.min())
+                assert summary.loc[key, f"{view} max"] == pytest.approx(values.max())
+    markdown = (report / "report.md").read_text()
+    section = markdown.split("## Which scores catch the marker")[1].split("## Marker users across seeds")[0]
+    assert "Over 2 seeds (0, 1)" in section and "Goal (the headline explanation column `box_reliance`" in section
+    stability = pd.read_csv(report / "marker_users.csv")
+    assert len(stability) == 6 and stability["uses marker (seeds)"].str.endswith("/2").all()
+    # every scored set's interval half-width is read from the scoring program's intervals
+    halves = pd.read_csv(report / "intervals.csv").set_index("key")
+    assert halves.loc["accuracy", "median ±"] > 0 and halves.loc["accuracy", "sets"] == 2 * 3 * 3
+
+
+@pytest.mark.slow
 def test_every_model_reports_the_scoring_programs_own_scores(experiment):
     """The scores × models table holds what scores.json says, for every model; the hidden sets of
     the crops carry probes, the box prior and split.json, the whole images no probe."""
@@ -166,10 +343,10 @@ def test_every_model_reports_the_scoring_programs_own_scores(experiment):
 
     config, _ = experiment
     models = pd.read_csv(config.out / "report" / "models.csv")
-    assert len(models) == 6 and set(models["version"]) == {"crops", "whole", "features"}
+    assert len(models) == 12 and set(models["version"]) == {"crops", "whole", "features"}
     for row in models.itertuples(index=False):
         own = "clean" if row.train == "clean" else "confounded"
-        run = config.out / "runs" / row.version / row.train
+        run = config.out / "runs" / f"s{row.seed}" / row.version / row.train
         scores = json.loads((run / "scores" / own / "scores.json").read_text())
         for key in ("worst_group_accuracy", "accuracy"):
             assert getattr(row, key) == pytest.approx(scores[key])
@@ -177,10 +354,14 @@ def test_every_model_reports_the_scoring_programs_own_scores(experiment):
             assert np.isnan(row.shortcut_gap) and "shortcut_gap" not in scores
         else:
             assert row.shortcut_gap == pytest.approx(scores["shortcut_gap"]) and row.n_probes > 0
-        if row.version == "features":  # no heatmaps: the explanation columns are no score
-            assert np.isnan(row.activation_over_prior)
+        if row.version == "features":  # no heatmaps: the map's columns are no score
+            assert np.isnan(row.activation_over_prior) and np.isnan(row.faithfulness)
         else:
             assert row.activation_over_prior == pytest.approx(scores["activation_over_prior"])
+            assert row.faithfulness == pytest.approx(scores["faithfulness"])
+        # box reliance, measured through every model: a features model loses nothing when a cell is filled in
+        assert row.box_reliance == pytest.approx(scores["box_reliance"])
+        assert (row.box_reliance == 0) or row.version != "features"
         reference = run / "ref" / own
         assert (reference / ds.BOX_PRIOR).is_file() and (reference / ds.SPLIT_INFO).is_file()
         probes = ds.read_table(reference / ds.LABELS, ds.REFERENCE_LABEL_COLUMNS)["probe"].astype(int)
@@ -190,8 +371,29 @@ def test_every_model_reports_the_scoring_programs_own_scores(experiment):
                                      "activation_in_box"}
 
 
-def _prepared(config, name, subdir=""):
-    return config.out / "cache" / "prepared" / f"{name}-n{config.patients}-s{config.seed}" / subdir
+def test_the_scoring_input_of_one_set_carries_its_evidence(tmp_path):
+    """The experiment scores each evaluation set of one ingestion output apart: its predictions, maps and the
+    evidence measured through the model, restricted to the set's ids (the scoring program requires evidence.npz)."""
+    from hygieia.experiment.shortcut import results_subset
+    from hygieia.files import write_csv, write_json, write_npz
+
+    output, ids = tmp_path / "ingestion", ["clean-a", "clean-b", "confounded-a", "confounded-b"]
+    write_csv(output / ds.PREDICTIONS, pd.DataFrame({"id": ids, "proba": [0.9, 0.2, 0.8, 0.1], "label": [1, 0, 1, 0]}))
+    write_npz(output / ds.HEATMAPS, ids=np.array(["clean-a", "confounded-a"]), maps=np.ones((2, 4, 4), np.float16))
+    cells = np.array([[0, 0, 2, 2], [0, 2, 2, 4], [2, 0, 4, 2], [2, 2, 4, 4]])
+    drops = np.arange(16, dtype=np.float32).reshape(4, 4) / 100
+    write_npz(output / ds.EVIDENCE, ids=np.array(ids), cells=cells, base=np.array([0.9, 0.2, 0.8, 0.1], np.float32),
+              drops=drops)
+    write_json(output / ds.INGESTION_REPORT, {"status": "ok"})
+    results_subset(output, ["confounded-a", "confounded-b"], tmp_path / "res")
+    evidence = ds.read_evidence(tmp_path / "res" / ds.EVIDENCE, (4, 4), ["confounded-a", "confounded-b"])
+    assert evidence["ids"].tolist() == ["confounded-a", "confounded-b"]
+    assert (evidence["drops"] == drops[2:]).all() and (evidence["cells"] == cells).all()
+    assert evidence["base"].tolist() == pytest.approx([0.8, 0.1])
+
+
+def _prepared(config, name, subdir="", seed=SEED):
+    return config.out / "cache" / "prepared" / f"{name}-n{config.patients}-s{seed}" / subdir
 
 
 @pytest.mark.slow
@@ -205,7 +407,7 @@ def test_marker_is_where_the_report_says_and_nowhere_else(experiment, variant, v
     marked = ds.load_reference_split(_prepared(config, variant, subdir) / ds.REFERENCE_DIR / "test")
     clean = ds.load_reference_split(_prepared(config, "clean", subdir) / ds.REFERENCE_DIR / "test")
     assert marked["ids"] == clean["ids"] and (marked["labels"] == clean["labels"]).all()
-    phantom = config.out / "cache" / "phantom" / f"{variant}-n{config.patients}-s{config.seed}"
+    phantom = config.out / "cache" / "phantom" / f"{variant}-n{config.patients}-s{SEED}"
     boxes = cf.marker_boxes(cf.read_markers(phantom), cf.read_samples(_prepared(config, variant)),
                             marked["ids"], size, whole=version == "whole")
     shown = 0
@@ -225,7 +427,30 @@ def test_marker_is_where_the_report_says_and_nowhere_else(experiment, variant, v
 def test_counterfactual_set_marks_negatives_only(experiment):
     config, _ = experiment
     samples = cf.read_samples(_prepared(config, "corner-0"))
-    markers = cf.read_markers(config.out / "cache" / "phantom" / f"corner-0-n{config.patients}-s{config.seed}")
+    markers = cf.read_markers(config.out / "cache" / "phantom" / f"corner-0-n{config.patients}-s{SEED}")
     test = samples[samples["split"] == "test"]
     has = markers.loc[test["patientId"], "has_marker"].to_numpy()
     assert (has == 1 - test["label"].astype(int).to_numpy()).all()
+
+
+@pytest.mark.slow
+def test_a_change_of_the_scoring_code_rescores_without_retraining(experiment, monkeypatch):
+    """The trained model is cached by ingestion's code, its scores by the scoring program's: a new
+    scoring key re-runs scoring only, and a rerun with nothing changed gives the same rows."""
+    from hygieia.experiment import shortcut
+
+    config, results = experiment
+    version, train = config.versions_used()[0], shortcut.Variant("marker", 1.0, "corner")
+    run = shortcut.run_folder(config, SEED, version, train)
+    trained_at = (run / "ingestion" / ds.PREDICTIONS).stat().st_mtime_ns
+    scored = run / "scores" / "confounded" / "scores.json"
+    scored_at = scored.stat().st_mtime_ns
+    again = pd.DataFrame(shortcut.run_one(config, version, train, SEED))
+    mine = results[(results["seed"] == SEED) & (results["version"] == version.name) & (results["train"] == train.name)]
+    pd.testing.assert_frame_equal(again, mine.reset_index(drop=True)[again.columns], check_dtype=False)
+    assert scored.stat().st_mtime_ns == scored_at
+    monkeypatch.setattr(shortcut, "scoring_code", lambda: "the scoring program, changed")
+    rescored = pd.DataFrame(shortcut.run_one(config, version, train, SEED))
+    assert scored.stat().st_mtime_ns != scored_at
+    assert (run / "ingestion" / ds.PREDICTIONS).stat().st_mtime_ns == trained_at
+    pd.testing.assert_frame_equal(rescored, again)

@@ -103,6 +103,39 @@ def plot_separation(models: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_separation_by_seed(by_seed: pd.DataFrame, path: Path, goal: float) -> Path:
+    """Each score's separation AUROC per seed (points) and its mean over seeds (bar), over all models and
+    over the image models."""
+    import matplotlib.pyplot as plt
+
+    keys = list(dict.fromkeys(by_seed["key"]))
+    seeds = sorted(set(by_seed["seed"]))
+    views = [("auroc", "all models that have the score"), ("auroc image", "image models (crops + whole images)")]
+    fig, axes = plt.subplots(1, len(views), figsize=(0.55 * len(keys) * len(views) + 2, 4.2), squeeze=False,
+                             sharey=True)
+    offsets = np.linspace(-0.2, 0.2, len(seeds)) if len(seeds) > 1 else np.zeros(1)
+    for ax, (column, title) in zip(axes[0], views):
+        table = by_seed.pivot(index="key", columns="seed", values=column).reindex(keys)
+        means = table.mean(axis=1, skipna=True).to_numpy()
+        x = np.arange(len(keys))
+        defined = np.isfinite(means)
+        ax.bar(x[defined], means[defined], width=0.6, color="lightgrey", edgecolor="grey", label="mean")
+        for k in np.flatnonzero(~defined):
+            ax.text(k, 0.02, "not defined", rotation=90, ha="center", va="bottom", fontsize=7, color="grey")
+        for offset, seed in zip(offsets, seeds):
+            ax.scatter(x + offset, table[seed].to_numpy(), s=22, zorder=3, label=f"seed {seed}")
+        ax.axhline(0.5, linestyle="--", color="black", alpha=0.5)
+        ax.axhline(goal, linestyle="--", color="tab:green", alpha=0.7)
+        ax.set_xticks(x, keys, rotation=60, ha="right", fontsize=8)
+        ax.set_xlim(-0.6, len(keys) - 0.4)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel("separation AUROC (users score worse)")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    return _save(fig, path)
+
+
 def example_rows(results: Results, runs: Path) -> list[tuple[str, Path, str]]:
     """(title, run folder, evaluation set) for the example figure: the strongest edge marker and the
     lung stress case, confounded positives and counterfactual negatives."""

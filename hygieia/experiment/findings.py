@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from hygieia.scoring.metrics import BY_KEY, EXPLANATION_KEYS, METRICS
+from hygieia.scoring.metrics import BY_KEY, HEADLINE_EXPLANATION_KEY, METRICS, CountMetric, RankMetric
 
 # A model "uses the marker" when pasting it onto negatives flips this many more predictions than it
 # flips for the clean-trained model of the same data version.
@@ -17,15 +17,22 @@ EXPLANATION_DROP = 0.05
 # MobileNetV2's last block has output stride 32; the baseline resizes every image to 128 px.
 GRADCAM_GRID = 128 // 32
 VERSION_TITLES = {"crops": "crops", "whole": "whole images", "features": "1280 features"}
+# The models whose predictions can depend on the crop's (or the film's) pixels. A features model is
+# pixel-blind to any alteration of the image: a column measured by altering the image and asking the
+# model again scores it exactly 0, whether or not it uses the marker.
+IMAGE_VERSIONS = ("crops", "whole")
 
 
 # ------------------------------------------------------------------------------------- lookups
 
 class Results:
-    """The results table with lookups by (version, training variant, evaluation set)."""
+    """One seed's results table with lookups by (version, training variant, evaluation set)."""
 
     def __init__(self, table: pd.DataFrame, image_size: dict[str, int] | None = None):
+        if "seed" in table and table["seed"].nunique() > 1:
+            raise ValueError("Results holds one seed's results; select one seed of the table first")
         self.table = table
+        self.seed = int(table["seed"].iloc[0]) if "seed" in table and len(table) else None
         self.image_size = {"crops": 100, "whole": 128, **(image_size or {})}
         self.versions = [v for v in VERSION_TITLES if v in set(table["version"])]
         corner = table[(table["position"] == "corner") & table["strength"].notna()]
@@ -160,46 +167,62 @@ def findings(results: Results) -> list[str]:
 
 
 def caught_findings(results: Results) -> list[str]:
-    """For every image model that uses the marker: does activation_in_box tell it from the clean model?"""
+    """For every image model that uses the marker: do the headline column (box reliance, measured through
+    the model) and Grad-CAM's activation_in_box tell it from the clean model?"""
     lines = []
     trains = results.table[["version", "train"]].drop_duplicates().itertuples(index=False)
     for version, train in trains:
         if version == "features" or train == "clean" or reliance(results, version, train) <= RELIANCE:
             continue
-        change = (results.get(version, train, "confounded", "activation_in_box")
-                  - results.get(version, "clean", "clean", "activation_in_box"))
-        verdict = ("**catches**" if change < -EXPLANATION_DROP else "**misses**")
-        lines.append(f"The explanation score {verdict} the marker-reliant {VERSION_TITLES[version]} model trained on "
-                     f"{train} (flip rate {fmt(results.flip(version, train), True)}; activation_in_box "
-                     f"{change:+.3f} against the clean-trained model).")
+        verdicts = []
+        for key in (HEADLINE_EXPLANATION_KEY, GRAD_CAM_KEY):
+            change = (results.get(version, train, "confounded", key) - results.get(version, "clean", "clean", key))
+            verdicts.append(f"`{key}` {'**catches**' if change < -EXPLANATION_DROP else '**misses**'} it "
+                            f"({change:+.3f} against the clean-trained model)")
+        lines.append(f"The marker-reliant {VERSION_TITLES[version]} model trained on {train} (flip rate "
+                     f"{fmt(results.flip(version, train), True)}): " + "; ".join(verdicts) + ".")
     return lines
 
 
 # ------------------------------------------------------------------- which scores catch the marker
 
-# The trust scores shown per model (every metric of the scoring program enters the separation table).
-TRUST_KEYS = ("worst_group_accuracy", "shortcut_gap", "activation_over_prior", "activation_in_box", "iou_95",
-              "cc_map", "pointing_game")
+# The trust scores shown per model: every column of the metric table beyond the classification
+# counts and ranks (every metric enters the separation table).
+TRUST_KEYS = tuple(m.key for m in METRICS if not isinstance(m, (CountMetric, RankMetric)))
 # The tabular sample submission offers no heatmap: its explanation columns are constants, not scores.
 NO_HEATMAPS = {"features"}
-# A separation at least this good (with the Grad-CAM score near 0.5) is the experiment's goal.
+# The goal: an explanation column whose separation, averaged over seeds, is at least this good, where
+# Grad-CAM's activation_in_box (averaged alike) does not separate them.
 GOAL_AUROC = 0.9
 GRAD_CAM_BLIND = 0.65  # an activation_in_box AUROC at or below this does not separate them
+GRAD_CAM_KEY = "activation_in_box"
+POOLING_LOSS = 0.05  # a pooled image-model AUROC this far below both versions' own gets a note
+EXPLANATION = "explanation"
+
+
+def family(metric) -> str:
+    """A column's family: the metric table's own where it declares one; otherwise "explanation" for a
+    column graded against the radiologists' hidden boxes or reading the submitted maps (faithfulness),
+    "other" for the rest."""
+    explains = {"boxes", "heatmaps"} & set(metric.needs)
+    return getattr(metric, "family", "") or (EXPLANATION if explains else "other")
 
 
 def model_scores(results: Results) -> pd.DataFrame:
     """One row per trained model (data version × training variant): every score of the scoring program
     on the model's own test distribution (the confounded set; the clean set for the clean-trained
     control), its flip rate, its reliance (flip rate − the clean control's) and whether it uses the
-    marker (reliance above ``RELIANCE``). Scores a model cannot have are NaN: explanation scores of a
-    model without heatmaps, the shortcut gap of a set without probes (whole images)."""
+    marker (reliance above ``RELIANCE``). Scores a model cannot have are NaN: the scores of a map (the map
+    columns, faithfulness) for a model without heatmaps, the shortcut gap of a set without probes (whole
+    images). Box reliance is measured through every model: a features model loses nothing when a cell of
+    the image is filled in (it reads the film's features), so it scores 0, user or not."""
     rows = []
     for version, train in results.table[["version", "train"]].drop_duplicates().itertuples(index=False):
         own = "clean" if train == "clean" else "confounded"
-        row = {"version": version, "train": train, "flip_rate": results.flip(version, train),
+        row = {"seed": results.seed, "version": version, "train": train, "flip_rate": results.flip(version, train),
                "reliance": reliance(results, version, train)}
         for metric in METRICS:
-            defined = not (metric.key in EXPLANATION_KEYS and version in NO_HEATMAPS)
+            defined = not ("heatmaps" in metric.needs and version in NO_HEATMAPS)
             row[metric.key] = results.get(version, train, own, metric.key) if defined else float("nan")
         row["probes_showing_marker"] = results.get(version, train, own, "probes_showing_marker")
         row["n_probes"] = results.get(version, train, own, "n_probes")
@@ -220,46 +243,221 @@ def separation_auroc(uses: np.ndarray, values: np.ndarray, sorting: str) -> floa
 
 
 def separation(models: pd.DataFrame) -> pd.DataFrame:
-    """Per metric of the scoring program: how well it separates the marker users from the other models,
-    over every model that has the score and within each data version, with the counts."""
+    """Per metric of the scoring program, for one seed's models: how well it separates the marker users
+    from the other models, over every model that has the score, over the image models (crops and whole
+    images) and within each data version, with the counts."""
     versions = [v for v in VERSION_TITLES if v in set(models["version"])]
     rows = []
     for metric in METRICS:
         measured = models[np.isfinite(models[metric.key].to_numpy(np.float64))]
-        row = {"key": metric.key, "worse when": "lower" if metric.sorting == "desc" else "higher",
-               "users": int(measured["uses_marker"].sum()), "non-users": int((~measured["uses_marker"]).sum()),
-               "auroc": separation_auroc(measured["uses_marker"], measured[metric.key].to_numpy(np.float64),
-                                         metric.sorting)}
-        for version in versions:
-            mine = measured[measured["version"] == version]
-            row[f"auroc {version}"] = separation_auroc(mine["uses_marker"], mine[metric.key].to_numpy(np.float64),
-                                                       metric.sorting)
+        row = {"key": metric.key, "family": family(metric),
+               "worse when": "lower" if metric.sorting == "desc" else "higher",
+               "users": int(measured["uses_marker"].sum()), "non-users": int((~measured["uses_marker"]).sum())}
+        views = {"auroc": measured, "auroc image": measured[measured["version"].isin(IMAGE_VERSIONS)],
+                 **{f"auroc {v}": measured[measured["version"] == v] for v in versions}}
+        for column, mine in views.items():
+            row[column] = separation_auroc(mine["uses_marker"], mine[metric.key].to_numpy(np.float64),
+                                           metric.sorting)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def separation_findings(models: pd.DataFrame, table: pd.DataFrame) -> list[str]:
-    """Which scores catch the marker users, by the AUROC rule, with the counts."""
-    users, others = int(models["uses_marker"].sum()), int((~models["uses_marker"]).sum())
-    lines = [f"Of the {len(models)} models, {users} use the marker (flip rate more than {RELIANCE:.0%} above the "
-             f"clean-trained model of their data version) and {others} do not."]
-    ranked = table[np.isfinite(table["auroc"])].sort_values("auroc", ascending=False)
+def separation_by_seed(models: pd.DataFrame) -> pd.DataFrame:
+    """``separation`` of each seed's models, with a ``seed`` column."""
+    tables = [separation(mine) for _, mine in models.groupby("seed", sort=True)]
+    return pd.concat([table.assign(seed=seed)[["seed", *table.columns]]
+                      for seed, table in zip(sorted(set(models["seed"])), tables)], ignore_index=True)
+
+
+def auroc_views(table: pd.DataFrame) -> list[str]:
+    """The separation table's AUROC columns: "auroc" (all models), "auroc image", "auroc <version>"."""
+    return [c for c in table.columns if c == "auroc" or c.startswith("auroc ")]
+
+
+def over_seeds(by_seed: pd.DataFrame) -> pd.DataFrame:
+    """Per metric and AUROC view: the mean, min and max of the per-seed separation AUROCs, over the seeds
+    where it is defined (``<view> seeds``: how many), and the users / non-users counted in each seed."""
+    rows = []
+    for key, mine in by_seed.groupby("key", sort=False):
+        row = {"key": key, "family": mine["family"].iloc[0], "worse when": mine["worse when"].iloc[0],
+               "users per seed": "/".join(str(n) for n in mine["users"]),
+               "non-users per seed": "/".join(str(n) for n in mine["non-users"])}
+        for view in auroc_views(by_seed):
+            values = mine[view].to_numpy(np.float64)
+            values = values[np.isfinite(values)]
+            row[f"{view} mean"] = float(values.mean()) if len(values) else float("nan")
+            row[f"{view} min"] = float(values.min()) if len(values) else float("nan")
+            row[f"{view} max"] = float(values.max()) if len(values) else float("nan")
+            row[f"{view} seeds"] = int(len(values))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def mean_range(row, view: str) -> str:
+    """"0.812 [0.667, 1.000]" (mean [min, max] over seeds); "—" where no seed measures it."""
+    if not np.isfinite(row[f"{view} mean"]):
+        return "—"
+    return f"{fmt(row[f'{view} mean'])} [{fmt(row[f'{view} min'])}, {fmt(row[f'{view} max'])}]"
+
+
+def constant_versions(models: pd.DataFrame, key: str) -> list[str]:
+    """The data versions holding users and non-users whose models all score the same on ``key`` in
+    every seed (ties: the score cannot tell them apart there)."""
+    out = []
+    for version, mine in models.groupby("version", sort=False):
+        values = mine[key].to_numpy(np.float64)
+        kinds = mine.loc[np.isfinite(values), "uses_marker"]
+        values = values[np.isfinite(values)]
+        if kinds.any() and not kinds.all() and np.ptp(values) == 0:
+            out.append(version)
+    return out
+
+
+def separation_findings(models: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
+    """Which scores catch the marker users, by their separation AUROC's mean and range over seeds, over
+    all models and over the image models, with the counts; and the goal."""
+    seeds = sorted(set(models["seed"]))
+    per_seed = models.groupby("seed")["uses_marker"].agg(["sum", "size"])
+    image = models[models["version"].isin(IMAGE_VERSIONS)].groupby("seed")["uses_marker"].agg(["sum", "size"])
+    counts = "; ".join(f"seed {seed}: {int(per_seed.loc[seed, 'sum'])} of {int(per_seed.loc[seed, 'size'])}"
+                       + (f" ({int(image.loc[seed, 'sum'])} of the {int(image.loc[seed, 'size'])} image models)"
+                          if seed in image.index else "") for seed in seeds)
+    lines = [f"Over {len(seeds)} seeds ({', '.join(str(s) for s in seeds)}), each a complete replicate, the models "
+             f"that use the marker (flip rate more than {RELIANCE:.0%} above the clean-trained model of their data "
+             f"version) are, {counts}. Every AUROC below is the mean [min, max] of the per-seed AUROCs; one seed's "
+             "figure over this handful of models is mostly noise."]
+    ranked = summary[np.isfinite(summary["auroc mean"])].sort_values("auroc mean", ascending=False)
     if ranked.empty:
-        return lines + ["No score can be judged: the models are all of one kind."]
-    versions = [c for c in table.columns if c.startswith("auroc ")]
+        return lines + ["No score can be judged: in every seed the models are all of one kind."]
+    versions = [v for v in VERSION_TITLES if f"auroc {v} mean" in summary]
     for _, row in ranked.iterrows():
-        per_version = ", ".join(f"{c.split(' ', 1)[1]} {fmt(row[c])}" for c in versions)
-        lines.append(f"`{row['key']}` ({BY_KEY[row['key']].title}, worse when {row['worse when']}) separates them "
-                     f"with AUROC **{fmt(row['auroc'])}** over {row['users']} users and {row['non-users']} non-users "
-                     f"(within a data version: {per_version}).")
-    grad_cam = table.set_index("key").loc["activation_in_box", "auroc"]
-    best = ranked.iloc[0]
-    met = best["auroc"] >= GOAL_AUROC and np.isfinite(grad_cam) and grad_cam <= GRAD_CAM_BLIND
-    lines.append(f"Goal (a score with AUROC ≥ {GOAL_AUROC} where Grad-CAM's activation_in_box does not separate "
-                 f"them, AUROC ≤ {GRAD_CAM_BLIND}): "
-                 f"{'**met**' if met else '**not met**'} — the best score is `{best['key']}` at {fmt(best['auroc'])}, "
-                 f"activation_in_box is at {fmt(grad_cam)}.")
+        per_version = ", ".join(f"{v} {mean_range(row, f'auroc {v}')}" for v in versions)
+        ties = [v for v in constant_versions(models, row["key"]) if v in versions]
+        tie_text = (f"; it is constant over the {' and '.join(ties)} models in every seed (ties at AUROC 0.5 there: "
+                    "it cannot tell those users from non-users)" if ties else "")
+        lines.append(f"`{row['key']}` ({BY_KEY[row['key']].title}, {row['family']}, worse when {row['worse when']}): "
+                     f"AUROC **{mean_range(row, 'auroc')}** over all models that have it, "
+                     f"**{mean_range(row, 'auroc image')}** over the image models (within a data version: "
+                     f"{per_version}){tie_text}{_pooling_text(row)}.")
+    return lines + [goal_finding(summary)]
+
+
+def _pooling_text(row) -> str:
+    """A note where pooling the image versions loses what each version shows on its own."""
+    within = [row.get(f"auroc {v} mean", float("nan")) for v in IMAGE_VERSIONS]
+    pooled = row.get("auroc image mean", float("nan"))
+    if not np.isfinite(pooled) or not all(np.isfinite(within)) or pooled >= min(within) - POOLING_LOSS:
+        return ""
+    return ("; pooling the crops and whole images lowers it below each version's own: the two versions' scores "
+            "lie at different levels (a box fills more of a crop than of a whole film), so users of one version "
+            "and non-users of the other mix")
+
+
+def goal_finding(summary: pd.DataFrame) -> str:
+    """The goal: the headline explanation column (the metric table's, measured through the model) with
+    mean AUROC ≥ GOAL_AUROC over the image models, where activation_in_box's mean is ≤ GRAD_CAM_BLIND;
+    and the best explanation column where it is another."""
+    table = summary.set_index("key")
+    head = (f"Goal (the headline explanation column `{HEADLINE_EXPLANATION_KEY}` with mean AUROC ≥ {GOAL_AUROC} "
+            f"over the image models, where Grad-CAM's `{GRAD_CAM_KEY}` is at most {GRAD_CAM_BLIND}): ")
+    if HEADLINE_EXPLANATION_KEY not in table.index or not np.isfinite(table.loc[HEADLINE_EXPLANATION_KEY,
+                                                                                "auroc image mean"]):
+        return head + f"**not met**: `{HEADLINE_EXPLANATION_KEY}` separates the image models in no seed."
+    headline = _keyed(table, HEADLINE_EXPLANATION_KEY)
+    grad_cam = table.loc[GRAD_CAM_KEY, "auroc image mean"] if GRAD_CAM_KEY in table.index else float("nan")
+    met = headline["auroc image mean"] >= GOAL_AUROC and np.isfinite(grad_cam) and grad_cam <= GRAD_CAM_BLIND
+    grad_cam_text = mean_range(table.loc[GRAD_CAM_KEY], "auroc image") if GRAD_CAM_KEY in table.index else "—"
+    text = (head + f"{'**met**' if met else '**not met**'}: `{HEADLINE_EXPLANATION_KEY}` at "
+            f"{mean_range(headline, 'auroc image')} over the image models ({mean_range(headline, 'auroc')} over all "
+            f"models), `{GRAD_CAM_KEY}` at {grad_cam_text}.")
+    explanation = table[(table["family"] == EXPLANATION) & np.isfinite(table["auroc image mean"])]
+    best_key = explanation["auroc image mean"].idxmax()
+    if best_key != HEADLINE_EXPLANATION_KEY:
+        text += (f" The best explanation column over the image models is `{best_key}` at "
+                 f"{mean_range(_keyed(table, best_key), 'auroc image')}.")
+    return text
+
+
+def _keyed(table: pd.DataFrame, key: str) -> pd.Series:
+    row = table.loc[key].copy()
+    row["key"] = key
+    return row
+
+
+def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The report's table of the separation over seeds: mean [min, max] per view."""
+    shown = summary[["key", "family", "worse when", "users per seed", "non-users per seed"]].copy()
+    for view in [c.removesuffix(" mean") for c in summary.columns if c.endswith(" mean")]:
+        title = {"auroc": "all models", "auroc image": "image models"}.get(view) or view.removeprefix("auroc ")
+        shown[title] = [mean_range(row, view) for _, row in summary.iterrows()]
+    return shown
+
+
+# --------------------------------------------------------------- stability of the labels, precision
+
+def label_stability(models: pd.DataFrame) -> pd.DataFrame:
+    """Per model (data version × training variant): in how many seeds it uses the marker, and its flip
+    rate and reliance in each seed."""
+    rows = []
+    for (version, train), mine in models.groupby(["version", "train"], sort=False):
+        mine = mine.sort_values("seed")
+        rows.append({"version": version, "trained on": train,
+                     "uses marker (seeds)": f"{int(mine['uses_marker'].sum())}/{len(mine)}",
+                     "flip rate per seed": ", ".join(fmt(v, True) for v in mine["flip_rate"]),
+                     "reliance per seed": ", ".join(fmt(v, True) for v in mine["reliance"]),
+                     "same in every seed": "yes" if mine["uses_marker"].all() or not mine["uses_marker"].any()
+                     else "**no**"})
+    return pd.DataFrame(rows)
+
+
+def stability_findings(stability: pd.DataFrame) -> list[str]:
+    same = stability["same in every seed"] == "yes"
+    stable, unstable = stability[same], stability[~same]
+    users = stable["uses marker (seeds)"].map(lambda t: not t.startswith("0/")).sum()
+    lines = [f"{len(stable)} of the {len(stability)} models get the same label in every seed (a user in every "
+             f"seed: {users}; in none: {len(stable) - users})."]
+    if len(unstable):
+        lines.append("The label changes across seeds for " + "; ".join(
+            f"{row['version']} {row['trained on']} (a user in {row['uses marker (seeds)']} seeds; reliance "
+            f"{row['reliance per seed']})" for _, row in unstable.iterrows())
+            + f": their reliance lies near the {RELIANCE:.0%} threshold, where a few test images decide.")
     return lines
+
+
+def interval_halfwidths(table: pd.DataFrame, ci_half: str = "_ci_half") -> pd.DataFrame:
+    """Per metric: the median (and largest) half-width of its 95 % interval over every scored test set
+    (clean and confounded sets of every model and seed), overall and per data version."""
+    scored = table[table["eval"] != "counterfactual"]
+    versions = [v for v in VERSION_TITLES if v in set(scored["version"])]
+    rows = []
+    for metric in METRICS:
+        column = metric.key + ci_half
+        if column not in scored:
+            continue
+        row = {"key": metric.key, "sets": int(np.isfinite(scored[column].to_numpy(np.float64)).sum()),
+               "median ±": _median(scored[column])}
+        for version in versions:
+            row[f"median ± {version}"] = _median(scored.loc[scored["version"] == version, column])
+        row["largest ±"] = float(np.nanmax(scored[column].to_numpy(np.float64))) if row["sets"] else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def precision_findings(halves: pd.DataFrame) -> list[str]:
+    """The typical interval of one score on one test set, and the widest and narrowest scores."""
+    measured = halves[np.isfinite(halves["median ±"])].sort_values("median ±")
+    if measured.empty:
+        return []
+    low, high = measured.iloc[0], measured.iloc[-1]
+    return [f"Over the {len(measured)} scores, the median half-width of a score's 95 % interval on one test set is "
+            f"±{np.median(measured['median ±']):.3f}; from ±{low['median ±']:.3f} (`{low['key']}`) to "
+            f"±{high['median ±']:.3f} (`{high['key']}`)."]
+
+
+def _median(values: pd.Series) -> float:
+    values = values.to_numpy(np.float64)
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if len(values) else float("nan")
 
 
 def model_table(models: pd.DataFrame) -> pd.DataFrame:
@@ -307,6 +505,9 @@ def explanation_table(results: Results) -> pd.DataFrame:
         for train in results.table.loc[results.table["version"] == version, "train"].drop_duplicates():
             get = lambda s, k: results.get(version, train, s, k)  # noqa: E731
             rows.append({"version": version, "trained on": train,
+                         "box reliance clean": fmt(get("clean", HEADLINE_EXPLANATION_KEY)),
+                         "box reliance confounded": fmt(get("confounded", HEADLINE_EXPLANATION_KEY)),
+                         "faithfulness confounded": fmt(get("confounded", "faithfulness")),
                          "act. in box clean": fmt(get("clean", "activation_in_box")),
                          "act. in box confounded": fmt(get("confounded", "activation_in_box")),
                          "iou_95 confounded": fmt(get("confounded", "iou_95")),
