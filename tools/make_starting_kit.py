@@ -406,8 +406,8 @@ which the map does not touch. A baseline that finds few opacities here has few m
 
 The cell model's own maps sit on the boxes too (they are the cells it decided on), and it separates
 the classes better. Its `box_reliance` depends on the data. On the organizers' real radiographs, with
-full training, it is above chance in both data seeds and both hidden splits (0.13 to 0.25, every
-interval above 0, against −0.02 to 0.08 for the baseline; its `README.md` and the *Evaluation* page
+full training, it is above chance in both preparations and both hidden splits (+0.043 to +0.062,
+every interval above 0, against −0.006 to +0.025 for the baseline; its `README.md` and the *Evaluation* page
 give the table): filling in the opacity's cells costs it more probability than filling in as much
 film elsewhere. On synthetic crops (the phantom, the tests' fakes) the opacity is a large, plain
 patch: the model is sure of it from many cells, filling in any one of the 16 cells of the grid leaves
