@@ -34,7 +34,7 @@ import sys
 from dataclasses import dataclass, field
 
 from hygieia.submission import launcher
-from hygieia.submission.launcher import NAMESPACES, call, changed_limits, make_undumpable, own_limits
+from hygieia.submission.launcher import NAMESPACES, changed_limits, make_undumpable, own_limits
 from hygieia.submission.processes import alive, children, descendants, kill_all, process_table
 
 __all__ = ["Isolation", "SubmissionProcess", "changed_limits", "choose", "make_undumpable", "own_limits"]
@@ -89,21 +89,18 @@ class Isolation:
 
 
 def namespaces_problem() -> str | None:
-    """Why this process cannot create user + PID + mount namespaces for a child, or None: tried in a
-    forked process, which exits at once."""
+    """Why this process cannot create user + PID + mount namespaces for a child, or None: tried in a fresh
+    interpreter (a fork of a process with threads, as pytest or a notebook, may not survive its own libc
+    calls), which exits at once."""
     if not sys.platform.startswith("linux"):
         return f"not Linux ({sys.platform})"
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the probe: nothing but the system call, then out
-        code = call("unshare", NAMESPACES)
-        os.write(write_end, str(code).encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as stream:
-        answer = stream.read()
-    os.waitpid(pid, 0)
-    code = int(answer or errno.EIO)
+    probe = ("import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
+             f"print(0 if libc.unshare({NAMESPACES}) == 0 else ctypes.get_errno())")
+    try:
+        done = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True, timeout=60)
+        code = int(done.stdout.strip() or errno.EIO)
+    except (OSError, subprocess.TimeoutExpired, ValueError) as err:
+        return f"unshare(CLONE_NEWUSER|CLONE_NEWPID|CLONE_NEWNS) could not be tried ({err})"
     return None if code == 0 else f"unshare(CLONE_NEWUSER|CLONE_NEWPID|CLONE_NEWNS): {os.strerror(code)}"
 
 
