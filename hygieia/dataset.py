@@ -272,6 +272,25 @@ def check_heatmaps(maps: np.ndarray, ids, shape: tuple[int, int], what: str, ima
                         f"first ids: {first_ids(ids, negative)})")
 
 
+def _npz_headers(path: Path, name: str, absent: str) -> dict:
+    """The .npy headers of an ingestion .npz (nothing loaded); DataError naming ``name`` otherwise."""
+    if not path.is_file():
+        raise DataError(f"{name}: {absent}")
+    try:
+        return npz_headers(path)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{name}: not a readable .npz archive ({err})") from err
+
+
+def _npz_arrays(path: Path, name: str, keys) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of an .npz whose headers were checked, without pickles."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in keys}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{name}: not a readable .npz archive ({err})") from err
+
+
 def read_heatmaps(path: str | Path, shape: tuple[int, int], limit: int | None = None,
                   name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``heatmaps.npz`` as ingestion stores it: (ids (K,) str, maps (K, H, W) float16 in [0, 1]), each
@@ -279,12 +298,7 @@ def read_heatmaps(path: str | Path, shape: tuple[int, int], limit: int | None = 
     more than ``limit`` maps (the predicted positives) is refused before any map is loaded."""
     path = Path(path)
     name = name or str(path)
-    if not path.is_file():
-        raise DataError(f"{name}: file not found")
-    try:
-        headers = npz_headers(path)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise DataError(f"{name}: not a readable .npz archive ({err})") from err
+    headers = _npz_headers(path, name, "file not found")
     if "ids" not in headers or "maps" not in headers:
         raise DataError(f"{name}: expected arrays 'ids' and 'maps', found {sorted(headers)}")
     (ids_shape, _), (maps_shape, maps_dtype) = headers["ids"], headers["maps"]
@@ -296,11 +310,7 @@ def read_heatmaps(path: str | Path, shape: tuple[int, int], limit: int | None = 
         raise DataError(f"{name}: maps must have shape (K, {shape[0]}, {shape[1]}) like the images; got {maps_shape}")
     if maps_dtype != np.float16:
         raise DataError(f"{name}: maps must be float16 (each map divided by its maximum), got dtype {maps_dtype}")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            ids, maps = archive["ids"], archive["maps"]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise DataError(f"{name}: not a readable .npz archive ({err})") from err
+    ids, maps = _npz_arrays(path, name, ("ids", "maps")).values()
     if ids.ndim != 1 or len(ids) != len(maps):
         raise DataError(f"{name}: {ids.size} ids for {len(maps)} maps")
     ids = ids.astype(str)
@@ -322,12 +332,7 @@ def read_evidence(path: str | Path, shape: tuple[int, int], known_ids, name: str
     A file whose headers hold more images than ``known_ids`` is refused before it is loaded."""
     path = Path(path)
     name = name or str(path)
-    if not path.is_file():
-        raise DataError(f"{name}: file not found (ingestion measures the evidence of every run)")
-    try:
-        headers = npz_headers(path)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise DataError(f"{name}: not a readable .npz archive ({err})") from err
+    headers = _npz_headers(path, name, "file not found (ingestion measures the evidence of every run)")
     expected = ("base", "cells", "drops", "ids")
     if sorted(headers) != list(expected):
         raise DataError(f"{name}: expected arrays {list(expected)}, found {sorted(headers)}")
@@ -338,11 +343,7 @@ def read_evidence(path: str | Path, shape: tuple[int, int], known_ids, name: str
     if k < 0 or m < 1 or shapes["base"] != (k,) or shapes["drops"] != (k, m) or k > len(known):
         raise DataError(f"{name}: arrays {shapes}; expected ids (K,), base (K,), cells (M, 4) and drops (K, M), "
                         f"K at most the {len(known)} predicted ids")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            found = {key: archive[key] for key in expected}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise DataError(f"{name}: not a readable .npz archive ({err})") from err
+    found = _npz_arrays(path, name, expected)
     ids = found["ids"].astype(str)
     if pd.Index(ids).duplicated().any() or not set(ids) <= known:
         raise DataError(f"{name}: ids must be distinct predicted ids")
