@@ -12,9 +12,10 @@ from hygieia import dataset as ds
 from hygieia.experiment import counterfactual as cf
 from hygieia.boxes import box_mask
 from hygieia.experiment.figures import _examples, example_rows
-from hygieia.experiment.findings import (Results, constant_versions, findings, goal_finding, interval_halfwidths,
-                                         label_stability, mean_range, over_seeds, separation, separation_auroc,
-                                         separation_by_seed, stability_findings)
+from hygieia.experiment.findings import (Results, against_control, constant_versions, findings, goal_finding,
+                                         interval_halfwidths, label_stability, mean_range, over_seeds,
+                                         beside_box_finding, position_findings, separation,
+                                         separation_auroc, separation_by_seed, stability_findings)
 from hygieia.scoring.metrics import METRICS
 
 # Resampling (Lanczos) and the phantom's JPEG blocks let a marker change pixels this close to its box.
@@ -136,6 +137,69 @@ def test_image_models_leave_out_the_pixel_blind_features_models():
     assert constant_versions(models[models["train"] == "clean"], "activation_in_box") == []  # no user to miss
 
 
+def test_against_control_takes_out_each_versions_own_level():
+    """Two architectures at different levels: pooled, the high one's user outranks the low one's non-user;
+    as a change from each one's clean-trained control, every user falls and every other model does not."""
+    models = pd.DataFrame({"seed": 0, "version": ["crops"] * 3 + ["crops_boxes"] * 3,
+                           "train": ["clean", "lung-1", "offbox-1"] * 2,
+                           "uses_marker": [False, True, False, False, True, True]})
+    for metric in METRICS:
+        models[metric.key] = 0.5
+    models["box_reliance"] = [0.01, 0.00, 0.015, 0.06, 0.03, 0.02]
+    assert against_control(models, "box_reliance").round(3).tolist()[1:3] == [-0.01, 0.005]
+    assert np.isnan(against_control(models, "box_reliance")[[0, 3]]).all()
+    table = separation(models).set_index("key")
+    # pooled: users 0.00, 0.03, 0.02 against 0.01, 0.015, 0.06: 5 of 9 pairs have the user lower
+    assert table.loc["box_reliance", "auroc image"] == pytest.approx(5 / 9)
+    # changes: users -0.01, -0.03, -0.04 against the crops offbox model's +0.005
+    assert table.loc["box_reliance", "auroc image vs control"] == 1.0
+
+
+def test_marker_shares_box_cell_looks_at_the_evidence_grid():
+    """A marker in one of the box's own cells of a 4 x 4 grid over 100 px cannot be told from the opacity by
+    filling cells in; one in a cell of its own can."""
+    from hygieia.experiment.shortcut import marker_shares_box_cell
+
+    cells = np.array([(t, left, t + 25, left + 25) for t in range(0, 100, 25) for left in range(0, 100, 25)])
+    boxes = pd.DataFrame({"id": ["confounded-a", "confounded-b", "clean-a"], "x": [5.0, 5, 5], "y": [5.0, 5, 5],
+                          "width": [30.0, 30, 30], "height": [15.0, 15, 15]})  # cells (0, 0) and (0, 1)
+    markers = pd.DataFrame({"id": ["confounded-a", "confounded-b"], "x": [40.0, 80], "y": [10.0, 80],
+                            "width": [5.0, 10], "height": [5.0, 10]})  # a: cell (0, 1); b: cell (3, 3)
+    assert marker_shares_box_cell("confounded", markers, boxes, cells, 100) == 0.5
+    assert np.isnan(marker_shares_box_cell("clean", markers, boxes, cells, 100))  # no image shows a marker
+
+
+def test_position_findings_compare_users_with_their_controls():
+    models = pd.DataFrame({"seed": 0, "version": ["whole"] * 4, "train": ["clean", "lung-1", "offbox-1", "offbox-0.8"],
+                           "uses_marker": [False, True, True, False], "box_reliance": [0.04, 0.05, 0.0, 0.035],
+                           "marker_shares_box_cell": [np.nan, 0.6, 0.2, 0.3]})
+    lines = position_findings(models)
+    assert lines[0].startswith("`lung` marker: it shares a cell of the evidence grid with the image's own box in "
+                               "whole images 60.0%")
+    assert "its 1 users +0.010 [+0.010, +0.010], its 0 other models —" in lines[0]
+    assert "whole images 25.0%" in lines[1] and "its 1 users -0.040" in lines[1] and "other models -0.005" in lines[1]
+
+
+def test_beside_box_finding_leaves_out_the_markers_inside_the_lung_field():
+    """A lung-field user that keeps its box reliance (its marker sits in the box's cells) spoils the goal over
+    every model; over the markers beside the box, users lose box reliance against their controls."""
+    rows = []
+    for seed in (0, 1, 2):
+        for version, level in (("crops", 0.01), ("whole_boxes", 0.05)):
+            for train, uses, change, in_box in (("clean", False, 0.0, 0.0), ("offbox-1", True, -0.02, 0.3),
+                                                ("corner-1", False, 0.001, 0.1), ("lung-1", True, +0.01, 0.9)):
+                rows.append({"seed": seed, "version": version, "train": train, "uses_marker": uses,
+                             **{m.key: 0.5 for m in METRICS}, "box_reliance": level + change,
+                             "activation_in_box": 0.3 + (0.01 if uses else 0.0), "marker_shares_box_cell": in_box})
+    models = pd.DataFrame(rows)
+    text = beside_box_finding(models)
+    assert "image models using the marker per seed: 2 of 4/2 of 4/2 of 4" in text and "**met**" in text
+    assert "`box_reliance` at 1.000 [1.000, 1.000], `activation_in_box` at 0.000 [0.000, 0.000]" in text
+    everything = over_seeds(separation_by_seed(models)).set_index("key")
+    assert everything.loc["box_reliance", "auroc image vs control mean"] == pytest.approx(0.5)
+    assert beside_box_finding(models[models["train"].isin(["clean", "lung-1"])]).startswith("No model")
+
+
 def _by_seed(key, family, values, image):
     return pd.DataFrame({"seed": [0, 1, 2], "key": key, "family": family, "worse when": "lower",
                          "users": [4, 5, 4], "non-users": [8, 7, 8], "auroc": values, "auroc image": image})
@@ -252,7 +316,8 @@ def experiment(tmp_path_factory, weights_path):
     from hygieia.experiment.shortcut import ShortcutConfig, run_experiment
 
     config = ShortcutConfig(out=tmp_path_factory.mktemp("shortcut"), patients=100, strengths=(1.0,),
-                            lung_strengths=(), seeds=(0, 1), weights=weights_path, fast=True)
+                            lung_strengths=(), offbox_strengths=(), seeds=(0, 1), weights=weights_path, fast=True,
+                            versions=("crops", "whole", "features", "crops_boxes"))
     results = run_experiment(config)
     return config, results
 
@@ -270,7 +335,7 @@ def test_report_has_every_version_table_and_figure(experiment):
                     "## How precise one score is", "## Time", "## Appendix: seed 0", "## Appendix: seed 1",
                     "### Classification, seed 1", "### Explanations, seed 0"):
         assert heading in markdown
-    for version in ("crops", "whole", "features"):
+    for version in ("crops", "whole", "features", "crops_boxes"):
         assert f"| {version} | corner-1 |" in markdown and f"| {version} | clean |" in markdown
     # The example figure (seed 0's) needs an explained image that shows the marker: on 100 patients, whether
     # one exists depends on the draw (prepare's secret), so it is checked against the runs themselves.
@@ -290,7 +355,7 @@ def test_report_has_every_version_table_and_figure(experiment):
     # One row per seed x version x training variant x evaluation set; the clean model has no confounded set.
     counts = results.groupby(["seed", "version", "train"]).size()
     assert counts.to_dict() == {(s, v, t): (2 if t == "clean" else 3) for s in (0, 1)
-                                for v in ("crops", "features", "whole") for t in ("clean", "corner-1")}
+                                for v in ("crops", "crops_boxes", "features", "whole") for t in ("clean", "corner-1")}
     assert results["accuracy"].between(0, 1).all() and results["flip_rate"].between(0, 1).all()
     # At strength 1 every confounded positive carries the marker and no normal does, so the whole-image
     # model's explained images that show one are its true positives (on 100 patients, whether it finds
@@ -328,11 +393,13 @@ def test_each_seed_is_a_replicate_and_the_summary_is_its_mean_and_range(experime
     markdown = (report / "report.md").read_text()
     section = markdown.split("## Which scores catch the marker")[1].split("## Marker users across seeds")[0]
     assert "Over 2 seeds (0, 1)" in section and "Goal (the headline explanation column `box_reliance`" in section
+    assert "The same goal for the markers beside the box" in section
+    assert "- `corner` marker: it shares a cell" in section
     stability = pd.read_csv(report / "marker_users.csv")
-    assert len(stability) == 6 and stability["uses marker (seeds)"].str.endswith("/2").all()
+    assert len(stability) == 8 and stability["uses marker (seeds)"].str.endswith("/2").all()
     # every scored set's interval half-width is read from the scoring program's intervals
     halves = pd.read_csv(report / "intervals.csv").set_index("key")
-    assert halves.loc["accuracy", "median ±"] > 0 and halves.loc["accuracy", "sets"] == 2 * 3 * 3
+    assert halves.loc["accuracy", "median ±"] > 0 and halves.loc["accuracy", "sets"] == 2 * 4 * 3
 
 
 @pytest.mark.slow
@@ -343,7 +410,7 @@ def test_every_model_reports_the_scoring_programs_own_scores(experiment):
 
     config, _ = experiment
     models = pd.read_csv(config.out / "report" / "models.csv")
-    assert len(models) == 12 and set(models["version"]) == {"crops", "whole", "features"}
+    assert len(models) == 16 and set(models["version"]) == {"crops", "whole", "features", "crops_boxes"}
     for row in models.itertuples(index=False):
         own = "clean" if row.train == "clean" else "confounded"
         run = config.out / "runs" / f"s{row.seed}" / row.version / row.train

@@ -82,6 +82,8 @@ def test_permission_denied_is_named():
     (["run", "{folder}", "--bundle", "{folder}", "--out", "{file}"],
      "working folder {file}: exists and is a file, not a folder"),
     (["experiment", "shortcut", "--weights", "{folder}"], "weights file {folder}: is a folder, not a file"),
+    (["experiment", "shortcut", "--versions", "crops,boxes"], "expected distinct comma-separated data versions "
+     "among crops,whole,features,crops_boxes,whole_boxes, got 'crops,boxes'"),
 ])
 def test_every_command_names_an_unusable_path(places, capsys, argv, message):
     names = {"places": places, "file": places / "file.txt", "folder": places / "folder"}

@@ -195,6 +195,26 @@ def test_corner_markers_stay_out_of_the_lungs_and_lung_markers_inside():
         assert 0.35 * 1024 < centre_y < 0.6 * 1024 and abs(centre_x - 512) > 0.17 * 1024
 
 
+def test_off_box_markers_keep_their_distance_from_every_box():
+    """Over the chest, at least OFF_BOX_MARGIN from each of the film's boxes where one such place is drawn,
+    else the farthest place drawn; always inside the film."""
+    from hygieia.rsna import markers
+
+    boxes = ((200, 300, 180, 200), (650, 520, 150, 150))
+    for k in range(40):
+        text, x, y, height = place_marker(np.random.default_rng(k), "offbox", boxes=boxes)
+        w, h = marker_size(text, height)
+        assert 0.15 * 1024 <= x and x + w <= 0.85 * 1024 and 0.25 * 1024 <= y and y + h <= 0.75 * 1024
+        assert min(markers._gap(x, y, (w, h), box) for box in boxes) >= markers.OFF_BOX_MARGIN
+    # A box over the whole chest leaves no such place: the marker still lands on the film, over the box.
+    chest = ((100, 200, 824, 600),)
+    text, x, y, height = place_marker(np.random.default_rng(0), "offbox", boxes=chest)
+    w, h = marker_size(text, height)
+    assert markers._gap(x, y, (w, h), chest[0]) == 0 and 0 <= x and x + w <= 1024 and 0 <= y and y + h <= 1024
+    assert markers._gap(600, 100, (10, 10), (100, 100, 100, 100)) == pytest.approx(400)
+    assert markers._gap(150, 150, (10, 10), (100, 100, 100, 100)) == 0
+
+
 def test_draw_marker_returns_its_ink_box_and_refuses_to_overflow():
     image = np.zeros((1024, 1024), np.uint8)
     x, y, w, h = draw_marker(image, "L", 100, 200, 48)

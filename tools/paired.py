@@ -36,6 +36,7 @@ from hygieia.errors import DataError
 from hygieia.scoring import classification as cls
 from hygieia.scoring import groups
 from hygieia.scoring import metrics as mt
+from hygieia.scoring.shortcut import weighted_gap
 
 N_RESAMPLES = 2000
 SEED = 0
@@ -154,23 +155,11 @@ def worst_group_statistic(items: pd.DataFrame, weights: np.ndarray) -> np.ndarra
 
 
 def gap_statistic(items: pd.DataFrame, weights: np.ndarray) -> np.ndarray:
-    """The view-matched shortcut gap of each weighted sample of probes and normal films: over the
-    strata that keep a normal film, (probes called positive − n_probes × the stratum's false-positive
-    rate) summed, over their probes, floored at 0 (``hygieia.scoring.shortcut``)."""
-    called = items["predicted"].to_numpy().astype(np.float64)
-    probe = items["probe"].to_numpy().astype(np.float64)
-    gap_sum, probe_sum = np.zeros(len(weights)), np.zeros(len(weights))
-    for view in sorted(set(items["view"])):
-        in_view = (items["view"].to_numpy() == view).astype(np.float64)
-        is_probe, is_normal = probe * in_view, (1 - probe) * in_view
-        n_probe, n_normal = weights @ is_probe, weights @ is_normal
-        with np.errstate(invalid="ignore", divide="ignore"):
-            fpr = (weights @ (is_normal * called)) / n_normal
-        kept = n_normal > 0
-        gap_sum[kept] += (weights @ (is_probe * called))[kept] - n_probe[kept] * fpr[kept]
-        probe_sum[kept] += n_probe[kept]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.maximum(gap_sum / probe_sum, 0.0)   # floored at 0, as the leaderboard's column
+    """The view-matched shortcut gap of each weighted sample of probes and normal films, floored at 0 as the
+    leaderboard's column (``hygieia.scoring.shortcut.weighted_gap``)."""
+    views, probe = items["view"].to_numpy(), items["probe"].to_numpy().astype(bool)
+    masks = [(probe & (views == view), ~probe & (views == view)) for view in sorted(set(views))]
+    return np.maximum(weighted_gap(weights, items["predicted"].to_numpy(), masks), 0.0)
 
 
 def gap_items(items: pd.DataFrame) -> pd.DataFrame:

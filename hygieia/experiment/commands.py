@@ -33,6 +33,17 @@ def seeds(text: str) -> tuple[int, ...]:
     return values
 
 
+def versions(text: str) -> tuple[str, ...]:
+    from hygieia.experiment.shortcut import VERSION_NAMES
+
+    values = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [v for v in values if v not in VERSION_NAMES]
+    if not values or unknown or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated data versions among "
+                                          f"{','.join(VERSION_NAMES)}, got {text!r}")
+    return values
+
+
 def share(text: str) -> float:
     try:
         value = float(text)
@@ -60,6 +71,9 @@ def register(subparsers) -> None:
     parser.add_argument("--lung-strengths", type=optional_strengths, default=(0.5, 0.8, 1.0),
                         help="strengths of the marker inside a lung field, where crop windows and off-box "
                              "probes can show it, comma-separated (default 0.5,0.8,1; 'none' skips them)")
+    parser.add_argument("--off-box-strengths", type=optional_strengths, default=(0.8, 1.0),
+                        help="strengths of the marker over the lungs but away from every opacity box (a shortcut "
+                             "beside the opacity), comma-separated (default 0.8,1; 'none' skips them)")
     parser.add_argument("--probe-share", type=share, default=0.5,
                         help="off-box probes per hidden split, as a share of its opacities (default 0.5)")
     parser.add_argument("--out",
@@ -74,6 +88,9 @@ def register(subparsers) -> None:
                             help="one seed only (the same as --seeds SEED)")
     parser.add_argument("--weights", type=argument(require_file, "weights file"), default=None,
                         help="ImageNet MobileNetV2 state_dict (default: $HYGIEIA_MOBILENET_WEIGHTS or download)")
+    parser.add_argument("--versions", type=versions, default=None,
+                        help="data versions, comma-separated (default all: crops,whole,features,crops_boxes,"
+                             "whole_boxes; the *_boxes ones train the box-supervised sample on crops or whole images)")
     parser.add_argument("--fast", action="store_true", help="quick training (HYGIEIA_FAST=1), for tests")
     parser.add_argument("--workers", type=int, default=1, help="phantom generation processes (default 1)")
     parser.add_argument("--reuse-data", action="store_true",
@@ -89,9 +106,10 @@ def shortcut(args) -> int:
     if args.weights is not None and not args.weights.is_file():
         raise HygieiaError(f"--weights {args.weights}: file not found")
     config = ShortcutConfig(out=args.out, patients=args.patients, strengths=args.strengths,
-                            lung_strengths=args.lung_strengths, probe_share=args.probe_share,
+                            lung_strengths=args.lung_strengths,
+                            offbox_strengths=args.off_box_strengths, probe_share=args.probe_share,
                             seeds=(args.one_seed,) if args.one_seed is not None else args.seeds,
-                            weights=args.weights,
+                            weights=args.weights, **({"versions": args.versions} if args.versions else {}),
                             fast=args.fast, workers=args.workers, reuse_data=args.reuse_data)
     run_experiment(config)
     report = Path(args.out) / "report"

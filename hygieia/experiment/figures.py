@@ -104,15 +104,19 @@ def plot_separation(models: pd.DataFrame, path: Path) -> Path:
 
 
 def plot_separation_by_seed(by_seed: pd.DataFrame, path: Path, goal: float) -> Path:
-    """Each score's separation AUROC per seed (points) and its mean over seeds (bar), over all models and
-    over the image models."""
+    """Each score's separation AUROC per seed (points) and its mean over seeds (bar), over all models, over
+    the image models and over the image models as changes from their clean-trained controls."""
     import matplotlib.pyplot as plt
 
     keys = list(dict.fromkeys(by_seed["key"]))
     seeds = sorted(set(by_seed["seed"]))
-    views = [("auroc", "all models that have the score"), ("auroc image", "image models (crops + whole images)")]
-    fig, axes = plt.subplots(1, len(views), figsize=(0.55 * len(keys) * len(views) + 2, 4.2), squeeze=False,
-                             sharey=True)
+    views = [(column, title) for column, title in (
+        ("auroc", "all models that have the score"), ("auroc image", "image models"),
+        ("auroc image vs control", "image models, change from their clean-trained control"))
+        if column in by_seed.columns]
+    fig, axes = plt.subplots(len(views), 1, figsize=(0.55 * len(keys) + 2.5, 3.4 * len(views)), squeeze=False,
+                             sharex=True)
+    axes = axes.T
     offsets = np.linspace(-0.2, 0.2, len(seeds)) if len(seeds) > 1 else np.zeros(1)
     for ax, (column, title) in zip(axes[0], views):
         table = by_seed.pivot(index="key", columns="seed", values=column).reindex(keys)
@@ -127,11 +131,11 @@ def plot_separation_by_seed(by_seed: pd.DataFrame, path: Path, goal: float) -> P
         ax.axhline(0.5, linestyle="--", color="black", alpha=0.5)
         ax.axhline(goal, linestyle="--", color="tab:green", alpha=0.7)
         ax.set_xticks(x, keys, rotation=60, ha="right", fontsize=8)
+        ax.set_ylabel("separation AUROC\n(users score worse)", fontsize=8)
         ax.set_xlim(-0.6, len(keys) - 0.4)
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3, axis="y")
-    axes[0][0].set_ylabel("separation AUROC (users score worse)")
     axes[0][0].legend(fontsize=7, loc="lower left")
     return _save(fig, path)
 

@@ -16,11 +16,12 @@ RELIANCE = 0.05
 EXPLANATION_DROP = 0.05
 # MobileNetV2's last block has output stride 32; the baseline resizes every image to 128 px.
 GRADCAM_GRID = 128 // 32
-VERSION_TITLES = {"crops": "crops", "whole": "whole images", "features": "1280 features"}
+VERSION_TITLES = {"crops": "crops", "whole": "whole images", "features": "1280 features",
+                  "crops_boxes": "crops, box-supervised", "whole_boxes": "whole images, box-supervised"}
 # The models whose predictions can depend on the crop's (or the film's) pixels. A features model is
 # pixel-blind to any alteration of the image: a column measured by altering the image and asking the
 # model again scores it exactly 0, whether or not it uses the marker.
-IMAGE_VERSIONS = ("crops", "whole")
+IMAGE_VERSIONS = ("crops", "whole", "crops_boxes", "whole_boxes")
 
 
 # ------------------------------------------------------------------------------------- lookups
@@ -33,11 +34,12 @@ class Results:
             raise ValueError("Results holds one seed's results; select one seed of the table first")
         self.table = table
         self.seed = int(table["seed"].iloc[0]) if "seed" in table and len(table) else None
-        self.image_size = {"crops": 100, "whole": 128, **(image_size or {})}
+        self.image_size = {"crops": 100, "whole": 128, "crops_boxes": 100, "whole_boxes": 128, **(image_size or {})}
         self.versions = [v for v in VERSION_TITLES if v in set(table["version"])]
         corner = table[(table["position"] == "corner") & table["strength"].notna()]
         self.strengths = sorted(set(corner["strength"]))
         self.lung_strengths = sorted(set(table.loc[table["position"] == "lung", "strength"].dropna()))
+        self.offbox_strengths = sorted(set(table.loc[table["position"] == "offbox", "strength"].dropna()))
         self.stress = max(self.lung_strengths) if self.lung_strengths else None  # the strongest lung marker
 
     def get(self, version: str, train: str, eval_set: str, key: str) -> float:
@@ -59,10 +61,10 @@ def lung(strength: float) -> str:
     return f"lung-{strength:g}"
 
 
-def fmt(value: float, percent: bool = False) -> str:
+def fmt(value: float, percent: bool = False, signed: bool = False) -> str:
     if value is None or not np.isfinite(value):
         return "—"
-    return f"{value:.1%}" if percent else f"{value:.3f}"
+    return f"{value:.1%}" if percent else f"{value:+.3f}" if signed else f"{value:.3f}"
 
 
 # ------------------------------------------------------------------------------------ findings
@@ -168,7 +170,9 @@ def findings(results: Results) -> list[str]:
 
 def caught_findings(results: Results) -> list[str]:
     """For every image model that uses the marker: do the headline column (box reliance, measured through
-    the model) and Grad-CAM's activation_in_box tell it from the clean model?"""
+    the model) and Grad-CAM's activation_in_box tell it from the clean model? A column catches it when it falls
+    by more than the half-width of its own 95 % interval on the model's test set (the columns' scales differ:
+    box reliance lives within a few hundredths, activation in box across the unit interval)."""
     lines = []
     trains = results.table[["version", "train"]].drop_duplicates().itertuples(index=False)
     for version, train in trains:
@@ -177,8 +181,10 @@ def caught_findings(results: Results) -> list[str]:
         verdicts = []
         for key in (HEADLINE_EXPLANATION_KEY, GRAD_CAM_KEY):
             change = (results.get(version, train, "confounded", key) - results.get(version, "clean", "clean", key))
-            verdicts.append(f"`{key}` {'**catches**' if change < -EXPLANATION_DROP else '**misses**'} it "
-                            f"({change:+.3f} against the clean-trained model)")
+            half = results.get(version, train, "confounded", key + "_ci_half")
+            caught = bool(np.isfinite(half) and change < -half)
+            verdicts.append(f"`{key}` {'**catches**' if caught else '**misses**'} it "
+                            f"({change:+.3f} against the clean-trained model, interval ±{fmt(half)})")
         lines.append(f"The marker-reliant {VERSION_TITLES[version]} model trained on {train} (flip rate "
                      f"{fmt(results.flip(version, train), True)}): " + "; ".join(verdicts) + ".")
     return lines
@@ -225,6 +231,7 @@ def model_scores(results: Results) -> pd.DataFrame:
             defined = not ("heatmaps" in metric.needs and version in NO_HEATMAPS)
             row[metric.key] = results.get(version, train, own, metric.key) if defined else float("nan")
         row["probes_showing_marker"] = results.get(version, train, own, "probes_showing_marker")
+        row["marker_shares_box_cell"] = results.get(version, train, own, "marker_shares_box_cell")
         row["n_probes"] = results.get(version, train, own, "n_probes")
         row["uses_marker"] = bool(row["reliance"] > RELIANCE)
         rows.append(row)
@@ -242,21 +249,37 @@ def separation_auroc(uses: np.ndarray, values: np.ndarray, sorting: str) -> floa
     return BY_KEY["auroc"].score(uses.astype(int), -values if sorting == "desc" else values)
 
 
+def against_control(models: pd.DataFrame, key: str) -> pd.Series:
+    """Each marker-trained model's ``key`` minus that of the clean-trained model of its seed and data version
+    (the same network and data without the marker); NaN for the controls themselves."""
+    keys = ["seed", "version"] if "seed" in models else ["version"]
+    controls = models[models["train"] == "clean"].set_index(keys)[key]
+    index = pd.MultiIndex.from_frame(models[keys]) if len(keys) > 1 else pd.Index(models["version"])
+    delta = models[key].to_numpy(np.float64) - controls.reindex(index).to_numpy(np.float64)
+    return pd.Series(np.where(models["train"] == "clean", np.nan, delta), index=models.index)
+
+
 def separation(models: pd.DataFrame) -> pd.DataFrame:
     """Per metric of the scoring program, for one seed's models: how well it separates the marker users
-    from the other models, over every model that has the score, over the image models (crops and whole
-    images) and within each data version, with the counts."""
+    from the other models, over every model that has the score, over the image models, over the image
+    models as a change from their clean-trained control (``auroc image vs control``: the architectures'
+    own levels taken out) and within each data version, with the counts."""
     versions = [v for v in VERSION_TITLES if v in set(models["version"])]
+    image = models["version"].isin(IMAGE_VERSIONS)
     rows = []
     for metric in METRICS:
-        measured = models[np.isfinite(models[metric.key].to_numpy(np.float64))]
+        values = models[metric.key].to_numpy(np.float64)
+        measured = np.isfinite(values)
         row = {"key": metric.key, "family": family(metric),
                "worse when": "lower" if metric.sorting == "desc" else "higher",
-               "users": int(measured["uses_marker"].sum()), "non-users": int((~measured["uses_marker"]).sum())}
-        views = {"auroc": measured, "auroc image": measured[measured["version"].isin(IMAGE_VERSIONS)],
-                 **{f"auroc {v}": measured[measured["version"] == v] for v in versions}}
-        for column, mine in views.items():
-            row[column] = separation_auroc(mine["uses_marker"], mine[metric.key].to_numpy(np.float64),
+               "users": int(models.loc[measured, "uses_marker"].sum()),
+               "non-users": int((~models.loc[measured, "uses_marker"]).sum())}
+        delta = against_control(models, metric.key).to_numpy(np.float64)
+        views = {"auroc": (measured, values), "auroc image": (measured & image, values),
+                 "auroc image vs control": (np.isfinite(delta) & image, delta),
+                 **{f"auroc {v}": (measured & (models["version"] == v).to_numpy(), values) for v in versions}}
+        for column, (keep, scores) in views.items():
+            row[column] = separation_auroc(models.loc[keep, "uses_marker"].to_numpy(bool), scores[keep],
                                            metric.sorting)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -339,7 +362,65 @@ def separation_findings(models: pd.DataFrame, summary: pd.DataFrame) -> list[str
                      f"AUROC **{mean_range(row, 'auroc')}** over all models that have it, "
                      f"**{mean_range(row, 'auroc image')}** over the image models (within a data version: "
                      f"{per_version}){tie_text}{_pooling_text(row)}.")
-    return lines + [goal_finding(summary)]
+    return lines + [goal_finding(summary), beside_box_finding(models)]
+
+
+def position(train: str) -> str:
+    """The marker's position of a training variant's name ("lung-0.8" -> "lung"); "clean" for the control."""
+    return train.split("-", 1)[0]
+
+
+def position_findings(models: pd.DataFrame) -> list[str]:
+    """Where each marker position lies for the evidence grid (the share of the marked test opacities whose
+    marker shares a cell with the film's own box, per image version), and how much box reliance the marker
+    users lose against their clean-trained control, per position: mean [min, max] over the users."""
+    image = models[models["version"].isin(IMAGE_VERSIONS)].assign(
+        position=lambda m: m["train"].map(position), change=lambda m: against_control(m, HEADLINE_EXPLANATION_KEY))
+    lines = []
+    for where, mine in image[image["position"] != "clean"].groupby("position", sort=False):
+        shares = mine.groupby("version")["marker_shares_box_cell"].mean().dropna()
+        shares = shares[[v for v in shares.index if v in ("crops", "whole")] or list(shares.index)]  # same images
+        users = mine[mine["uses_marker"]]["change"].dropna()
+        others = mine[~mine["uses_marker"]]["change"].dropna()
+        share_text = ", ".join(f"{VERSION_TITLES[v]} {fmt(value, True)}" for v, value in shares.items())
+        lines.append(
+            f"`{where}` marker: it shares a cell of the evidence grid with the image's own box in "
+            f"{share_text or 'no'} of the marked test opacities whose image shows it (mean over strengths and seeds). "
+            f"`{HEADLINE_EXPLANATION_KEY}` minus the clean control's: its {len(users)} users "
+            + (f"{fmt(users.mean(), signed=True)} [{fmt(users.min(), signed=True)}, {fmt(users.max(), signed=True)}]"
+               if len(users) else "—")
+            + f", its {len(others)} other models "
+            + (f"{fmt(others.mean(), signed=True)} [{fmt(others.min(), signed=True)}, {fmt(others.max(), signed=True)}]"
+               if len(others) else "—") + ".")
+    return lines
+
+
+# A marker at one of these positions lies inside the lung field, where the opacity is: it shares a cell of the
+# evidence grid with the image's own box in most marked opacities (the report's position findings).
+IN_BOX_POSITIONS = ("lung",)
+
+
+def beside_box_finding(models: pd.DataFrame) -> str:
+    """The goal again over the models whose marker lies beside the box by design (every position but
+    ``IN_BOX_POSITIONS``, the clean controls kept), as changes from their controls: there, filling in the box's
+    cells leaves the marker in place, which is what box reliance can see."""
+    kept = models[~models["train"].map(position).isin(IN_BOX_POSITIONS)]
+    if kept.empty or kept["train"].eq("clean").all():
+        return "No model was trained with a marker beside the box (edge or off-box)."
+    table = over_seeds(separation_by_seed(kept)).set_index("key")
+    view = "auroc image vs control"
+    headline, grad_cam = table.loc[HEADLINE_EXPLANATION_KEY], table.loc[GRAD_CAM_KEY]
+    met = headline[f"{view} mean"] >= GOAL_AUROC and grad_cam[f"{view} mean"] <= GRAD_CAM_BLIND
+    image = kept[kept["version"].isin(IMAGE_VERSIONS) & kept["train"].ne("clean")]
+    users = image.groupby("seed")["uses_marker"].agg(["sum", "size"])
+    counts = "/".join(f"{int(u)} of {int(n)}" for u, n in users.itertuples(index=False))
+    return (f"The same goal for the markers beside the box (trained at the film's edge or `offbox`; image models "
+            f"using the marker per seed: {counts}), each as a change from its clean control: "
+            f"{'**met**' if met else '**not met**'}: `{HEADLINE_EXPLANATION_KEY}` at {mean_range(headline, view)}, "
+            f"`{GRAD_CAM_KEY}` at {mean_range(grad_cam, view)} (pooled, the architectures' levels left in: "
+            f"{mean_range(headline, 'auroc image')} and {mean_range(grad_cam, 'auroc image')}). A marker inside the "
+            "lung field shares the box's cells in most images (below): there, filling in the box's cells removes the "
+            "marker too, and the model's decision does rest on the box's cells.")
 
 
 def _pooling_text(row) -> str:
@@ -348,9 +429,9 @@ def _pooling_text(row) -> str:
     pooled = row.get("auroc image mean", float("nan"))
     if not np.isfinite(pooled) or not all(np.isfinite(within)) or pooled >= min(within) - POOLING_LOSS:
         return ""
-    return ("; pooling the crops and whole images lowers it below each version's own: the two versions' scores "
-            "lie at different levels (a box fills more of a crop than of a whole film), so users of one version "
-            "and non-users of the other mix")
+    return ("; pooling the image versions lowers it below each version's own: their scores lie at different "
+            "levels (a box fills more of a crop than of a whole film; a box-supervised model reacts more to one cell "
+            "filled in), so users of one version and non-users of another mix")
 
 
 def goal_finding(summary: pd.DataFrame) -> str:
@@ -370,6 +451,12 @@ def goal_finding(summary: pd.DataFrame) -> str:
     text = (head + f"{'**met**' if met else '**not met**'}: `{HEADLINE_EXPLANATION_KEY}` at "
             f"{mean_range(headline, 'auroc image')} over the image models ({mean_range(headline, 'auroc')} over all "
             f"models), `{GRAD_CAM_KEY}` at {grad_cam_text}.")
+    if "auroc image vs control mean" in table.columns:
+        controlled = "auroc image vs control"
+        text += (f" Each image model as a change from its clean-trained control (the same network and data "
+                 f"without the marker; the architectures' own levels taken out): `{HEADLINE_EXPLANATION_KEY}` at "
+                 f"{mean_range(headline, controlled)}, `{GRAD_CAM_KEY}` at "
+                 f"{mean_range(table.loc[GRAD_CAM_KEY], controlled) if GRAD_CAM_KEY in table.index else '—'}.")
     explanation = table[(table["family"] == EXPLANATION) & np.isfinite(table["auroc image mean"])]
     best_key = explanation["auroc image mean"].idxmax()
     if best_key != HEADLINE_EXPLANATION_KEY:
@@ -388,7 +475,8 @@ def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
     """The report's table of the separation over seeds: mean [min, max] per view."""
     shown = summary[["key", "family", "worse when", "users per seed", "non-users per seed"]].copy()
     for view in [c.removesuffix(" mean") for c in summary.columns if c.endswith(" mean")]:
-        title = {"auroc": "all models", "auroc image": "image models"}.get(view) or view.removeprefix("auroc ")
+        title = {"auroc": "all models", "auroc image": "image models",
+                 "auroc image vs control": "image models, change from control"}.get(view) or view.removeprefix("auroc ")
         shown[title] = [mean_range(row, view) for _, row in summary.iterrows()]
     return shown
 

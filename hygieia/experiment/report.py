@@ -14,10 +14,12 @@ from hygieia.experiment.figures import (plot_accuracy, plot_examples, plot_expla
                                         plot_separation, plot_separation_by_seed)
 from hygieia.experiment.findings import (EXPLANATION_DROP, GOAL_AUROC, IMAGE_VERSIONS, RELIANCE, Results,
                                          classification_table, explanation_table, findings, interval_halfwidths,
-                                         label_stability, model_scores, model_table, over_seeds, precision_findings,
+                                         label_stability, model_scores, model_table, over_seeds, position_findings,
+                                         precision_findings,
                                          separation_by_seed, separation_findings, separation_table,
                                          stability_findings, summary_table, fmt)
 from hygieia.files import write_csv, write_text
+from hygieia.rsna.markers import OFF_BOX_MARGIN
 from hygieia.scoring.metrics import HEADLINE_EXPLANATION_KEY
 from hygieia.submission.evidence import GRID, SAMPLE_PER_SPLIT
 
@@ -71,8 +73,10 @@ def render(blocks: list[tuple], folder: Path) -> tuple[str, str]:
 def command_line(config) -> str:
     """The command that reproduces this run (the weights path aside)."""
     lung_strengths = ",".join(f"{p:g}" for p in config.lung_strengths) or "none"
+    offbox_strengths = ",".join(f"{p:g}" for p in config.offbox_strengths) or "none"
     return (f"hygieia experiment shortcut --patients {config.patients} "
             f"--strengths {','.join(f'{p:g}' for p in config.strengths)} --lung-strengths {lung_strengths} "
+            f"--off-box-strengths {offbox_strengths} "
             f"--probe-share {config.probe_share:g} --seeds {','.join(str(s) for s in config.seeds)}"
             + (" --fast" if config.fast else "") + (" --reuse-data" if config.reuse_data else ""))
 
@@ -98,7 +102,12 @@ def setup_text(config, results: Results) -> list[str]:
             f"Marker strengths P (share of opacity images carrying it; 1−P of the normals carry it): "
             f"{', '.join(f'{p:g}' for p in results.strengths)} at the film's edge"
             + (f"; {', '.join(f'{p:g}' for p in results.lung_strengths)} inside a lung field, where crop windows "
-               "and off-box probes can show it." if results.lung_strengths else "."),
+               "and off-box probes can show it" if results.lung_strengths else "")
+            + (f"; {', '.join(f'{p:g}' for p in results.offbox_strengths)} over the lungs but at least "
+               f"{OFF_BOX_MARGIN} film pixels (of 1024) from every opacity box (`offbox`): a shortcut beside the "
+               "opacity, which evidence taken cell by cell can tell from it (a `lung` marker often shares a grid "
+               "cell with its film's box)" if results.offbox_strengths else "")
+            + ".",
             f"Off-box probes (windows cut from opacity films away from every box, served as ordinary test "
             f"items, marked only in the reference data): {config.probe_share:g} per test opacity, in the crops "
             "and features test sets. A probe of a marked opacity film whose window holds the marker shows the "
@@ -107,12 +116,15 @@ def setup_text(config, results: Results) -> list[str]:
             "gap measures the opacity as well as any shortcut.",
             f"Data versions: **crops** ({config.crop}×{config.crop} around the lung region, the competition's data), "
             f"**whole images** (the radiograph at {config.full_size}×{config.full_size}, the original design's Table 2 "
-            "setting) and **features** (the 1280 MobileNetV2 features, computed from the whole radiograph). "
-            f"The *image models* are those of the {' and '.join(IMAGE_VERSIONS)} versions: their predictions can "
+            "setting) and **features** (the 1280 MobileNetV2 features, computed from the whole radiograph); "
+            "**crops_boxes** and **whole_boxes**: the same crops and whole images, for the box-supervised sample. "
+            f"The *image models* are those of the {', '.join(IMAGE_VERSIONS)} versions: their predictions can "
             "depend on the image's pixels. A features model cannot be altered through the image: a column measured "
             "by altering the image and asking the model again scores it the same whether or not it uses the marker.",
             "Each model is the sample submission (frozen ImageNet MobileNetV2 + linear layer at 128 px, Grad-CAM on "
-            "its last block; the features version: the tabular sample), trained by the real ingestion program and "
+            "its last block; the features version: the tabular sample; the *_boxes versions: "
+            "`sample_submission_boxes`, whose decision is the mean of its 4 most opaque cells, each cell supervised by "
+            "the training boxes, its map those cells), trained by the real ingestion program and "
             f"scored by the real scoring program{' (HYGIEIA_FAST=1: quick training)' if config.fast else ''}.",
             f"Evidence through the model (the headline explanation column `{HEADLINE_EXPLANATION_KEY}` and "
             "`faithfulness`): ingestion asks each model's own predict_proba again on copies of up to "
@@ -125,7 +137,9 @@ def setup_text(config, results: Results) -> list[str]:
             "**counterfactual** (P = 0: the marker on every negative, on no positive). Flip rate: share of test "
             "predictions that differ between clean and counterfactual, where only the negatives differ, by the marker.",
             f"Thresholds: a model *uses the marker* when its flip rate exceeds the clean-trained model's by more "
-            f"than {RELIANCE:.0%}; an explanation score *drops* when it falls by more than {EXPLANATION_DROP}. "
+            f"than {RELIANCE:.0%}; Grad-CAM's map *drops* when it falls by more than {EXPLANATION_DROP}; in the list "
+            "of marker users, a column *catches* a user when it falls below the clean control's by more than its own "
+            "95 % interval on the user's test set. "
             + (f"With {min(tests)} test images, one flipped prediction is {1 / min(tests):.1%} of them." if tests
                else "")]
 
@@ -182,7 +196,7 @@ def write_report(config, table: pd.DataFrame, seconds: dict | None = None) -> Pa
     folder = Path(config.out) / "report"
     figures = folder / "figures"
     shutil.rmtree(figures, ignore_errors=True)  # no figure of an earlier run stays behind
-    sizes = {"crops": config.crop, "whole": config.full_size}
+    sizes = {v.name: config.full_size if v.whole else config.crop for v in config.versions_used()}
     per_seed = {int(seed): Results(mine.reset_index(drop=True), sizes) for seed, mine in table.groupby("seed")}
     models = pd.concat([model_scores(results) for results in per_seed.values()], ignore_index=True)
     by_seed = separation_by_seed(models)
@@ -202,14 +216,19 @@ def write_report(config, table: pd.DataFrame, seconds: dict | None = None) -> Pa
                      "catch it?"),
               ("h2", "Setup"), ("list", setup_text(config, first)),
               ("h2", "Which scores catch the marker"), ("list", separation_findings(models, summary)),
+              ("p", "Where the marker lies, and what the users lose of box reliance (image models, all seeds):"),
+              ("list", position_findings(models)),
               ("p", "Separation: AUROC of each score as a detector of the marker users (the score's direction from "
                     "the metric table: a user should score worse), per seed, over every model that has the score, "
-                    "over the image models and within each data version; shown as the mean [min, max] over the "
-                    "seeds where it is defined. Users / non-users: the models counted (all models), per seed."),
+                    "over the image models, over the image models as changes from their clean-trained controls "
+                    "(each marker-trained model's score minus that of the same network trained on the same patients "
+                    "without the marker; the controls themselves left out) and within each data version; shown as "
+                    "the mean [min, max] over the seeds where it is defined. Users / non-users: the models counted "
+                    "(all models), per seed."),
               ("table", summary_table(summary)),
               ("figure", plot_separation_by_seed(by_seed, figures / "separation_by_seed.png", GOAL_AUROC),
-               "Separation AUROC of every score, one point per seed (bar: the mean), over all models and over "
-               "the image models; dashed: chance (0.5) and the goal"),
+               "Separation AUROC of every score, one point per seed (bar: the mean), over all models, over "
+               "the image models and over their changes from their controls; dashed: chance (0.5) and the goal"),
               ("h2", "Marker users across seeds"), ("list", stability_findings(stability)),
               ("table", stability),
               ("h2", "How precise one score is"), ("list", precision_findings(halves)),

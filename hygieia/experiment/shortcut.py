@@ -62,13 +62,15 @@ from hygieia.errors import HygieiaError
 from hygieia.experiment import counterfactual as cf
 from hygieia.files import write_csv, write_json, write_npy, write_npz
 from hygieia.scoring import classification as cls
+from hygieia.scoring.evidence import cell_shares
 from hygieia.scoring.metrics import BY_KEY
 from hygieia.scoring.score import DETAILED_JSON, SCORES_JSON
 
 ROOT = Path(hygieia.__file__).resolve().parents[1]
 INGESTION = ROOT / "ingestion_program"
 SCORING = ROOT / "scoring_program"
-SUBMISSIONS = {"image": ROOT / "sample_submission", "tabular": ROOT / "sample_submission_tabular"}
+SUBMISSIONS = {"image": ROOT / "sample_submission", "tabular": ROOT / "sample_submission_tabular",
+               "boxes": ROOT / "sample_submission_boxes"}
 CACHE_KEY_FILE = "experiment_key.json"
 TIMING_FILE = "seconds.json"  # how long a cached stage took to build
 
@@ -108,6 +110,7 @@ class ShortcutConfig:
     patients: int = 1500
     strengths: tuple[float, ...] = (0.8, 1.0)
     lung_strengths: tuple[float, ...] = (0.5, 0.8, 1.0)  # the marker inside a lung field; () for none
+    offbox_strengths: tuple[float, ...] = (0.8, 1.0)  # over the lungs but away from every box; () for none
     probe_share: float = 0.5
     seeds: tuple[int, ...] = (0, 1, 2)
     weights: Path | None = None
@@ -116,7 +119,7 @@ class ShortcutConfig:
     crop: int = 100
     test_fraction: float = 0.3
     workers: int = 1
-    versions: tuple[str, ...] = ("crops", "whole", "features")
+    versions: tuple[str, ...] = ("crops", "whole", "features", "crops_boxes", "whole_boxes")
     reuse_data: bool = False  # keep cached phantoms and prepared data when only their code's digest changed
     sizes: dict = field(default_factory=dict)  # {seed: split sizes}, filled from each seed's clean phantom
 
@@ -125,7 +128,7 @@ class ShortcutConfig:
             raise HygieiaError(f"--patients must be at least 20, got {self.patients}")
         if not 0.0 < self.probe_share <= 1.0:
             raise HygieiaError(f"the probe share must lie in (0, 1], got {self.probe_share:g}")
-        for p in (*self.strengths, *self.lung_strengths):
+        for p in (*self.strengths, *self.lung_strengths, *self.offbox_strengths):
             if not 0.0 <= p <= 1.0:
                 raise HygieiaError(f"confounder strengths must lie in [0, 1], got {p:g}")
         if not self.strengths:
@@ -137,20 +140,25 @@ class ShortcutConfig:
             raise HygieiaError(f"unknown data version(s) {sorted(unknown)}; choose from {list(VERSION_NAMES)}")
 
     def versions_used(self) -> list[Version]:
+        whole = f"full_{self.full_size}"
         every = {"crops": Version("crops", "", "image", whole=False),
-                 "whole": Version("whole", f"full_{self.full_size}", "image", whole=True),
-                 "features": Version("features", "", "tabular", whole=False)}
+                 "whole": Version("whole", whole, "image", whole=True),
+                 "features": Version("features", "", "tabular", whole=False),
+                 "crops_boxes": Version("crops_boxes", "", "boxes", whole=False),
+                 "whole_boxes": Version("whole_boxes", whole, "boxes", whole=True)}
         return [every[name] for name in self.versions]
 
 
-VERSION_NAMES = ("crops", "whole", "features")
+VERSION_NAMES = ("crops", "whole", "features", "crops_boxes", "whole_boxes")
 
 
 def training_variants(config: ShortcutConfig) -> list[Variant]:
-    """The clean control, the marker at each strength at the film's edge, then inside a lung field."""
+    """The clean control, the marker at each strength at the film's edge, inside a lung field, then over the
+    lungs away from every opacity box."""
     corner = [Variant("marker", float(p), "corner") for p in config.strengths]
     lung = [Variant("marker", float(p), "lung") for p in config.lung_strengths]
-    return [CLEAN, *corner, *lung]
+    offbox = [Variant("marker", float(p), "offbox") for p in config.offbox_strengths]
+    return [CLEAN, *corner, *lung, *offbox]
 
 
 def counterfactual_of(variant: Variant) -> Variant:
@@ -478,6 +486,21 @@ def marker_summary(name: str, markers: pd.DataFrame, heatmaps: dict[str, np.ndar
             "probes_showing_marker": float(np.mean([i in boxes for i in probe_ids])) if probe_ids else float("nan")}
 
 
+def marker_shares_box_cell(name: str, markers: pd.DataFrame, boxes: pd.DataFrame, cells: np.ndarray,
+                           size: int) -> float:
+    """For one evaluation set: the share of its opacity images showing the marker whose marker touches a cell
+    of the evidence grid (``cells``, as in evidence.npz) that also holds part of the image's own opacity boxes:
+    there, filling in the box's cells removes the marker too, and box reliance cannot tell the two apart."""
+    mine = ds.boxes_by_id(markers[markers["id"].str.startswith(name + "-")])
+    opacity = ds.boxes_by_id(boxes[boxes["id"].str.startswith(name + "-")])
+    shown = [i for i in mine if i in opacity]
+    if not shown:
+        return float("nan")
+    shared = [bool(((cell_shares(cells, mine[i], (size, size)) > 0)
+                    & (cell_shares(cells, opacity[i], (size, size)) > 0)).any()) for i in shown]
+    return float(np.mean(shared))
+
+
 def evaluation_sets(train: Variant) -> dict[str, Variant]:
     sets = {"clean": CLEAN, "confounded": train, "counterfactual": counterfactual_of(train)}
     if train == CLEAN:
@@ -530,6 +553,8 @@ def run_one(config: ShortcutConfig, version: Version, train: Variant, seed: int)
     markers = marker_boxes_of_run(config, version, variants, seed)
     write_csv(run_dir / "marker_boxes.csv", markers)
     heatmaps = load_heatmaps(output)
+    with np.load(output / ds.EVIDENCE, allow_pickle=False) as archive:
+        cells = archive["cells"]
     size = config.full_size if version.whole else config.crop
     rows = []
     for name in variants:
@@ -548,6 +573,8 @@ def run_one(config: ShortcutConfig, version: Version, train: Variant, seed: int)
                      "strength": train.strength if train.confounder != "none" else float("nan"),
                      "eval": name, **{k: _number(v) for k, v in scores.items()},
                      **marker_summary(name, markers, heatmaps, size, probe_ids),
+                     "marker_shares_box_cell": marker_shares_box_cell(
+                         name, markers, ds.read_table(run_dir / "ref" / name / ds.BOXES, ds.BOX_COLUMNS), cells, size),
                      "flip_rate": cf.flip_rate(clean_labels, labels),
                      "flip_rate_negatives": cf.flip_rate(clean_labels.loc[negatives], labels)})
     return rows

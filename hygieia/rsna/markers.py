@@ -13,7 +13,11 @@ from PIL import Image, ImageDraw, ImageFont
 from hygieia.errors import HygieiaError
 
 MARKER_TEXTS = ("PORTABLE", "L", "R")
-MARKER_POSITIONS = ("corner", "lung")
+MARKER_POSITIONS = ("corner", "lung", "offbox")
+# "offbox": the marker's ink stays at least this far (in 1024-pixel film coordinates: half a cell of a 4 x 4 grid
+# over the whole film) from every opacity box, so that evidence taken cell by cell can tell it from the opacity.
+OFF_BOX_MARGIN = 128
+OFF_BOX_TRIES = 200
 BRIGHTNESS = 250
 
 
@@ -57,11 +61,15 @@ def marker_size(text: str, height: int) -> tuple[int, int]:
     return w, h
 
 
-def place_marker(rng: np.random.Generator, position: str, image_size: int = 1024) -> tuple[str, int, int, int]:
+def place_marker(rng: np.random.Generator, position: str, image_size: int = 1024,
+                 boxes=()) -> tuple[str, int, int, int]:
     """Choose a marker's text, top-left corner and letter height for a 1024-pixel radiograph.
 
     ``corner``: where real markers are (top corners, top of the film), outside the lungs;
-    ``lung``: inside a lung field (a stress case: inside typical crop windows)."""
+    ``lung``: inside a lung field (a stress case: inside typical crop windows);
+    ``offbox``: anywhere over the lungs and mediastinum but at least ``OFF_BOX_MARGIN`` from every box in
+    ``boxes`` (x, y, width, height): a shortcut beside the opacity rather than on it. Where no such place is
+    drawn in ``OFF_BOX_TRIES`` tries, the one farthest from the boxes."""
     if position not in MARKER_POSITIONS:
         raise HygieiaError(f"unknown marker position {position!r}; expected one of {MARKER_POSITIONS}")
     text = MARKER_TEXTS[rng.integers(len(MARKER_TEXTS))]
@@ -76,8 +84,31 @@ def place_marker(rng: np.random.Generator, position: str, image_size: int = 1024
             x = rng.integers(int(20 * unit), int(140 * unit)) if left else \
                 rng.integers(int(image_size - 140 * unit - w), int(image_size - 20 * unit - w))
         y = rng.integers(int(15 * unit), int(110 * unit))
-    else:
+    elif position == "lung":
         centre_u = 0.29 if rng.random() < 0.5 else 0.71
         x = int(image_size * (centre_u + rng.uniform(-0.04, 0.04)) - w / 2)
         y = int(image_size * rng.uniform(0.35, 0.6) - h / 2)
+    else:
+        x, y = _off_box(rng, (w, h), image_size, [np.asarray(b, dtype=float) * unit for b in boxes],
+                        OFF_BOX_MARGIN * unit)
     return text, int(x), int(y), height
+
+
+def _gap(x: float, y: float, size: tuple[int, int], box) -> float:
+    """The distance between the rectangle at (x, y) of ``size`` and ``box``; 0 where they overlap."""
+    dx = max(box[0] - (x + size[0]), x - (box[0] + box[2]), 0.0)
+    dy = max(box[1] - (y + size[1]), y - (box[1] + box[3]), 0.0)
+    return float(np.hypot(dx, dy))
+
+
+def _off_box(rng: np.random.Generator, size: tuple[int, int], image_size: int, boxes, margin: float):
+    best, best_gap = None, -1.0
+    for _ in range(OFF_BOX_TRIES):
+        x = int(rng.uniform(0.15 * image_size, 0.85 * image_size - size[0]))  # the ink inside the chest
+        y = int(rng.uniform(0.25 * image_size, 0.75 * image_size - size[1]))
+        gap = min((_gap(x, y, size, box) for box in boxes), default=np.inf)
+        if gap >= margin:
+            return x, y
+        if gap > best_gap:
+            best, best_gap = (x, y), gap
+    return best

@@ -173,7 +173,8 @@ def plan_markers(patients: list[Patient], seed: int, strength: float, position: 
     for patient in patients:
         marker = None
         if patient.index in chosen:
-            marker = Marker(*place_marker(np.random.default_rng([seed, _MARKER, patient.index]), position))
+            marker = Marker(*place_marker(np.random.default_rng([seed, _MARKER, patient.index]), position,
+                                          boxes=patient.boxes))
         plan.append(marker)
     return plan
 

@@ -72,16 +72,23 @@ def bootstrap_interval(called: np.ndarray, masks: list[tuple[np.ndarray, np.ndar
     drop out with their probes."""
     used = np.flatnonzero(np.logical_or.reduce([p | n for p, n in masks]))
     counts = cls.bootstrap_counts(len(used)).astype(np.float64)
-    hits = called[used]
-    probe_sum = np.zeros(len(counts))
-    gap_sum = np.zeros(len(counts))
+    return cls.percentile_interval(weighted_gap(counts, called[used], [(p[used], n[used]) for p, n in masks]))
+
+
+def weighted_gap(weights: np.ndarray, called: np.ndarray, masks: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The raw gap under each row of ``weights`` (R, n) over n items (``called``: 0/1 per item; ``masks``: each
+    stratum's (probes, normal films) over the items): over the strata that keep a normal film, (probes called
+    positive − their weight × the stratum's weighted false-positive rate) summed, over their probes' weight.
+    NaN where no stratum keeps both."""
+    hits = np.asarray(called, dtype=np.float64)
+    probe_sum, gap_sum = np.zeros(len(weights)), np.zeros(len(weights))
     for probe_mask, normal_mask in masks:
-        is_probe, is_normal = probe_mask[used].astype(np.float64), normal_mask[used].astype(np.float64)
-        n_probe, n_normal = counts @ is_probe, counts @ is_normal
+        is_probe, is_normal = np.asarray(probe_mask, np.float64), np.asarray(normal_mask, np.float64)
+        n_probe, n_normal = weights @ is_probe, weights @ is_normal
         with np.errstate(invalid="ignore", divide="ignore"):
-            fpr = (counts @ (is_normal * hits)) / n_normal
+            fpr = (weights @ (is_normal * hits)) / n_normal
         kept = n_normal > 0
-        gap_sum[kept] += (counts @ (is_probe * hits))[kept] - n_probe[kept] * fpr[kept]
+        gap_sum[kept] += (weights @ (is_probe * hits))[kept] - n_probe[kept] * fpr[kept]
         probe_sum[kept] += n_probe[kept]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return cls.percentile_interval(gap_sum / probe_sum)
+        return gap_sum / probe_sum
