@@ -154,8 +154,11 @@ def bwrap_problem() -> str | None:
         return f"this bubblewrap is too old (no {', '.join(missing)}; 0.5 or later is needed)"
     with tempfile.TemporaryDirectory() as folder:
         os.chmod(folder, 0o755)
-        step = Step("probe", {"/app/program": Path(folder), "/tmp": Path(folder)}, {"/app/program", "/tmp"},
-                    "python3 -S -c pass", 30)
+        program, scratch = Path(folder, "program"), Path(folder, "tmp")
+        program.mkdir(mode=0o755)
+        scratch.mkdir(mode=0o755)
+        # /tmp writable, as a step's scratch is: a Python under /tmp is mounted inside it (its folders made there)
+        step = Step("probe", {"/app/program": program, "/tmp": scratch}, {"/app/program"}, "python3 -S -c pass", 30)
         argv = bwrap_argv(step, step_env("/app/program", {}, sandboxed=True)) + command_argv(step.command, None)
         probe = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     if probe.returncode != 0:
