@@ -151,6 +151,7 @@ def test_bwrap_runs_a_step_as_nobody_when_root_and_in_a_user_namespace_otherwise
     if problem:
         pytest.fail(f"bubblewrap is needed (.ci/run installs it): {problem}")
     (tmp_path / "program").mkdir()
+    tmp_path.chmod(0o1777)   # a step's scratch is its user's (hand_over); a Python under /tmp is reached through it
     step = Step("probe", {"/app/program": tmp_path / "program", "/tmp": tmp_path}, {"/app/program"},
                 "python3 -S -c 'import os; print(os.getuid(), os.getgid())'", 30)
     env = step_env("/app/program", {}, sandboxed=True)
@@ -226,9 +227,13 @@ def write_into(path):
 
 class Model:
     def fit(self, X, y):
+        mount_points = {line.split()[4] for line in open("/proc/self/mountinfo")}
         targets = {"/app/program", "/app/input_data", "/usr", "/etc", "@WEIGHTS@"}
         own = ("/app/ingested_program", "/app/output", "/tmp")   # the step's own folders: it may write them
-        targets |= {entry for entry in sys.path if entry and not entry.startswith(own)}
+        # ...but not what is mounted inside them (a Python under /tmp is bound read-only into the step's /tmp)
+        inside = [m for m in mount_points if m.startswith(tuple(o + "/" for o in own))]
+        targets |= {entry for entry in sys.path if entry and (not entry.startswith(own) or any(
+            entry == m or entry.startswith(m + "/") for m in inside))}
         wanted = ("Uid", "Gid", "Groups", "Cap", "NoNewPrivs")
         report = {"status": {line.split(":")[0]: line.split(":", 1)[1].strip()
                              for line in open("/proc/self/status") if line.startswith(wanted)},
@@ -237,7 +242,6 @@ class Model:
                   "read_shadow": attempt(lambda: open("/etc/shadow").read()) if os.path.exists("/etc/shadow") else None,
                   "write_sysctl": attempt(lambda: open("/proc/sys/kernel/hostname", "w").write("hostile")),
                   "targets": {}}
-        mount_points = {line.split()[4] for line in open("/proc/self/mountinfo")}
         for path in sorted(t for t in targets if os.path.exists(t)):
             report["targets"][path] = {
                 "mount_point": path in mount_points,
