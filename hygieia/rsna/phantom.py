@@ -208,8 +208,8 @@ def generate_phantom(out_dir: str | Path, patients: int, seed: int = 0, confound
     """Write an RSNA-format phantom of ``patients`` patients to ``out_dir``; returns ``out_dir``.
 
     ``confounder="marker"`` burns a text marker into ``strength`` of the Lung Opacity images and
-    ``1 - strength`` of the others (``marker_position`` "corner" or "lung") and writes
-    phantom_markers.csv. The same seed gives the same bytes for any ``workers``."""
+    ``1 - strength`` of the others (``marker_position`` "corner", "lung" or "offbox": over the lungs, away
+    from every box) and writes phantom_markers.csv. The same seed gives the same bytes for any ``workers``."""
     if confounder not in CONFOUNDERS:
         raise HygieiaError(f"confounder must be one of {CONFOUNDERS}, got {confounder!r}")
     if workers < 1:
