@@ -196,7 +196,7 @@ def write_report(config, table: pd.DataFrame, seconds: dict | None = None) -> Pa
     folder = Path(config.out) / "report"
     figures = folder / "figures"
     shutil.rmtree(figures, ignore_errors=True)  # no figure of an earlier run stays behind
-    sizes = {v.name: config.full_size if v.whole else config.crop for v in config.versions_used()}
+    sizes = {v.name: config.image_size(v) for v in config.versions_used()}
     per_seed = {int(seed): Results(mine.reset_index(drop=True), sizes) for seed, mine in table.groupby("seed")}
     models = pd.concat([model_scores(results) for results in per_seed.values()], ignore_index=True)
     by_seed = separation_by_seed(models)

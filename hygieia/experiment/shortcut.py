@@ -148,6 +148,10 @@ class ShortcutConfig:
                  "whole_boxes": Version("whole_boxes", whole, "boxes", whole=True)}
         return [every[name] for name in self.versions]
 
+    def image_size(self, version: Version) -> int:
+        """The side in pixels of ``version``'s images: the whole film's or the crop's."""
+        return self.full_size if version.whole else self.crop
+
 
 VERSION_NAMES = ("crops", "whole", "features", "crops_boxes", "whole_boxes")
 
@@ -457,7 +461,7 @@ def load_heatmaps(output: Path) -> dict[str, np.ndarray]:
 def marker_boxes_of_run(config: ShortcutConfig, version: Version, variants: dict[str, Variant],
                         seed: int) -> pd.DataFrame:
     """The marker box of every evaluation image that shows one, in that image's pixels (tagged ids)."""
-    size = config.full_size if version.whole else config.crop
+    size = config.image_size(version)
     rows = []
     for name, variant in variants.items():
         if variant.confounder == "none":
@@ -555,7 +559,7 @@ def run_one(config: ShortcutConfig, version: Version, train: Variant, seed: int)
     heatmaps = load_heatmaps(output)
     with np.load(output / ds.EVIDENCE, allow_pickle=False) as archive:
         cells = archive["cells"]
-    size = config.full_size if version.whole else config.crop
+    size = config.image_size(version)
     rows = []
     for name in variants:
         reference = ds.read_table(run_dir / "ref" / name / ds.LABELS, ds.REFERENCE_LABEL_COLUMNS)
